@@ -1,0 +1,163 @@
+// The batchcam command line: parse -> configuration -> library call. Exit codes live here:
+// 0 success, 1 runtime failure (files, training), 2 bad usage (flags, config values).
+
+#include "batchcam/models/registry.h"
+#include "batchcam/train/config.h"
+#include "batchcam/train/trainer.h"
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <string>
+
+namespace {
+
+constexpr int kExitFailure = 1;
+constexpr int kExitUsage = 2;
+
+void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
+  cmd.add_option("--dataset", c.dataset, "Dataset")->check(CLI::IsMember({"shapes"}))->group("Data");
+  cmd.add_option("--train-size", c.train_size, "Training images (shapes)")->check(CLI::Range(1, 10000000))->group("Data");
+  cmd.add_option("--test-size", c.test_size, "Test images (shapes)")->check(CLI::Range(1, 10000000))->group("Data");
+  cmd.add_option("--image-size", c.image_size, "Image side in pixels (shapes)")->check(CLI::Range(16, 512))->group("Data");
+  cmd.add_flag("--spurious,!--no-spurious", c.spurious, "Add a class-coded corner patch in training (shapes)")->group("Data");
+
+  cmd.add_option("--model", c.model, "Model")->check(CLI::IsMember(batchcam::models::model_names()))->group("Model");
+  cmd.add_option("--target-layer", c.target_layer, "Stage whose output feeds Grad-CAM (default: the last)")->group("Model");
+
+  cmd.add_option("--epochs", c.epochs, "Training epochs")->check(CLI::Range(1, 100000))->group("Optimisation");
+  cmd.add_option("--batch-size", c.batch_size, "Images per batch")->check(CLI::Range(2, 1000000))->group("Optimisation");
+  cmd.add_option("--optimizer", c.optimizer, "Optimiser")->check(CLI::IsMember({"sgd", "adam"}))->group("Optimisation");
+  cmd.add_option("--lr", c.lr, "Learning rate")->check(CLI::PositiveNumber)->group("Optimisation");
+  cmd.add_option("--momentum", c.momentum, "SGD momentum")->check(CLI::Range(0.0, 0.999999))->group("Optimisation");
+  cmd.add_option("--weight-decay", c.weight_decay, "Weight decay")->check(CLI::NonNegativeNumber)->group("Optimisation");
+  cmd.add_option("--seed", c.seed, "Random seed (data, initialisation, order)")->group("Optimisation");
+  cmd.add_option("--threads", c.threads, "CPU threads, 0 = every core")->check(CLI::Range(0, 1024))->group("Optimisation");
+
+  cmd.add_option("--lambda-proto", c.lambda_proto, "Weight of the Prototype Loss")->check(CLI::NonNegativeNumber)->group("Batch-CAM");
+  cmd.add_option("--lambda-batch", c.lambda_batch, "Weight of the Batch-CAM Loss")->check(CLI::NonNegativeNumber)->group("Batch-CAM");
+  auto* both = cmd.add_option_function<std::string>(
+      "--distance", [&c](const std::string& d) { c.distance_proto = c.distance_batch = d; },
+      "Distance for both losses: l1, l2 or ssim");
+  both->check(CLI::IsMember({"l1", "l2", "ssim"}))->group("Batch-CAM");
+  cmd.add_option("--distance-proto", c.distance_proto, "Distance of the Prototype Loss")
+      ->check(CLI::IsMember({"l1", "l2", "ssim"}))->group("Batch-CAM");
+  cmd.add_option("--distance-batch", c.distance_batch, "Distance of the Batch-CAM Loss")
+      ->check(CLI::IsMember({"l1", "l2", "ssim"}))->group("Batch-CAM");
+  cmd.add_option("--prototype", c.prototype, "Class prototypes: image (class-average image) or cam-ema")
+      ->check(CLI::IsMember({"image", "cam-ema"}))->group("Batch-CAM");
+  cmd.add_option("--batch-target", c.batch_target, "In-batch prototypes: attached (in the graph) or detached")
+      ->check(CLI::IsMember({"attached", "detached"}))->group("Batch-CAM");
+  cmd.add_option("--cam-warmup-epochs", c.cam_warmup_epochs, "Epochs of CE only before the CAM losses start")
+      ->check(CLI::Range(0, 100000))->group("Batch-CAM");
+
+  cmd.add_option("--out-dir", c.out_dir, "Directory for run directories")->group("Output");
+  cmd.add_option("--run-name", c.run_name, "Run directory name (default: <dataset>-<model>-<time>)")->group("Output");
+}
+
+struct Progress {
+  bool quiet = false;
+  bool tty = ::isatty(STDERR_FILENO) != 0;
+
+  void step(const batchcam::train::StepInfo& s) const {
+    if (quiet) return;
+    const bool last = s.step == s.steps;
+    if (tty) {
+      const int width = 24;
+      const int filled = static_cast<int>(width * s.step / std::max<int64_t>(s.steps, 1));
+      std::fprintf(stderr, "\r\033[Kepoch %lld/%lld [%s%s] %lld/%lld loss %.4f (ce %.4f proto %.4f batch %.4f) %.0f img/s",
+                   static_cast<long long>(s.epoch), static_cast<long long>(s.epochs),
+                   std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(),
+                   static_cast<long long>(s.step), static_cast<long long>(s.steps), s.loss, s.ce, s.proto, s.batch,
+                   s.images_per_second);
+      if (last) std::fprintf(stderr, "\n");
+    }
+  }
+};
+
+int run_train(const batchcam::train::TrainConfig& config, bool quiet) {
+  Progress progress{quiet};
+  batchcam::train::TrainCallbacks callbacks;
+  callbacks.on_start = [&](const std::string& dir) {
+    if (!quiet) spdlog::info("run directory: {}", dir);
+  };
+  callbacks.on_step = [&](const batchcam::train::StepInfo& s) { progress.step(s); };
+  callbacks.on_epoch = [&](const batchcam::train::EpochMetrics& m) {
+    if (quiet) return;
+    spdlog::info("epoch {}: train loss {:.4f} acc {:.2f}% | test loss {:.4f} acc {:.2f}% | CAM-prototype SSIM {:.3f} | {:.1f}s",
+                 m.epoch, m.train_loss, 100 * m.train_accuracy, m.test.loss, 100 * m.test.accuracy,
+                 m.test.proto_ssim, m.seconds);
+  };
+  const auto result = batchcam::train::train(config, callbacks);
+  const auto& last = result.history.back();
+  std::cout << "\nTrained " << config.model << " on " << config.dataset << " for " << config.epochs << " epochs in "
+            << fmt::format("{:.1f}", result.train_seconds) << " s.\n"
+            << "  test accuracy          " << fmt::format("{:.2f}%", 100 * last.test.accuracy) << "\n"
+            << "  CAM-prototype SSIM     " << fmt::format("{:.3f}", last.test.proto_ssim) << "\n"
+            << "  run directory          " << result.run_dir << "\n"
+            << "  checkpoint             " << result.checkpoint << "\n";
+  return 0;
+}
+
+int run_models() {
+  for (const auto& name : batchcam::models::model_names()) {
+    batchcam::models::ModelSpec spec;
+    spec.name = name;
+    const auto model = batchcam::models::make_model(spec);
+    int64_t params = 0;
+    for (const auto& p : model->parameters()) params += p.numel();
+    std::string layers;
+    for (const auto& l : model->target_layers()) layers += (layers.empty() ? "" : ", ") + l;
+    std::cout << fmt::format("{:<14} {:>12} parameters (1x28x28, 10 classes)  target layers: {} (default {})\n", name,
+                             params, layers, model->target_layer());
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"batchcam: train convolutional networks that look at the right evidence (Batch-CAM)", "batchcam"};
+  app.option_defaults()->always_capture_default();
+  app.set_version_flag("--version", "batchcam 0.1.0");
+  app.require_subcommand(0, 1);
+  bool quiet = false;
+  app.add_flag("-q,--quiet", quiet, "Print only the final summary and errors");
+
+  batchcam::train::TrainConfig config;
+  auto* train = app.add_subcommand("train", "Train a model (default: SimpleCNN on shapes) and write a run directory");
+  add_train_options(*train, config);
+  auto* models = app.add_subcommand("models", "List models, parameter counts and target layers");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "batchcam: error: " << e.what() << " (see 'batchcam --help')\n";
+    return kExitUsage;
+  }
+
+  try {
+    if (train->parsed()) return run_train(config, quiet);
+    if (models->parsed()) return run_models();
+    std::cout << app.help();
+    return 0;
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "batchcam: error: " << e.what() << "\n";
+    return kExitUsage;
+  } catch (const std::exception& e) {
+    std::string msg = e.what();
+    std::cerr << "\nbatchcam: error: " << msg.substr(0, msg.find('\n')) << "\n";
+    return kExitFailure;
+  }
+}

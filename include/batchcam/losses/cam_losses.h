@@ -1,0 +1,36 @@
+#pragma once
+// Prototypes and the two Batch-CAM regularisers (method spec, sections 4 and 6).
+
+#include "batchcam/losses/distances.h"
+
+#include <torch/types.h>
+
+namespace batchcam::losses {
+
+/// Global class prototypes from images: P_c = mean over the samples of class c of the
+/// channel-averaged [0, 1] image, then min-max normalised to [0, 1].
+/// images [N, C, H, W] uint8, labels [N] int64 -> [K, H, W] float32. A class without
+/// samples gets a zero map.
+torch::Tensor image_prototypes(const torch::Tensor& images, const torch::Tensor& labels, int64_t num_classes);
+
+/// In-batch class means of the maps. maps [B, H, W], labels [B] ->
+/// {Q [K, H, W] (zero for absent classes), counts [K] int64}.
+std::pair<torch::Tensor, torch::Tensor> batch_prototypes(const torch::Tensor& maps, const torch::Tensor& labels,
+                                                         int64_t num_classes);
+
+/// The cam-ema prototype update: for each class c present in the batch,
+/// P_c <- momentum * P_c + (1 - momentum) * Q_c, with Q detached. Returns the new [K, H, W].
+torch::Tensor ema_prototypes(const torch::Tensor& prototypes, const torch::Tensor& maps, const torch::Tensor& labels,
+                             double momentum = 0.99);
+
+/// L_proto = (1/B) sum_i D(maps_i, P_{t_i}). maps [B, H, W], targets [B], prototypes [K, H, W].
+torch::Tensor prototype_loss(const torch::Tensor& maps, const torch::Tensor& targets, const torch::Tensor& prototypes,
+                             Distance d);
+
+/// L_batch = (1/B) sum_i D(maps_i, Q_{t_i}) over samples whose class has at least two
+/// members in the batch (a singleton adds nothing). With detach_target the in-batch
+/// prototypes are constants; otherwise the term pulls a class's maps together.
+torch::Tensor batch_cam_loss(const torch::Tensor& maps, const torch::Tensor& targets, int64_t num_classes, Distance d,
+                             bool detach_target = false);
+
+}  // namespace batchcam::losses

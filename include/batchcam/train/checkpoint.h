@@ -1,0 +1,37 @@
+#pragma once
+// Checkpoints: model weights, prototypes, normalisation and the run's configuration in
+// one LibTorch archive, written atomically (temporary file, fsync, rename).
+
+#include "batchcam/data/dataset.h"
+#include "batchcam/models/registry.h"
+#include "batchcam/train/config.h"
+
+#include <torch/types.h>
+
+#include <string>
+
+namespace batchcam::train {
+
+struct Checkpoint {
+  TrainConfig config;
+  models::ModelSpec spec;
+  int64_t epoch = 0;  ///< epochs completed
+  data::Normalization normalization;
+  torch::Tensor prototypes;  ///< [K, H, W]; undefined when the run had none
+  models::CamModelPtr model;  ///< rebuilt from spec, weights loaded, in eval mode
+};
+
+/// Writes `path` atomically: on any failure the previous file at `path` is untouched.
+/// Throws std::runtime_error naming the path and the cause.
+void save_checkpoint(const std::string& path, models::CamModel& model, const models::ModelSpec& spec,
+                     const TrainConfig& config, int64_t epoch, const data::Normalization& normalization,
+                     const torch::Tensor& prototypes);
+
+/// Throws std::runtime_error naming the path and what is wrong (missing, truncated, not a
+/// batchcam checkpoint, weights that do not fit the model).
+Checkpoint load_checkpoint(const std::string& path);
+
+/// Writes `content` to `path` atomically (temporary file in the same directory, fsync, rename).
+void write_file_atomic(const std::string& path, const std::string& content);
+
+}  // namespace batchcam::train

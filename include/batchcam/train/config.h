@@ -1,0 +1,56 @@
+#pragma once
+// Everything that defines a training run. Saved as config.json in the run directory.
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+
+namespace batchcam::train {
+
+struct TrainConfig {
+  // Data
+  std::string dataset = "shapes";
+  int64_t train_size = 6000;  ///< shapes only
+  int64_t test_size = 1000;   ///< shapes only
+  int64_t image_size = 28;    ///< shapes only
+  bool spurious = false;      ///< shapes only: class-coded corner patch in training
+
+  // Model
+  std::string model = "simple-cnn";
+  std::string target_layer;  ///< "" = the model's last stage
+
+  // Optimisation
+  int64_t epochs = 4;
+  int64_t batch_size = 128;
+  std::string optimizer = "adam";  ///< sgd | adam
+  double lr = 3e-3;
+  double momentum = 0.9;      ///< sgd only
+  double weight_decay = 0.0;
+  uint64_t seed = 0;
+  int64_t threads = 0;        ///< 0 = every core
+
+  // Batch-CAM
+  double lambda_proto = 0.0;
+  double lambda_batch = 0.0;
+  std::string distance_proto = "ssim";  ///< l1 | l2 | ssim
+  std::string distance_batch = "ssim";
+  std::string prototype = "image";      ///< image | cam-ema
+  std::string batch_target = "attached";  ///< attached | detached
+  int64_t cam_warmup_epochs = 0;
+
+  // Output
+  std::string out_dir = "runs";
+  std::string run_name;  ///< "" = <dataset>-<model>-<timestamp>
+
+  /// Throws std::invalid_argument naming the first field with a value out of range.
+  void validate() const;
+  bool uses_cam() const { return lambda_proto > 0.0 || lambda_batch > 0.0; }
+};
+
+nlohmann::json to_json(const TrainConfig& c);
+/// Requires every key to be a TrainConfig field of the right type; missing keys keep
+/// their defaults. Throws std::invalid_argument naming the key otherwise.
+TrainConfig config_from_json(const nlohmann::json& j);
+
+}  // namespace batchcam::train

@@ -1,0 +1,77 @@
+#include "batchcam/data/dataset.h"
+
+#include "batchcam/data/rng.h"
+
+#include <torch/torch.h>
+
+#include <numeric>
+#include <stdexcept>
+
+namespace batchcam::data {
+
+Normalization Normalization::fit(const torch::Tensor& images) {
+  TORCH_CHECK(images.dim() == 4 && images.scalar_type() == torch::kUInt8,
+              "Normalization::fit expects uint8 images [N, C, H, W], got ", images.sizes());
+  Normalization n;
+  const auto x = images.to(torch::kDouble).div_(255.0).transpose(0, 1).flatten(1);  // [C, N*H*W]
+  const auto mean = x.mean(1);
+  const auto stdev = x.std(1, /*unbiased=*/false).clamp_min(1e-6);
+  for (int64_t c = 0; c < x.size(0); ++c) {
+    n.mean.push_back(mean[c].item<double>());
+    n.std.push_back(stdev[c].item<double>());
+  }
+  return n;
+}
+
+torch::Tensor Normalization::apply(const torch::Tensor& images) const {
+  TORCH_CHECK(images.dim() == 4 && images.size(1) == static_cast<int64_t>(mean.size()),
+              "Normalization::apply expects [B, ", mean.size(), ", H, W], got ", images.sizes());
+  const auto opts = torch::TensorOptions().dtype(torch::kFloat32);
+  const auto m = torch::tensor(std::vector<double>(mean), opts).view({1, -1, 1, 1});
+  const auto s = torch::tensor(std::vector<double>(std), opts).view({1, -1, 1, 1});
+  return images.to(torch::kFloat32).div_(255.0).sub_(m).div_(s);
+}
+
+torch::Tensor Normalization::to_unit_gray(const torch::Tensor& x) const {
+  TORCH_CHECK(x.dim() == 4 && x.size(1) == static_cast<int64_t>(mean.size()),
+              "to_unit_gray expects [B, ", mean.size(), ", H, W], got ", x.sizes());
+  const auto opts = x.options();
+  const auto m = torch::tensor(std::vector<double>(mean)).to(opts).view({1, -1, 1, 1});
+  const auto s = torch::tensor(std::vector<double>(std)).to(opts).view({1, -1, 1, 1});
+  return (x * s + m).clamp(0.0, 1.0).mean(1);
+}
+
+BatchIterator::BatchIterator(const Dataset& dataset, Normalization norm, int64_t batch_size, bool shuffle,
+                             uint64_t seed, bool drop_last)
+    : dataset_(&dataset), norm_(std::move(norm)), batch_size_(batch_size), shuffle_(shuffle), seed_(seed),
+      drop_last_(drop_last), order_(static_cast<size_t>(dataset.size())) {
+  if (batch_size <= 0) throw std::invalid_argument("batch size must be > 0, got " + std::to_string(batch_size));
+  std::iota(order_.begin(), order_.end(), 0);
+  set_epoch(0);
+}
+
+void BatchIterator::set_epoch(int64_t epoch) {
+  if (!shuffle_) return;
+  std::iota(order_.begin(), order_.end(), 0);
+  Rng rng(mix_seed(seed_, static_cast<uint64_t>(epoch)));
+  for (size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[rng.below(i)]);
+}
+
+int64_t BatchIterator::size() const {
+  const int64_t n = dataset_->size();
+  return drop_last_ ? n / batch_size_ : (n + batch_size_ - 1) / batch_size_;
+}
+
+Batch BatchIterator::get(int64_t i) const {
+  TORCH_CHECK(i >= 0 && i < size(), "batch index ", i, " out of range [0, ", size(), ")");
+  const int64_t begin = i * batch_size_;
+  const int64_t end = std::min<int64_t>(begin + batch_size_, dataset_->size());
+  auto index = torch::from_blob(const_cast<int64_t*>(order_.data() + begin), {end - begin}, torch::kInt64).clone();
+  Batch b;
+  b.index = index;
+  b.x = norm_.apply(dataset_->images.index_select(0, index));
+  b.y = dataset_->labels.index_select(0, index);
+  return b;
+}
+
+}  // namespace batchcam::data

@@ -1,0 +1,137 @@
+#include "batchcam/losses/cam_losses.h"
+#include "batchcam/losses/distances.h"
+
+#include "batchcam/cam/grad_cam.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+namespace batchcam::losses {
+
+namespace {
+void check_pair(const torch::Tensor& a, const torch::Tensor& b, const char* what) {
+  TORCH_CHECK(a.dim() == 3 && a.sizes() == b.sizes(), what, ": maps must both be [B, H, W], got ", a.sizes(), " and ",
+              b.sizes());
+}
+
+void check_maps_targets(const torch::Tensor& maps, const torch::Tensor& targets, int64_t num_classes, const char* what) {
+  TORCH_CHECK(maps.dim() == 3, what, ": maps must be [B, H, W], got ", maps.sizes());
+  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == maps.size(0) && targets.scalar_type() == torch::kLong, what,
+              ": need one int64 target per map, got ", targets.sizes());
+  if (targets.numel() > 0) {
+    TORCH_CHECK(targets.min().item<int64_t>() >= 0 && targets.max().item<int64_t>() < num_classes, what,
+                ": targets must lie in [0, ", num_classes, ")");
+  }
+}
+}  // namespace
+
+Distance parse_distance(const std::string& name) {
+  if (name == "l1") return Distance::l1;
+  if (name == "l2") return Distance::l2;
+  if (name == "ssim") return Distance::ssim;
+  throw std::invalid_argument("unknown distance '" + name + "'; expected l1, l2 or ssim");
+}
+
+std::string to_string(Distance d) {
+  switch (d) {
+    case Distance::l1: return "l1";
+    case Distance::l2: return "l2";
+    case Distance::ssim: return "ssim";
+  }
+  return "?";
+}
+
+torch::Tensor ssim_window(int64_t h, int64_t w, const SsimOptions& o, torch::ScalarType dtype) {
+  int64_t side = std::min({o.window, h, w});
+  if (side % 2 == 0) side -= 1;
+  TORCH_CHECK(side >= 1, "ssim: maps of ", h, "x", w, " are too small");
+  const double sigma = o.sigma * static_cast<double>(side) / static_cast<double>(o.window);
+  auto x = torch::arange(side, torch::TensorOptions().dtype(torch::kDouble)) - static_cast<double>(side / 2);
+  auto g = torch::exp(-(x * x) / (2.0 * sigma * sigma));
+  g = g / g.sum();
+  return torch::outer(g, g).to(dtype);
+}
+
+torch::Tensor ssim(const torch::Tensor& a, const torch::Tensor& b, const SsimOptions& o) {
+  check_pair(a, b, "ssim");
+  const auto win = ssim_window(a.size(1), a.size(2), o, a.scalar_type()).to(a.device()).unsqueeze(0).unsqueeze(0);
+  const auto filter = [&](const torch::Tensor& t) { return torch::conv2d(t.unsqueeze(1), win); };  // valid windows
+  const auto mu_a = filter(a), mu_b = filter(b);
+  const auto var_a = filter(a * a) - mu_a * mu_a;
+  const auto var_b = filter(b * b) - mu_b * mu_b;
+  const auto cov = filter(a * b) - mu_a * mu_b;
+  const double c1 = std::pow(o.k1 * o.data_range, 2), c2 = std::pow(o.k2 * o.data_range, 2);
+  const auto map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2));
+  return map.flatten(1).mean(1);
+}
+
+torch::Tensor distance(Distance d, const torch::Tensor& a, const torch::Tensor& b) {
+  check_pair(a, b, "distance");
+  switch (d) {
+    case Distance::l1: return (a - b).abs().flatten(1).mean(1);
+    case Distance::l2: return (a - b).square().flatten(1).mean(1);
+    case Distance::ssim: return 1.0 - ssim(a, b);
+  }
+  throw std::logic_error("distance: unhandled kind");
+}
+
+torch::Tensor image_prototypes(const torch::Tensor& images, const torch::Tensor& labels, int64_t num_classes) {
+  TORCH_CHECK(images.dim() == 4 && images.scalar_type() == torch::kUInt8,
+              "image_prototypes: images must be uint8 [N, C, H, W], got ", images.sizes());
+  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == images.size(0), "image_prototypes: need one label per image");
+  const int64_t h = images.size(2), w = images.size(3);
+  auto sums = torch::zeros({num_classes, h * w}, torch::kDouble);
+  auto counts = torch::zeros({num_classes}, torch::kDouble);
+  constexpr int64_t kChunk = 4096;  // bounds the float copy for large datasets
+  for (int64_t begin = 0; begin < images.size(0); begin += kChunk) {
+    const int64_t end = std::min(begin + kChunk, images.size(0));
+    const auto gray = images.slice(0, begin, end).to(torch::kDouble).div_(255.0).mean(1).flatten(1);  // [n, HW]
+    const auto y = labels.slice(0, begin, end);
+    sums.index_add_(0, y, gray);
+    counts.index_add_(0, y, torch::ones({end - begin}, torch::kDouble));
+  }
+  auto mean = (sums / counts.clamp_min(1.0).unsqueeze(1)).view({num_classes, h, w});
+  return cam::normalize_maps(mean).to(torch::kFloat32);
+}
+
+std::pair<torch::Tensor, torch::Tensor> batch_prototypes(const torch::Tensor& maps, const torch::Tensor& labels,
+                                                         int64_t num_classes) {
+  check_maps_targets(maps, labels, num_classes, "batch_prototypes");
+  const auto onehot = torch::one_hot(labels, num_classes).to(maps.scalar_type());  // [B, K]
+  const auto counts = onehot.sum(0);                                                // [K]
+  const auto sums = onehot.t().matmul(maps.flatten(1));                             // [K, HW]
+  const auto q = (sums / counts.clamp_min(1.0).unsqueeze(1)).view({num_classes, maps.size(1), maps.size(2)});
+  return {q, counts.to(torch::kLong)};
+}
+
+torch::Tensor ema_prototypes(const torch::Tensor& prototypes, const torch::Tensor& maps, const torch::Tensor& labels,
+                             double momentum) {
+  TORCH_CHECK(momentum >= 0.0 && momentum <= 1.0, "ema_prototypes: momentum must be in [0, 1], got ", momentum);
+  torch::NoGradGuard no_grad;
+  const auto [q, counts] = batch_prototypes(maps.detach().to(prototypes.scalar_type()), labels, prototypes.size(0));
+  const auto present = (counts > 0).view({-1, 1, 1});
+  return torch::where(present, momentum * prototypes + (1.0 - momentum) * q, prototypes);
+}
+
+torch::Tensor prototype_loss(const torch::Tensor& maps, const torch::Tensor& targets, const torch::Tensor& prototypes,
+                             Distance d) {
+  check_maps_targets(maps, targets, prototypes.size(0), "prototype_loss");
+  TORCH_CHECK(prototypes.dim() == 3 && prototypes.size(1) == maps.size(1) && prototypes.size(2) == maps.size(2),
+              "prototype_loss: prototypes must be [K, ", maps.size(1), ", ", maps.size(2), "], got ", prototypes.sizes());
+  const auto target_maps = prototypes.to(maps.options()).index_select(0, targets);
+  return distance(d, maps, target_maps).mean();
+}
+
+torch::Tensor batch_cam_loss(const torch::Tensor& maps, const torch::Tensor& targets, int64_t num_classes, Distance d,
+                             bool detach_target) {
+  auto [q, counts] = batch_prototypes(maps, targets, num_classes);
+  if (detach_target) q = q.detach();
+  const auto per_sample = distance(d, maps, q.index_select(0, targets));  // [B]
+  const auto counted = (counts.index_select(0, targets) > 1).to(maps.scalar_type());
+  return (per_sample * counted).sum() / static_cast<double>(std::max<int64_t>(maps.size(0), 1));
+}
+
+}  // namespace batchcam::losses

@@ -1,0 +1,73 @@
+#include "batchcam/models/cam_model.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace batchcam::models {
+
+namespace {
+std::string join(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+// BatchNorm in training mode normalises with batch statistics: sample i's output then
+// depends on every other sample, which breaks the one-gradient-call Grad-CAM.
+bool mixes_samples(const torch::nn::Module& m) {
+  if (!m.is_training()) return false;
+  const auto n = m.name();
+  return n.find("BatchNorm") != std::string::npos;
+}
+}  // namespace
+
+void CamModel::add_stage(const std::string& name, torch::nn::Sequential stage) {
+  stages_.emplace_back(name, register_module(name, std::move(stage)));
+  target_ = stages_.size() - 1;
+}
+
+torch::Tensor CamModel::features(const torch::Tensor& x) {
+  TORCH_CHECK(!stages_.empty(), name(), ": model has no stages");
+  auto h = x;
+  for (size_t i = 0; i <= target_; ++i) h = stages_[i].second->forward(h);
+  return h;
+}
+
+torch::Tensor CamModel::head(const torch::Tensor& a) {
+  auto h = a;
+  for (size_t i = target_ + 1; i < stages_.size(); ++i) h = stages_[i].second->forward(h);
+  return classify(h);
+}
+
+std::vector<std::string> CamModel::target_layers() const {
+  std::vector<std::string> names;
+  for (const auto& s : stages_) names.push_back(s.first);
+  return names;
+}
+
+void CamModel::set_target_layer(const std::string& layer) {
+  auto it = std::find_if(stages_.begin(), stages_.end(), [&](const auto& s) { return s.first == layer; });
+  if (it == stages_.end()) {
+    throw std::invalid_argument("unknown target layer '" + layer + "' for model " + name() +
+                                "; expected one of: " + join(target_layers()));
+  }
+  target_ = static_cast<size_t>(it - stages_.begin());
+}
+
+std::string CamModel::head_sample_mixing_module() const {
+  for (size_t i = target_ + 1; i < stages_.size(); ++i) {
+    for (const auto& item : stages_[i].second->named_modules(stages_[i].first)) {
+      if (mixes_samples(*item.value())) return item.key();
+    }
+  }
+  for (const auto& [prefix, module] : classifier_modules()) {
+    for (const auto& item : module->named_modules(prefix)) {
+      if (mixes_samples(*item.value())) return item.key();
+    }
+  }
+  return "";
+}
+
+}  // namespace batchcam::models

@@ -1,0 +1,147 @@
+#include "batchcam/train/checkpoint.h"
+
+#include <torch/torch.h>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+namespace batchcam::train {
+
+namespace {
+constexpr const char* kFormat = "batchcam-checkpoint-v1";
+
+void fsync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+// Moves a finished temporary file over `path` and makes the rename durable.
+void commit_temp(const std::string& tmp, const std::string& path) {
+  fsync_path(tmp);
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const std::string err = std::strerror(errno);
+    std::remove(tmp.c_str());
+    throw std::runtime_error(path + ": cannot write (" + err + ")");
+  }
+  const auto dir = std::filesystem::path(path).parent_path();
+  fsync_path(dir.empty() ? "." : dir.string());
+}
+
+std::string temp_name(const std::string& path) { return path + ".tmp." + std::to_string(::getpid()); }
+
+torch::Tensor vec_tensor(const std::vector<double>& v) { return torch::tensor(v, torch::kDouble); }
+std::vector<double> tensor_vec(const torch::Tensor& t) {
+  auto c = t.to(torch::kDouble).contiguous();
+  return {c.data_ptr<double>(), c.data_ptr<double>() + c.numel()};
+}
+
+nlohmann::json spec_json(const models::ModelSpec& s) {
+  return {{"name", s.name}, {"in_channels", s.in_channels}, {"num_classes", s.num_classes},
+          {"image_size", s.image_size}, {"target_layer", s.target_layer}};
+}
+}  // namespace
+
+void write_file_atomic(const std::string& path, const std::string& content) {
+  const auto tmp = temp_name(path);
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << content;
+    out.flush();
+    if (!out) {
+      std::remove(tmp.c_str());
+      throw std::runtime_error(path + ": cannot write (" + std::strerror(errno) + ")");
+    }
+  }
+  commit_temp(tmp, path);
+}
+
+void save_checkpoint(const std::string& path, models::CamModel& model, const models::ModelSpec& spec,
+                     const TrainConfig& config, int64_t epoch, const data::Normalization& normalization,
+                     const torch::Tensor& prototypes) {
+  torch::serialize::OutputArchive archive;
+  archive.write("format", c10::IValue(std::string(kFormat)));
+  archive.write("config", c10::IValue(to_json(config).dump()));
+  archive.write("spec", c10::IValue(spec_json(spec).dump()));
+  archive.write("epoch", c10::IValue(epoch));
+  archive.write("norm_mean", vec_tensor(normalization.mean));
+  archive.write("norm_std", vec_tensor(normalization.std));
+  if (prototypes.defined()) archive.write("prototypes", prototypes.detach().cpu());
+  for (const auto& p : model.named_parameters()) archive.write("model." + p.key(), p.value().detach().cpu());
+  for (const auto& b : model.named_buffers()) archive.write("model." + b.key(), b.value().detach().cpu(), true);
+  const auto tmp = temp_name(path);
+  try {
+    archive.save_to(tmp);
+  } catch (const std::exception& e) {
+    std::remove(tmp.c_str());
+    throw std::runtime_error(path + ": cannot write checkpoint (" + std::string(e.what()).substr(0, 200) + ")");
+  }
+  commit_temp(tmp, path);
+}
+
+Checkpoint load_checkpoint(const std::string& path) {
+  if (!std::filesystem::is_regular_file(path)) throw std::runtime_error(path + ": no such checkpoint file");
+  torch::serialize::InputArchive archive;
+  try {
+    archive.load_from(path);
+  } catch (const std::exception&) {
+    throw std::runtime_error(path + ": not a readable checkpoint (truncated or corrupt archive)");
+  }
+  c10::IValue format;
+  if (!archive.try_read("format", format) || !format.isString() || format.toStringRef() != kFormat) {
+    throw std::runtime_error(path + ": not a batchcam checkpoint (expected format " + kFormat + ")");
+  }
+  Checkpoint ck;
+  try {
+    c10::IValue config, spec, epoch;
+    archive.read("config", config);
+    archive.read("spec", spec);
+    archive.read("epoch", epoch);
+    ck.config = config_from_json(nlohmann::json::parse(config.toStringRef()));
+    const auto s = nlohmann::json::parse(spec.toStringRef());
+    ck.spec.name = s.at("name").get<std::string>();
+    ck.spec.in_channels = s.at("in_channels").get<int64_t>();
+    ck.spec.num_classes = s.at("num_classes").get<int64_t>();
+    ck.spec.image_size = s.at("image_size").get<int64_t>();
+    ck.spec.target_layer = s.at("target_layer").get<std::string>();
+    ck.epoch = epoch.toInt();
+    torch::Tensor mean, stdev, protos;
+    archive.read("norm_mean", mean);
+    archive.read("norm_std", stdev);
+    ck.normalization.mean = tensor_vec(mean);
+    ck.normalization.std = tensor_vec(stdev);
+    if (archive.try_read("prototypes", protos)) ck.prototypes = protos;
+    ck.model = models::make_model(ck.spec);
+    torch::NoGradGuard no_grad;
+    for (auto& p : ck.model->named_parameters()) {
+      torch::Tensor t;
+      archive.read("model." + p.key(), t);
+      TORCH_CHECK(t.sizes() == p.value().sizes(), "shape of ", p.key(), " is ", t.sizes(), ", model expects ",
+                  p.value().sizes());
+      p.value().copy_(t);
+    }
+    for (auto& b : ck.model->named_buffers()) {
+      torch::Tensor t;
+      archive.read("model." + b.key(), t, true);
+      TORCH_CHECK(t.sizes() == b.value().sizes(), "shape of ", b.key(), " is ", t.sizes(), ", model expects ",
+                  b.value().sizes());
+      b.value().copy_(t);
+    }
+  } catch (const std::exception& e) {
+    std::string msg = e.what();
+    msg = msg.substr(0, msg.find('\n'));
+    throw std::runtime_error(path + ": invalid checkpoint (" + msg + ")");
+  }
+  ck.model->eval();
+  return ck;
+}
+
+}  // namespace batchcam::train
