@@ -126,12 +126,12 @@ int main(int argc, char** argv) {
   app.option_defaults()->always_capture_default();
   app.set_version_flag("--version", "batchcam 0.1.0");
   app.require_subcommand(0, 1);
-  bool quiet = false;
-  app.add_flag("-q,--quiet", quiet, "Print only the final summary and errors");
 
   batchcam::train::TrainConfig config;
   auto* train = app.add_subcommand("train", "Train a model (default: SimpleCNN on shapes) and write a run directory");
   add_train_options(*train, config);
+  bool quiet = false;
+  train->add_flag("-q,--quiet", quiet, "Print only the final summary and errors")->group("Output");
   auto* models = app.add_subcommand("models", "List models, parameter counts and target layers");
 
   try {

@@ -22,6 +22,8 @@ void check_targets(const torch::Tensor& targets, int64_t batch, int64_t classes)
 // From features A [B, D, h, w] and their gradient G: weights, weighted sum, ReLU,
 // upsampling, normalisation (spec section 2).
 CamResult cam_from_gradients(const torch::Tensor& a, const torch::Tensor& g, const GradCamOptions& options) {
+  // Without create_graph the maps are explanations, constants for any optimiser.
+  torch::AutoGradMode grad_mode(options.create_graph());
   const auto alpha = g.mean({2, 3}, /*keepdim=*/true);  // [B, D, 1, 1]
   auto raw = torch::relu((alpha * a).sum(1));          // [B, h, w]
   auto up = raw;
