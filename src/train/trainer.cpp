@@ -2,6 +2,8 @@
 
 #include "batchcam/cam/grad_cam.h"
 #include "batchcam/data/shapes.h"
+#include "batchcam/eval/pictures.h"
+#include "batchcam/io/png.h"
 #include "batchcam/losses/cam_losses.h"
 #include "batchcam/models/registry.h"
 #include "batchcam/train/checkpoint.h"
@@ -240,6 +242,8 @@ TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks) {
     result.history.push_back(m);
     if (callbacks.on_epoch) callbacks.on_epoch(m);
   }
+  io::write_png((fs::path(result.run_dir) / "prototypes.png").string(), eval::prototype_strip(prototypes));
+  io::write_png((fs::path(result.run_dir) / "samples.png").string(), eval::cam_examples(*model, splits.test, norm));
   return result;
 }
 

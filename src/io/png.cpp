@@ -1,0 +1,75 @@
+#include "batchcam/io/png.h"
+
+#include "batchcam/train/checkpoint.h"
+
+#include <png.h>
+#include <torch/torch.h>
+
+#include <stdexcept>
+#include <vector>
+
+namespace batchcam::io {
+
+namespace {
+void append_bytes(png_structp png, png_bytep data, png_size_t length) {
+  auto* out = static_cast<std::string*>(png_get_io_ptr(png));
+  out->append(reinterpret_cast<const char*>(data), length);
+}
+
+// Anchor colours of the ramp, from black to pale yellow.
+const float kRamp[][3] = {{0.00f, 0.00f, 0.02f}, {0.26f, 0.04f, 0.41f}, {0.58f, 0.15f, 0.40f},
+                          {0.87f, 0.32f, 0.23f}, {0.99f, 0.65f, 0.04f}, {0.99f, 1.00f, 0.64f}};
+constexpr int kAnchors = 6;
+}  // namespace
+
+std::string encode_png(const torch::Tensor& image) {
+  TORCH_CHECK(image.scalar_type() == torch::kUInt8 && (image.dim() == 2 || (image.dim() == 3 && image.size(2) == 3)),
+              "encode_png expects uint8 [H, W] or [H, W, 3], got ", image.sizes(), " ", image.scalar_type());
+  const auto img = image.contiguous().cpu();
+  const auto h = static_cast<png_uint_32>(img.size(0)), w = static_cast<png_uint_32>(img.size(1));
+  const int channels = img.dim() == 2 ? 1 : 3;
+  std::string out;
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  png_infop info = png ? png_create_info_struct(png) : nullptr;
+  if (!png || !info) {
+    png_destroy_write_struct(&png, &info);
+    throw std::runtime_error("encode_png: libpng could not start");
+  }
+  std::vector<png_bytep> rows(h);
+  if (setjmp(png_jmpbuf(png))) {  // libpng reports errors by longjmp
+    png_destroy_write_struct(&png, &info);
+    throw std::runtime_error("encode_png: libpng failed");
+  }
+  png_set_write_fn(png, &out, append_bytes, nullptr);
+  png_set_IHDR(png, info, w, h, 8, channels == 1 ? PNG_COLOR_TYPE_GRAY : PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
+               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  auto* base = img.data_ptr<uint8_t>();
+  for (png_uint_32 r = 0; r < h; ++r) rows[r] = base + static_cast<size_t>(r) * w * channels;
+  png_set_rows(png, info, rows.data());
+  png_write_png(png, info, PNG_TRANSFORM_IDENTITY, nullptr);
+  png_destroy_write_struct(&png, &info);
+  return out;
+}
+
+void write_png(const std::string& path, const torch::Tensor& image) {
+  train::write_file_atomic(path, encode_png(image));
+}
+
+torch::Tensor heat_colors(const torch::Tensor& map) {
+  TORCH_CHECK(map.dim() == 2, "heat_colors expects [H, W], got ", map.sizes());
+  const auto ramp = torch::from_blob(const_cast<float*>(&kRamp[0][0]), {kAnchors, 3}, torch::kFloat).clone();
+  const auto t = map.detach().to(torch::kFloat).cpu().clamp(0.0, 1.0) * (kAnchors - 1);
+  const auto lo = t.floor().clamp_max(kAnchors - 2).to(torch::kLong);
+  const auto frac = (t - lo.to(torch::kFloat)).unsqueeze(-1);
+  const auto rgb = ramp.index({lo}) * (1 - frac) + ramp.index({lo + 1}) * frac;  // [H, W, 3]
+  return (rgb * 255).round().to(torch::kUInt8);
+}
+
+torch::Tensor overlay(const torch::Tensor& gray, const torch::Tensor& map, double alpha) {
+  TORCH_CHECK(gray.sizes() == map.sizes(), "overlay: image ", gray.sizes(), " and map ", map.sizes(), " differ");
+  const auto g = gray.detach().to(torch::kFloat).cpu().clamp(0.0, 1.0).unsqueeze(-1).expand({-1, -1, 3});
+  const auto heat = heat_colors(map).to(torch::kFloat) / 255;
+  return (((1 - alpha) * g + alpha * heat) * 255).round().clamp(0, 255).to(torch::kUInt8);
+}
+
+}  // namespace batchcam::io

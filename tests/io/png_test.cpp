@@ -1,0 +1,75 @@
+#include "batchcam/eval/pictures.h"
+#include "batchcam/data/shapes.h"
+#include "batchcam/io/png.h"
+#include "batchcam/models/registry.h"
+
+#include <gtest/gtest.h>
+#include <png.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+using namespace batchcam;
+
+namespace {
+// Decodes with libpng's simplified API, independently of the encoder's code path.
+torch::Tensor decode(const std::string& bytes, bool rgb) {
+  png_image image{};
+  image.version = PNG_IMAGE_VERSION;
+  EXPECT_TRUE(png_image_begin_read_from_memory(&image, bytes.data(), bytes.size()));
+  image.format = rgb ? PNG_FORMAT_RGB : PNG_FORMAT_GRAY;
+  auto out = rgb ? torch::empty({image.height, image.width, 3}, torch::kUInt8)
+                 : torch::empty({image.height, image.width}, torch::kUInt8);
+  EXPECT_TRUE(png_image_finish_read(&image, nullptr, out.data_ptr<uint8_t>(), 0, nullptr));
+  return out;
+}
+}  // namespace
+
+TEST(Png, GrayAndRgbRoundTripExactly) {
+  const auto gray = torch::randint(0, 256, {5, 7}, torch::kLong).to(torch::kUInt8);
+  EXPECT_TRUE(decode(io::encode_png(gray), false).equal(gray));
+  const auto rgb = torch::randint(0, 256, {4, 3, 3}, torch::kLong).to(torch::kUInt8);
+  EXPECT_TRUE(decode(io::encode_png(rgb), true).equal(rgb));
+  EXPECT_THROW(io::encode_png(torch::zeros({4, 4, 2}, torch::kUInt8)), c10::Error);
+  EXPECT_THROW(io::encode_png(torch::zeros({4, 4})), c10::Error);
+}
+
+TEST(Png, WriteIsAtomicAndReportsThePath) {
+  const auto dir = std::filesystem::temp_directory_path() / ("batchcam-png-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const auto path = (dir / "a.png").string();
+  io::write_png(path, torch::zeros({2, 2}, torch::kUInt8));
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  EXPECT_TRUE(decode(ss.str(), false).equal(torch::zeros({2, 2}, torch::kUInt8)));
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir), {}), 1);  // no temporary left
+  try {
+    io::write_png((dir / "missing" / "b.png").string(), torch::zeros({2, 2}, torch::kUInt8));
+    FAIL();
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("missing/b.png"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove_all(dir);
+}
+
+TEST(HeatColors, RampIsDarkAtZeroBrightAtOneAndMonotoneInBrightness) {
+  const auto ramp = io::heat_colors(torch::linspace(0, 1, 101).view({1, -1})).to(torch::kFloat)[0];
+  const auto brightness = ramp.sum(1);
+  EXPECT_LT(brightness[0].item<float>(), 20);
+  EXPECT_GT(brightness[100].item<float>(), 600);
+  EXPECT_TRUE((brightness.slice(0, 1) - brightness.slice(0, 0, -1)).ge(0).all().item<bool>());
+}
+
+TEST(Pictures, GridsHaveTheDocumentedSizes) {
+  EXPECT_EQ(eval::prototype_strip(torch::rand({10, 28, 28}), 2).sizes(), (std::vector<int64_t>{56, 10 * 58 - 2, 3}));
+  const auto d = data::generate_shapes(30, 28, 0, data::SpuriousCue::none, 0.05);
+  models::ModelSpec spec;
+  spec.name = "simple-cnn";
+  auto model = models::make_model(spec);
+  const auto grid = eval::cam_examples(*model, d, data::Normalization::fit(d.images), 2);
+  EXPECT_EQ(grid.sizes(), (std::vector<int64_t>{10 * 58 - 2, 3 * 58 - 2, 3}));
+  EXPECT_TRUE(model->is_training());  // mode restored
+}
