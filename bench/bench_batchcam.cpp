@@ -57,6 +57,18 @@ void BM_TrainStep(benchmark::State& state, const std::string& model_name) {
   state.SetLabel(state.range(0) == 1 ? "ce+batch-cam" : "ce");
 }
 
+// Forward and backward of the cross-entropy for a batch of 128 at 28x28 (no optimiser).
+void BM_ForwardBackward(benchmark::State& state, const std::string& model_name) {
+  auto model = make(model_name);
+  model->train();
+  const auto& f = fixture();
+  for (auto _ : state) {
+    model->zero_grad();
+    torch::nn::functional::cross_entropy(model->forward(f.batch.x), f.batch.y).backward();
+  }
+  state.SetItemsProcessed(state.iterations() * kBatch);
+}
+
 // Grad-CAM for 128 images: one gradient call (range 0 = 1) or one backward per image (0).
 void BM_GradCam(benchmark::State& state, const std::string& model_name) {
   auto model = make(model_name);
@@ -89,6 +101,10 @@ void BM_BatchPipeline(benchmark::State& state) {
 
 BENCHMARK_CAPTURE(BM_TrainStep, simple_cnn, std::string("simple-cnn"))->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_GradCam, simple_cnn, std::string("simple-cnn"))->Arg(1)->Arg(0)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_ForwardBackward, simple_cnn, std::string("simple-cnn"))->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_ForwardBackward, resnet18, std::string("resnet18"))->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_ForwardBackward, convnext_v2_atto, std::string("convnext-v2-atto"))->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_ForwardBackward, convnext_v2_tiny, std::string("convnext-v2-tiny"))->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
 BENCHMARK(BM_BatchPipeline)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 BENCHMARK_MAIN();

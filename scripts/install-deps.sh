@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# Installs, with apt-get, the Debian 12 packages batchcam needs to build and test, and only
-# those that are missing. Run as root (or with sudo). Nothing is downloaded at build time.
+# Installs, with apt-get, the Debian 12 packages batchcam needs to build, and only those
+# that are missing. With --test also the packages of the test suite's reference checks
+# (PyTorch and torchvision for Python, to compare exported weights with torchvision).
+# Run as root (or with sudo). Nothing is downloaded at build time.
 set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build ccache pkg-config
   libtorch-dev            # LibTorch 1.13 (CPU)
+  libopenblas0-openmp     # optimised BLAS for LibTorch's matrix products (Debian's default is the reference BLAS)
   libcli11-dev            # command line and config files
   nlohmann-json3-dev      # JSON: configs, metrics, checkpoint metadata
   libspdlog-dev           # CLI logging
   libpng-dev zlib1g-dev   # images and compression
   libgtest-dev libgmock-dev libbenchmark-dev
 )
+if [[ ${1:-} == --test ]]; then
+  packages+=(python3-torch python3-torchvision)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

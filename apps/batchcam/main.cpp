@@ -2,6 +2,7 @@
 // 0 success, 1 runtime failure (files, training), 2 bad usage (flags, config values).
 
 #include "batchcam/models/registry.h"
+#include "batchcam/train/checkpoint.h"
 #include "batchcam/train/config.h"
 #include "batchcam/train/trainer.h"
 
@@ -27,7 +28,7 @@ void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
   cmd.add_option("--image-size", c.image_size, "Image side in pixels (shapes)")->check(CLI::Range(16, 512))->group("Data");
   cmd.add_flag("--spurious,!--no-spurious", c.spurious, "Add a class-coded corner patch in training (shapes)")->group("Data");
 
-  cmd.add_option("--model", c.model, "Model")->check(CLI::IsMember(batchcam::models::model_names()))->group("Model");
+  cmd.add_option("--model", c.model, "Model (see 'batchcam models')")->check(CLI::IsMember(batchcam::models::model_names()))->group("Model");
   cmd.add_option("--target-layer", c.target_layer, "Stage whose output feeds Grad-CAM (default: the last)")->group("Model");
 
   cmd.add_option("--epochs", c.epochs, "Training epochs")->check(CLI::Range(1, 100000))->group("Optimisation");
@@ -104,18 +105,35 @@ int run_train(const batchcam::train::TrainConfig& config, bool quiet) {
   return 0;
 }
 
+int64_t parameter_count(batchcam::models::CamModel& model) {
+  int64_t n = 0;
+  for (const auto& p : model.parameters()) n += p.numel();
+  return n;
+}
+
 int run_models() {
+  std::cout << fmt::format("{:<18} {:>14} {:>16}  {}\n", "model", "params 1x28x28", "params 3x224x224",
+                           "target layers (* = default at 28 px)");
   for (const auto& name : batchcam::models::model_names()) {
-    batchcam::models::ModelSpec spec;
-    spec.name = name;
-    const auto model = batchcam::models::make_model(spec);
-    int64_t params = 0;
-    for (const auto& p : model->parameters()) params += p.numel();
+    batchcam::models::ModelSpec small{name, 1, 10, 28, ""};
+    batchcam::models::ModelSpec large{name, 3, 1000, 224, ""};
+    const auto model = batchcam::models::make_model(small);
+    const auto reference = batchcam::models::make_model(large);
     std::string layers;
-    for (const auto& l : model->target_layers()) layers += (layers.empty() ? "" : ", ") + l;
-    std::cout << fmt::format("{:<14} {:>12} parameters (1x28x28, 10 classes)  target layers: {} (default {})\n", name,
-                             params, layers, model->target_layer());
+    for (const auto& l : model->target_layers()) {
+      layers += (layers.empty() ? "" : ", ") + l + (l == model->target_layer() ? "*" : "");
+    }
+    std::cout << fmt::format("{:<18} {:>14} {:>16}  {}\n", name, parameter_count(*model), parameter_count(*reference),
+                             layers);
   }
+  std::cout << "(28 px: 10 classes and the small-input stems; 224 px: 1000 classes and the reference stems)\n";
+  return 0;
+}
+
+int run_export(const std::string& checkpoint, const std::string& format, const std::string& out) {
+  const auto ck = batchcam::train::load_checkpoint(checkpoint);
+  if (format == "state-dict") batchcam::train::export_state_dict(*ck.model, out);
+  std::cout << "wrote " << out << " (" << format << " of " << ck.spec.name << ")\n";
   return 0;
 }
 
@@ -133,6 +151,13 @@ int main(int argc, char** argv) {
   bool quiet = false;
   train->add_flag("-q,--quiet", quiet, "Print only the final summary and errors")->group("Output");
   auto* models = app.add_subcommand("models", "List models, parameter counts and target layers");
+  auto* exporter = app.add_subcommand("export", "Export a checkpoint's weights for other tools");
+  std::string export_checkpoint, export_format = "state-dict", export_out;
+  exporter->add_option("checkpoint", export_checkpoint, "Checkpoint file (run directory's checkpoint.pt)")
+      ->required()->check(CLI::ExistingFile);
+  exporter->add_option("out", export_out, "Output file")->required();
+  exporter->add_option("--format", export_format, "state-dict: a dict name -> tensor that Python's torch.load reads")
+      ->check(CLI::IsMember({"state-dict"}));
 
   try {
     app.parse(argc, argv);
@@ -150,6 +175,7 @@ int main(int argc, char** argv) {
   try {
     if (train->parsed()) return run_train(config, quiet);
     if (models->parsed()) return run_models();
+    if (exporter->parsed()) return run_export(export_checkpoint, export_format, export_out);
     std::cout << app.help();
     return 0;
   } catch (const std::invalid_argument& e) {

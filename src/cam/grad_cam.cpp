@@ -95,19 +95,18 @@ CamResult grad_cam_per_sample(models::CamModel& model, const torch::Tensor& x, c
                               const GradCamOptions& options) {
   TORCH_CHECK(x.dim() == 4, "grad_cam_per_sample: x must be [B, C, H, W], got ", x.sizes());
   torch::AutoGradMode enable(true);
-  std::vector<torch::Tensor> maps, raws;
+  auto a = model.features(x);
+  if (!a.requires_grad()) a = a.detach().requires_grad_(true);
+  const auto z = model.head(a);
+  check_targets(targets, z.size(0), z.size(1));
+  // One backward per image: the gradient of sample i's score, kept for sample i only.
+  std::vector<torch::Tensor> grads;
   for (int64_t i = 0; i < x.size(0); ++i) {
-    auto a = model.features(x.slice(0, i, i + 1));
-    if (!a.requires_grad()) a = a.detach().requires_grad_(true);
-    const auto z = model.head(a);
-    check_targets(targets.slice(0, i, i + 1), 1, z.size(1));
-    const auto g = torch::autograd::grad({z[0][targets[i].item<int64_t>()]}, {a}, {}, /*retain_graph=*/false,
+    const auto g = torch::autograd::grad({z[i][targets[i].item<int64_t>()]}, {a}, {}, /*retain_graph=*/true,
                                          options.create_graph());
-    auto r = cam_from_gradients(a, g[0], options);
-    maps.push_back(r.maps);
-    raws.push_back(r.raw);
+    grads.push_back(g[0][i]);
   }
-  return {torch::cat(maps), torch::cat(raws)};
+  return cam_from_gradients(a, torch::stack(grads), options);
 }
 
 bool head_is_per_sample(const std::function<torch::Tensor(const torch::Tensor&)>& head, const torch::Tensor& features,

@@ -23,32 +23,39 @@ bool mixes_samples(const torch::nn::Module& m) {
 }
 }  // namespace
 
-void CamModel::add_stage(const std::string& name, torch::nn::Sequential stage) {
-  stages_.emplace_back(name, register_module(name, std::move(stage)));
+void CamModel::add_stage(const std::string& name, std::function<torch::Tensor(const torch::Tensor&)> forward,
+                         NamedModules modules) {
+  stages_.push_back({name, std::move(forward), std::move(modules)});
   target_ = stages_.size() - 1;
+}
+
+void CamModel::add_stage(const std::string& name, torch::nn::Sequential stage) {
+  auto registered = register_module(name, std::move(stage));
+  add_stage(
+      name, [registered](const torch::Tensor& x) { return registered->forward(x); }, {{name, registered}});
 }
 
 torch::Tensor CamModel::features(const torch::Tensor& x) {
   TORCH_CHECK(!stages_.empty(), name(), ": model has no stages");
   auto h = x;
-  for (size_t i = 0; i <= target_; ++i) h = stages_[i].second->forward(h);
+  for (size_t i = 0; i <= target_; ++i) h = stages_[i].forward(h);
   return h;
 }
 
 torch::Tensor CamModel::head(const torch::Tensor& a) {
   auto h = a;
-  for (size_t i = target_ + 1; i < stages_.size(); ++i) h = stages_[i].second->forward(h);
+  for (size_t i = target_ + 1; i < stages_.size(); ++i) h = stages_[i].forward(h);
   return classify(h);
 }
 
 std::vector<std::string> CamModel::target_layers() const {
   std::vector<std::string> names;
-  for (const auto& s : stages_) names.push_back(s.first);
+  for (const auto& s : stages_) names.push_back(s.name);
   return names;
 }
 
 void CamModel::set_target_layer(const std::string& layer) {
-  auto it = std::find_if(stages_.begin(), stages_.end(), [&](const auto& s) { return s.first == layer; });
+  auto it = std::find_if(stages_.begin(), stages_.end(), [&](const Stage& s) { return s.name == layer; });
   if (it == stages_.end()) {
     throw std::invalid_argument("unknown target layer '" + layer + "' for model " + name() +
                                 "; expected one of: " + join(target_layers()));
@@ -57,12 +64,13 @@ void CamModel::set_target_layer(const std::string& layer) {
 }
 
 std::string CamModel::head_sample_mixing_module() const {
+  NamedModules head_modules;
   for (size_t i = target_ + 1; i < stages_.size(); ++i) {
-    for (const auto& item : stages_[i].second->named_modules(stages_[i].first)) {
-      if (mixes_samples(*item.value())) return item.key();
-    }
+    head_modules.insert(head_modules.end(), stages_[i].modules.begin(), stages_[i].modules.end());
   }
-  for (const auto& [prefix, module] : classifier_modules()) {
+  const auto classifier = classifier_modules();
+  head_modules.insert(head_modules.end(), classifier.begin(), classifier.end());
+  for (const auto& [prefix, module] : head_modules) {
     for (const auto& item : module->named_modules(prefix)) {
       if (mixes_samples(*item.value())) return item.key();
     }

@@ -1,5 +1,7 @@
 #include "batchcam/models/registry.h"
 
+#include "batchcam/models/convnext_v2.h"
+#include "batchcam/models/resnet.h"
 #include "batchcam/models/simple_cnn.h"
 
 #include <torch/torch.h>
@@ -8,12 +10,27 @@
 
 namespace batchcam::models {
 
-std::vector<std::string> model_names() { return {"simple-cnn"}; }
+namespace {
+// Inputs up to this side use the small-input stems (no early downsampling).
+constexpr int64_t kSmallInputMax = 64;
+const char* const kConvNeXtPrefix = "convnext-v2-";
+}  // namespace
+
+std::vector<std::string> model_names() {
+  return {"simple-cnn",        "resnet18",         "convnext-v2-atto", "convnext-v2-femto",
+          "convnext-v2-pico",  "convnext-v2-nano", "convnext-v2-tiny"};
+}
 
 CamModelPtr make_model(const ModelSpec& spec) {
   CamModelPtr model;
+  const bool small = spec.image_size <= kSmallInputMax;
   if (spec.name == "simple-cnn") {
     model = SimpleCNN(SimpleCNNOptions(spec.in_channels, spec.num_classes)).ptr();
+  } else if (spec.name == "resnet18") {
+    model = ResNet18(ResNetOptions(spec.in_channels, spec.num_classes).small_input(small)).ptr();
+  } else if (spec.name.rfind(kConvNeXtPrefix, 0) == 0) {
+    const auto variant = spec.name.substr(std::string(kConvNeXtPrefix).size());
+    model = ConvNeXtV2(convnext_v2_variant(variant, spec.in_channels, spec.num_classes).small_input(small), variant).ptr();
   } else {
     std::string known;
     for (const auto& n : model_names()) known += (known.empty() ? "" : ", ") + n;

@@ -33,7 +33,7 @@ torch::Tensor SimpleCNNImpl::classify(const torch::Tensor& a) {
   return fc_->forward(a.mean({2, 3}));
 }
 
-std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> SimpleCNNImpl::classifier_modules() const {
+CamModel::NamedModules SimpleCNNImpl::classifier_modules() const {
   return {{"fc", fc_.ptr()}};
 }
 

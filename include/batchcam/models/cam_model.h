@@ -5,6 +5,7 @@
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/types.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -31,7 +32,7 @@ class CamModel : public torch::nn::Module {
 
   /// Requires: `name` is one of target_layers(). Ensures: features() ends there.
   void set_target_layer(const std::string& name);
-  const std::string& target_layer() const { return stages_.at(target_).first; }
+  const std::string& target_layer() const { return stages_.at(target_).name; }
 
   /// Names the first module after the target layer that mixes samples in the current
   /// mode (BatchNorm in training mode), or returns "" when the head is per-sample.
@@ -42,15 +43,26 @@ class CamModel : public torch::nn::Module {
   virtual int64_t num_classes() const = 0;
 
  protected:
-  /// Registers a stage; the last registered stage becomes the default target layer.
+  using NamedModules = std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>>;
+  /// A stage computed by `forward` from modules the subclass registered itself (listed in
+  /// `modules` under their registered names, for the sample-mixing check). Lets models keep
+  /// reference parameter names, e.g. torchvision's top-level conv1/bn1 stem.
+  void add_stage(const std::string& name, std::function<torch::Tensor(const torch::Tensor&)> forward,
+                 NamedModules modules);
+  /// Registers `stage` as submodule `name` and adds it as a stage.
   void add_stage(const std::string& name, torch::nn::Sequential stage);
   /// Pooling and linear layer(s) after the last stage. A_last [B, D, h, w] -> [B, K].
   virtual torch::Tensor classify(const torch::Tensor& a) = 0;
   /// Modules used by classify(), checked by head_sample_mixing_module().
-  virtual std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> classifier_modules() const = 0;
+  virtual NamedModules classifier_modules() const = 0;
 
  private:
-  std::vector<std::pair<std::string, torch::nn::Sequential>> stages_;
+  struct Stage {
+    std::string name;
+    std::function<torch::Tensor(const torch::Tensor&)> forward;
+    NamedModules modules;
+  };
+  std::vector<Stage> stages_;
   size_t target_ = 0;
 };
 

@@ -30,7 +30,7 @@ class SimpleCNNImpl : public CamModel {
 
  protected:
   torch::Tensor classify(const torch::Tensor& a) override;
-  std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> classifier_modules() const override;
+  NamedModules classifier_modules() const override;
 
  private:
   SimpleCNNOptions options_;

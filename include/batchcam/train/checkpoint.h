@@ -31,6 +31,11 @@ void save_checkpoint(const std::string& path, models::CamModel& model, const mod
 /// batchcam checkpoint, weights that do not fit the model).
 Checkpoint load_checkpoint(const std::string& path);
 
+/// Writes the model's parameters and buffers as a plain dict name -> tensor that Python's
+/// torch.load reads (torch::pickle_save format), atomically. Names follow the model's
+/// reference implementation (torchvision for resnet18).
+void export_state_dict(models::CamModel& model, const std::string& path);
+
 /// Writes `content` to `path` atomically (temporary file in the same directory, fsync, rename).
 void write_file_atomic(const std::string& path, const std::string& content);
 

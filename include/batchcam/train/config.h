@@ -31,10 +31,10 @@ struct TrainConfig {
   int64_t threads = 0;        ///< 0 = every core
 
   // Batch-CAM
-  double lambda_proto = 0.0;
-  double lambda_batch = 0.0;
-  std::string distance_proto = "ssim";  ///< l1 | l2 | ssim
-  std::string distance_batch = "ssim";
+  double lambda_proto = 1.0;  ///< defaults from docs/results-shapes.md
+  double lambda_batch = 1.0;
+  std::string distance_proto = "l1";  ///< l1 | l2 | ssim; default from docs/results-shapes.md
+  std::string distance_batch = "l1";
   std::string prototype = "image";      ///< image | cam-ema
   std::string batch_target = "attached";  ///< attached | detached
   int64_t cam_warmup_epochs = 0;

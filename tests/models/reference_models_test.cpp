@@ -1,0 +1,164 @@
+#include "batchcam/cam/grad_cam.h"
+#include "batchcam/models/convnext_v2.h"
+#include "batchcam/models/registry.h"
+#include "batchcam/models/resnet.h"
+#include "batchcam/train/checkpoint.h"
+
+#include "support/tensor_asserts.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <set>
+
+using namespace batchcam;
+
+namespace {
+int64_t count(models::CamModel& m) {
+  int64_t n = 0;
+  for (const auto& p : m.parameters()) n += p.numel();
+  return n;
+}
+models::CamModelPtr build(const std::string& name, int64_t c, int64_t k, int64_t size) {
+  return models::make_model({name, c, k, size, ""});
+}
+}  // namespace
+
+TEST(ReferenceModels, ParameterCountsEqualThePublishedOnes) {
+  // 3 channels, 1000 classes, reference stems. torchvision resnet18: 11,689,512.
+  // ConvNeXt-V2 (Woo et al. 2023, Table of models): atto 3.7M, femto 5.2M, pico 9.1M,
+  // nano 15.6M, tiny 28.6M; the exact values below follow from the architecture.
+  EXPECT_EQ(count(*build("resnet18", 3, 1000, 224)), 11689512);
+  EXPECT_EQ(count(*build("convnext-v2-atto", 3, 1000, 224)), 3708400);
+  EXPECT_EQ(count(*build("convnext-v2-femto", 3, 1000, 224)), 5233240);
+  EXPECT_EQ(count(*build("convnext-v2-pico", 3, 1000, 224)), 9066280);
+  EXPECT_EQ(count(*build("convnext-v2-nano", 3, 1000, 224)), 15623800);
+  EXPECT_EQ(count(*build("convnext-v2-tiny", 3, 1000, 224)), 28635496);
+}
+
+TEST(ReferenceModels, ResNetNamesAreTorchvisions) {
+  auto model = build("resnet18", 3, 1000, 224);
+  std::set<std::string> names;
+  for (const auto& p : model->named_parameters()) names.insert(p.key());
+  for (const auto& b : model->named_buffers()) names.insert(b.key());
+  std::set<std::string> expected;
+  const auto bn = [&](const std::string& prefix) {
+    for (const char* s : {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}) expected.insert(prefix + "." + s);
+  };
+  expected.insert("conv1.weight");
+  bn("bn1");
+  for (int layer = 1; layer <= 4; ++layer) {
+    for (int block = 0; block < 2; ++block) {
+      const auto p = "layer" + std::to_string(layer) + "." + std::to_string(block);
+      expected.insert(p + ".conv1.weight");
+      expected.insert(p + ".conv2.weight");
+      bn(p + ".bn1");
+      bn(p + ".bn2");
+      if (layer > 1 && block == 0) {
+        expected.insert(p + ".downsample.0.weight");
+        bn(p + ".downsample.1");
+      }
+    }
+  }
+  expected.insert("fc.weight");
+  expected.insert("fc.bias");
+  EXPECT_EQ(names, expected);
+}
+
+TEST(ReferenceModels, ConvNeXtNamesFollowTheReference) {
+  auto model = build("convnext-v2-atto", 3, 1000, 224);
+  const auto params = model->named_parameters();
+  for (const char* key : {"downsample_layers.0.0.weight", "downsample_layers.0.1.weight", "downsample_layers.3.1.bias",
+                          "stages.0.0.dwconv.weight", "stages.2.5.grn.gamma", "stages.3.1.pwconv2.weight",
+                          "stages.1.0.norm.weight", "norm.weight", "head.weight", "head.bias"}) {
+    EXPECT_NE(params.find(key), nullptr) << key;
+  }
+  EXPECT_EQ(params["stages.2.5.grn.gamma"].sizes(), (std::vector<int64_t>{1, 1, 1, 640}));
+}
+
+TEST(ReferenceModels, OutputShapesForSmallInputsInTrainAndEvalMode) {
+  for (const auto& name : models::model_names()) {
+    for (auto [c, s] : {std::pair<int64_t, int64_t>{1, 28}, {3, 32}}) {
+      auto model = build(name, c, 10, s);
+      const auto x = torch::randn({2, c, s, s});
+      for (bool training : {true, false}) {
+        model->train(training);
+        EXPECT_EQ(model->forward(x).sizes(), (std::vector<int64_t>{2, 10})) << name << " " << s;
+      }
+    }
+  }
+}
+
+TEST(ReferenceModels, DefaultTargetLayersKeepUsefulMapsAt28Pixels) {
+  const auto x = torch::randn({2, 1, 28, 28});
+  EXPECT_EQ(build("convnext-v2-atto", 1, 10, 28)->features(x).sizes(), (std::vector<int64_t>{2, 160, 7, 7}));
+  EXPECT_EQ(build("resnet18", 1, 10, 28)->features(x).sizes(), (std::vector<int64_t>{2, 512, 4, 4}));
+  // Reference stems at 224 px: the last stage, 7x7.
+  const auto big = torch::randn({1, 3, 224, 224});
+  EXPECT_EQ(build("resnet18", 3, 10, 224)->features(big).sizes(), (std::vector<int64_t>{1, 512, 7, 7}));
+  EXPECT_EQ(build("convnext-v2-atto", 3, 10, 224)->features(big).sizes(), (std::vector<int64_t>{1, 320, 7, 7}));
+}
+
+TEST(ReferenceModels, ForwardAndBackwardReachEveryParameter) {
+  for (const auto& name : {"resnet18", "convnext-v2-atto"}) {
+    auto model = build(name, 1, 10, 28);
+    model->train();
+    model->forward(torch::randn({4, 1, 28, 28})).logsumexp(1).sum().backward();
+    for (const auto& p : model->named_parameters()) {
+      ASSERT_TRUE(p.value().grad().defined()) << name << " " << p.key();
+      // GRN gamma and beta start at zero, so the MLP before them gets no gradient at
+      // step 0 in the reference as well; every parameter still gets a defined gradient.
+    }
+  }
+}
+
+TEST(ReferenceModels, ConvNeXtLayerNormIsPerSampleSoAnyTargetLayerWorksInTraining) {
+  auto model = build("convnext-v2-atto", 1, 10, 28);
+  model->train();
+  model->set_target_layer("stages.0");
+  EXPECT_EQ(model->head_sample_mixing_module(), "");
+  auto resnet = build("resnet18", 1, 10, 28);
+  resnet->train();
+  resnet->set_target_layer("layer3");
+  EXPECT_EQ(resnet->head_sample_mixing_module(), "layer4.0.bn1");
+}
+
+// Needs Debian's python3-torch and python3-torchvision; skipped otherwise.
+TEST(ReferenceModels, ExportedResNetLoadsIntoTorchvisionWithTheSameLogits) {
+  const char* python = "/usr/bin/python3";
+  if (std::system((std::string(python) + " -c 'import torch, torchvision' > /dev/null 2>&1").c_str()) != 0) {
+    GTEST_SKIP() << "python3-torch and python3-torchvision are not installed";
+  }
+  const auto dir = std::filesystem::temp_directory_path() / ("batchcam-tv-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  torch::manual_seed(0);
+  for (auto [size, small] : {std::pair<int64_t, bool>{28, true}, {96, false}}) {
+    auto model = build("resnet18", 1, 10, size);
+    {
+      torch::NoGradGuard no_grad;
+      model->forward(torch::randn({8, 1, size, size}));  // non-trivial BatchNorm statistics
+    }
+    model->eval();
+    const auto x = torch::randn({4, 1, size, size});
+    const auto logits = model->forward(x).detach();
+    const auto weights = (dir / "weights.pt").string();
+    train::export_state_dict(*model, weights);
+    c10::Dict<std::string, torch::Tensor> io;
+    io.insert("x", x);
+    io.insert("logits", logits);
+    const auto bytes = torch::pickle_save(c10::IValue(io));
+    train::write_file_atomic((dir / "io.pt").string(), std::string(bytes.begin(), bytes.end()));
+    const auto cmd = std::string(python) + " " + BATCHCAM_SOURCE_DIR + "/tests/models/torchvision_check.py " +
+                     weights + " " + (dir / "io.pt").string() + (small ? " small" : " standard") + " 2>&1";
+    FILE* pipe = ::popen(cmd.c_str(), "r");
+    ASSERT_NE(pipe, nullptr);
+    std::string out;
+    char buf[512];
+    while (std::fgets(buf, sizeof buf, pipe)) out += buf;
+    EXPECT_EQ(::pclose(pipe), 0) << out;
+    EXPECT_NE(out.find("max abs difference"), std::string::npos) << out;
+  }
+  std::filesystem::remove_all(dir);
+}
