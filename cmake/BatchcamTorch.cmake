@@ -1,20 +1,10 @@
-# Finds LibTorch: Debian's libtorch-dev (1.13, CPU) by default, or the LibTorch inside
-# a PyTorch wheel (2.x, CUDA) when Torch_DIR points at <site-packages>/torch/share/cmake/Torch.
-if(NOT Torch_DIR)
-  find_program(BATCHCAM_PYTHON python3)
-  if(BATCHCAM_USE_PIP_TORCH AND BATCHCAM_PYTHON)
-    execute_process(
-      COMMAND ${BATCHCAM_PYTHON} -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'share', 'cmake', 'Torch'))"
-      OUTPUT_VARIABLE _torch_dir OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
-    if(_torch_dir)
-      set(Torch_DIR ${_torch_dir})
-    endif()
-  endif()
-endif()
+# Finds LibTorch: Debian's libtorch-dev (1.13, CPU) by default, or the LibTorch inside a
+# PyTorch wheel (2.x, CUDA) with -DTorch_DIR=<site-packages>/torch/share/cmake/Torch.
 find_package(Torch REQUIRED)
 message(STATUS "batchcam: Torch ${Torch_VERSION} from ${Torch_DIR}")
 
-# Torch's exported flags contain -D_GLIBCXX_USE_CXX11_ABI and friends; keep them on one target.
+# One interface target carries Torch's libraries, include paths and flags (e.g. the
+# _GLIBCXX_USE_CXX11_ABI setting of the build that made it).
 if(NOT TARGET batchcam_torch)
   add_library(batchcam_torch INTERFACE)
   target_link_libraries(batchcam_torch INTERFACE ${TORCH_LIBRARIES})

@@ -12,7 +12,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <string>
 
@@ -20,6 +22,9 @@ namespace {
 
 constexpr int kExitFailure = 1;
 constexpr int kExitUsage = 2;
+
+// True while a progress bar line is on the terminal without its newline.
+bool progress_line_open = false;
 
 void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
   cmd.add_option("--dataset", c.dataset, "Dataset")->check(CLI::IsMember({"shapes"}))->group("Data");
@@ -77,9 +82,43 @@ struct Progress {
                    static_cast<long long>(s.step), static_cast<long long>(s.steps), s.loss, s.ce, s.proto, s.batch,
                    s.images_per_second);
       if (last) std::fprintf(stderr, "\n");
+      progress_line_open = !last;
     }
   }
 };
+
+// The configuration of a run: the --config file if given, then every flag given on the
+// command line on top of it. Keys are the long option names with '_' for '-'.
+batchcam::train::TrainConfig resolve_config(const CLI::App& cmd, const batchcam::train::TrainConfig& flags,
+                                            const std::string& config_file) {
+  if (config_file.empty()) return flags;
+  std::ifstream in(config_file);
+  nlohmann::json merged;
+  try {
+    merged = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw std::invalid_argument(config_file + ": not valid JSON (" + std::string(e.what()) + ")");
+  }
+  const auto given = batchcam::train::to_json(flags);
+  for (const auto* opt : cmd.get_options()) {
+    if (opt->count() == 0 || opt->get_lnames().empty()) continue;
+    std::string key = opt->get_lnames().front();
+    std::replace(key.begin(), key.end(), '-', '_');
+    if (key == "distance") {
+      merged["distance_proto"] = given["distance_proto"];
+      merged["distance_batch"] = given["distance_batch"];
+    } else if (given.contains(key)) {
+      merged[key] = given[key];
+    }
+  }
+  try {
+    auto resolved = batchcam::train::config_from_json(merged);
+    resolved.validate();
+    return resolved;
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(config_file + ": " + e.what());
+  }
+}
 
 int run_train(const batchcam::train::TrainConfig& config, bool quiet) {
   Progress progress{quiet};
@@ -147,6 +186,10 @@ int main(int argc, char** argv) {
 
   batchcam::train::TrainConfig config;
   auto* train = app.add_subcommand("train", "Train a model (default: SimpleCNN on shapes) and write a run directory");
+  std::string config_file;
+  train->add_option("--config", config_file,
+                    "JSON file of options (the config.json of a run directory repeats that run); flags override it")
+      ->check(CLI::ExistingFile);
   add_train_options(*train, config);
   bool quiet = false;
   train->add_flag("-q,--quiet", quiet, "Print only the final summary and errors")->group("Output");
@@ -173,7 +216,7 @@ int main(int argc, char** argv) {
   }
 
   try {
-    if (train->parsed()) return run_train(config, quiet);
+    if (train->parsed()) return run_train(resolve_config(*train, config, config_file), quiet);
     if (models->parsed()) return run_models();
     if (exporter->parsed()) return run_export(export_checkpoint, export_format, export_out);
     std::cout << app.help();
@@ -183,7 +226,8 @@ int main(int argc, char** argv) {
     return kExitUsage;
   } catch (const std::exception& e) {
     std::string msg = e.what();
-    std::cerr << "\nbatchcam: error: " << msg.substr(0, msg.find('\n')) << "\n";
+    if (progress_line_open) std::cerr << "\n";
+    std::cerr << "batchcam: error: " << msg.substr(0, msg.find('\n')) << "\n";
     return kExitFailure;
   }
 }

@@ -61,7 +61,8 @@ TEST(Cli, TrainsATinyRunAndPrintsASummary) {
   const auto dir = std::filesystem::temp_directory_path() / ("batchcam-cli-" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   const auto r = run("train --quiet --train-size 128 --test-size 32 --epochs 1 --batch-size 32 --lambda-proto 0.5 "
-                     "--out-dir " + dir.string() + " --run-name tiny");
+                     "--prototype cam-ema --batch-target detached --distance ssim --out-dir " + dir.string() +
+                     " --run-name tiny");
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("test accuracy"), std::string::npos) << r.out;
   EXPECT_TRUE(std::filesystem::exists(dir / "tiny" / "checkpoint.pt"));
@@ -73,9 +74,66 @@ TEST(Cli, TrainsATinyRunAndPrintsASummary) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(Cli, ConfigFileSetsOptionsAndFlagsOverrideIt) {
+  const auto dir = std::filesystem::temp_directory_path() / ("batchcam-cfg-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const auto config = (dir / "run.json").string();
+  {
+    std::FILE* f = std::fopen(config.c_str(), "w");
+    std::fputs(R"({"train_size": 96, "test_size": 16, "epochs": 2, "batch_size": 32, "lambda_batch": 0.25})", f);
+    std::fclose(f);
+  }
+  const auto r = run("train --quiet --config " + config + " --epochs 1 --out-dir " + dir.string() + " --run-name c");
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::FILE* f = std::fopen((dir / "c" / "config.json").c_str(), "r");
+  ASSERT_NE(f, nullptr);
+  std::string json(4096, '\0');
+  json.resize(std::fread(json.data(), 1, json.size(), f));
+  std::fclose(f);
+  EXPECT_NE(json.find("\"epochs\": 1"), std::string::npos) << json;        // the flag wins
+  EXPECT_NE(json.find("\"train_size\": 96"), std::string::npos) << json;   // from the file
+  EXPECT_NE(json.find("\"lambda_batch\": 0.25"), std::string::npos) << json;
+  // The saved config.json repeats the run (here under another name).
+  const auto again = run("train --quiet --config " + (dir / "c" / "config.json").string() + " --run-name c2");
+  ASSERT_EQ(again.code, 0) << again.out;
+  // Unknown key, wrong type, out-of-range value: one line naming the key, exit code 2.
+  for (const char* content : {R"({"epochz": 3})", R"({"epochs": "three"})", R"({"lr": -1.0})", "{not json"}) {
+    std::FILE* bad = std::fopen(config.c_str(), "w");
+    std::fputs(content, bad);
+    std::fclose(bad);
+    const auto e = run("train --quiet --config " + config);
+    EXPECT_EQ(e.code, 2) << content << ": " << e.out;
+    EXPECT_EQ(count_lines(e.out), 1) << e.out;
+    EXPECT_NE(e.out.find("run.json"), std::string::npos) << e.out;
+  }
+  std::filesystem::remove_all(dir);
+}
+
 TEST(Cli, ModelsListsTargetLayers) {
   const auto r = run("models");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("simple-cnn"), std::string::npos);
-  EXPECT_NE(r.out.find("block3"), std::string::npos);
+  EXPECT_NE(r.out.find("block3*"), std::string::npos);
+  EXPECT_NE(r.out.find("11689512"), std::string::npos);  // resnet18 at 3x224x224, 1000 classes
+  EXPECT_NE(r.out.find("stages.2*"), std::string::npos);
+}
+
+TEST(Cli, ExportWritesAStateDictAndRejectsBadCheckpoints) {
+  const auto dir = std::filesystem::temp_directory_path() / ("batchcam-exp-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  ASSERT_EQ(run("train --quiet --train-size 64 --test-size 16 --epochs 1 --batch-size 32 --out-dir " + dir.string() +
+                " --run-name e").code, 0);
+  const auto out = (dir / "weights.pt").string();
+  const auto r = run("export " + (dir / "e" / "checkpoint.pt").string() + " " + out);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(std::filesystem::file_size(out) > 1000);
+  const auto junk = (dir / "junk.pt").string();
+  std::FILE* f = std::fopen(junk.c_str(), "w");
+  std::fputs("junk", f);
+  std::fclose(f);
+  const auto bad = run("export " + junk + " " + out);
+  EXPECT_EQ(bad.code, 1) << bad.out;
+  EXPECT_EQ(count_lines(bad.out), 1) << bad.out;
+  EXPECT_NE(bad.out.find("junk.pt"), std::string::npos) << bad.out;
+  std::filesystem::remove_all(dir);
 }
