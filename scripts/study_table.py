@@ -50,9 +50,11 @@ if config:
           f"Machine: {os.cpu_count()} CPU cores, {platform.machine()}. Mean ± standard deviation over seeds.\n")
 print("CAM–prototype columns compare each test image's Grad-CAM (true class) with its class's image "
       "prototype: SSIM higher is better, L1/L2 lower is better. Seconds are training time per epoch "
-      "(evaluation excluded) and depend on the load of the machine during the study.\n")
-print("| variant | distance | test accuracy % | CAM–proto SSIM | CAM–proto L1 | CAM–proto L2 | s / epoch | seeds |")
-print("|---|---|---|---|---|---|---|---|")
+      "(evaluation excluded).\n")
+print("CAM mass on object: the share of each test CAM's mass inside the figure's ground-truth mask "
+      "(higher = the map sits on the evidence; a map spread evenly would score the figure's area share).\n")
+print("| variant | distance | test accuracy % | CAM–proto SSIM | CAM–proto L1 | CAM–proto L2 | CAM mass on object | s / epoch | seeds |")
+print("|---|---|---|---|---|---|---|---|---|")
 for key in order:
     if key not in runs:
         continue
@@ -60,4 +62,5 @@ for key in order:
     variant, _, distance = key.partition("-")
     print(f"| {label[variant]} | {distance or '–'} | {cell([r['test_accuracy'] for r in rs], 100, 2)} | "
           f"{cell([r['test_proto_ssim'] for r in rs])} | {cell([r['test_proto_l1'] for r in rs])} | "
-          f"{cell([r['test_proto_l2'] for r in rs])} | {cell([r['seconds_per_epoch'] for r in rs], 1, 1)} | {len(rs)} |")
+          f"{cell([r['test_proto_l2'] for r in rs])} | {cell([r['test_object_share'] for r in rs])} | "
+          f"{cell([r['seconds_per_epoch'] for r in rs], 1, 1)} | {len(rs)} |")

@@ -7,13 +7,21 @@
 
 namespace batchcam::eval {
 
+torch::Tensor mass_share(const torch::Tensor& maps, const torch::Tensor& masks) {
+  TORCH_CHECK(maps.dim() == 3 && maps.sizes() == masks.sizes(), "mass_share: maps ", maps.sizes(), " and masks ",
+              masks.sizes(), " must both be [B, H, W]");
+  const auto m = maps.flatten(1);
+  const auto inside = (m * masks.flatten(1).to(m.scalar_type())).sum(1);
+  return inside / m.sum(1).clamp_min(1e-12);
+}
+
 EvalMetrics evaluate(models::CamModel& model, const data::Dataset& dataset, const data::Normalization& norm,
                      const torch::Tensor& prototypes, int64_t batch_size) {
   const bool was_training = model.is_training();
   model.eval();
   data::BatchIterator batches(dataset, norm, batch_size, /*shuffle=*/false, 0, /*drop_last=*/false);
   EvalMetrics m;
-  double loss = 0, correct = 0, l1 = 0, l2 = 0, ssim = 0;
+  double loss = 0, correct = 0, l1 = 0, l2 = 0, ssim = 0, object = 0, decoy = 0;
   const auto options = cam::GradCamOptions().output_size({dataset.height(), dataset.width()});
   for (int64_t i = 0; i < batches.size(); ++i) {
     const auto b = batches.get(i);
@@ -27,6 +35,12 @@ EvalMetrics evaluate(models::CamModel& model, const data::Dataset& dataset, cons
       l1 += losses::distance(losses::Distance::l1, maps, target).sum().item<double>();
       l2 += losses::distance(losses::Distance::l2, maps, target).sum().item<double>();
       ssim += losses::ssim(maps, target).sum().item<double>();
+      if (dataset.object_masks.defined()) {
+        object += mass_share(maps, dataset.object_masks.index_select(0, b.index)).sum().item<double>();
+      }
+      if (dataset.decoy_masks.defined()) {
+        decoy += mass_share(maps, dataset.decoy_masks.index_select(0, b.index)).sum().item<double>();
+      }
     } else {
       torch::NoGradGuard no_grad;
       logits = model.forward(b.x);
@@ -44,6 +58,8 @@ EvalMetrics evaluate(models::CamModel& model, const data::Dataset& dataset, cons
     m.proto_l1 = l1 / n;
     m.proto_l2 = l2 / n;
     m.proto_ssim = ssim / n;
+    if (prototypes.defined() && dataset.object_masks.defined()) m.object_share = object / n;
+    if (prototypes.defined() && dataset.decoy_masks.defined()) m.decoy_share = decoy / n;
   }
   model.train(was_training);
   return m;

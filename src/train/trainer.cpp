@@ -125,6 +125,8 @@ nlohmann::json to_json(const EpochMetrics& m) {
           {"test_proto_l1", m.test.proto_l1},
           {"test_proto_l2", m.test.proto_l2},
           {"test_proto_ssim", m.test.proto_ssim},
+          {"test_object_share", m.test.object_share},
+          {"test_decoy_share", m.test.decoy_share},
           {"seconds", m.seconds}};
 }
 
