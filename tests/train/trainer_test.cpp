@@ -31,14 +31,18 @@ struct FixedBatch {
   torch::Tensor protos = losses::image_prototypes(dataset.images, dataset.labels, 10);
 };
 
+// A freshly initialised SimpleCNN (seed 0) in training mode.
+models::CamModelPtr fresh_simple_cnn() {
+  torch::manual_seed(0);
+  auto model = models::make_model({"simple-cnn", 1, 10, 28, ""});
+  model->train();
+  return model;
+}
+
 // Loss on the batch before and after a few optimiser steps on it.
 std::pair<double, double> loss_before_after(const train::CamLossConfig& config, int steps) {
-  torch::manual_seed(0);
   FixedBatch f;
-  models::ModelSpec spec;
-  spec.name = "simple-cnn";
-  auto model = models::make_model(spec);
-  model->train();
+  auto model = fresh_simple_cnn();
   torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(1e-3));
   const auto loss = [&] { return train::compute_losses(*model, f.batch, f.protos, 10, config).total; };
   const double before = loss().item<double>();
@@ -62,12 +66,8 @@ TEST(Trainer, TrainingStepsLowerTheLossOnAFixedBatch) {
 }
 
 TEST(Trainer, CamLossesChangeTheConvolutionGradients) {
-  torch::manual_seed(0);
   FixedBatch f;
-  models::ModelSpec spec;
-  spec.name = "simple-cnn";
-  auto model = models::make_model(spec);
-  model->train();
+  auto model = fresh_simple_cnn();
   const auto conv = model->named_parameters()["block2.1.weight"];
   const auto grad_of = [&](const train::CamLossConfig& c) {
     return torch::autograd::grad({train::compute_losses(*model, f.batch, f.protos, 10, c).total}, {conv})[0];

@@ -45,7 +45,6 @@ struct TrainConfig {
 
   /// Throws std::invalid_argument naming the first field with a value out of range.
   void validate() const;
-  bool uses_cam() const { return lambda_proto > 0.0 || lambda_batch > 0.0; }
 };
 
 nlohmann::json to_json(const TrainConfig& c);
