@@ -104,6 +104,10 @@ BENCHMARK_CAPTURE(BM_GradCam, simple_cnn, std::string("simple-cnn"))->Arg(1)->Ar
 BENCHMARK_CAPTURE(BM_ForwardBackward, simple_cnn, std::string("simple-cnn"))->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_ForwardBackward, resnet18, std::string("resnet18"))->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_ForwardBackward, convnext_v2_atto, std::string("convnext-v2-atto"))->Unit(benchmark::kMillisecond)->UseRealTime();
+// The wider ConvNeXt-V2 variants take seconds per batch on 2 cores: one iteration each.
+BENCHMARK_CAPTURE(BM_ForwardBackward, convnext_v2_femto, std::string("convnext-v2-femto"))->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
+BENCHMARK_CAPTURE(BM_ForwardBackward, convnext_v2_pico, std::string("convnext-v2-pico"))->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
+BENCHMARK_CAPTURE(BM_ForwardBackward, convnext_v2_nano, std::string("convnext-v2-nano"))->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
 BENCHMARK_CAPTURE(BM_ForwardBackward, convnext_v2_tiny, std::string("convnext-v2-tiny"))->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
 BENCHMARK(BM_BatchPipeline)->Unit(benchmark::kMicrosecond)->UseRealTime();
 

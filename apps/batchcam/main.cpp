@@ -49,7 +49,7 @@ void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
   cmd.add_option("--lambda-batch", c.lambda_batch, "Weight of the Batch-CAM Loss")->check(CLI::NonNegativeNumber)->group("Batch-CAM");
   auto* both = cmd.add_option_function<std::string>(
       "--distance", [&c](const std::string& d) { c.distance_proto = c.distance_batch = d; },
-      "Distance for both losses (sets --distance-proto and --distance-batch): l1, l2 or ssim");
+      "Distance for both losses: l1, l2 or ssim (sets the two options below; default: their defaults)");
   both->check(CLI::IsMember({"l1", "l2", "ssim"}))->group("Batch-CAM");
   cmd.add_option("--distance-proto", c.distance_proto, "Distance of the Prototype Loss")
       ->check(CLI::IsMember({"l1", "l2", "ssim"}))->group("Batch-CAM");
