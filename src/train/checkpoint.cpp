@@ -129,20 +129,17 @@ Checkpoint load_checkpoint(const std::string& path) {
     if (archive.try_read("prototypes", protos)) ck.prototypes = protos;
     ck.model = models::make_model(ck.spec);
     torch::NoGradGuard no_grad;
-    for (auto& p : ck.model->named_parameters()) {
-      torch::Tensor t;
-      archive.read("model." + p.key(), t);
-      TORCH_CHECK(t.sizes() == p.value().sizes(), "shape of ", p.key(), " is ", t.sizes(), ", model expects ",
-                  p.value().sizes());
-      p.value().copy_(t);
-    }
-    for (auto& b : ck.model->named_buffers()) {
-      torch::Tensor t;
-      archive.read("model." + b.key(), t, true);
-      TORCH_CHECK(t.sizes() == b.value().sizes(), "shape of ", b.key(), " is ", t.sizes(), ", model expects ",
-                  b.value().sizes());
-      b.value().copy_(t);
-    }
+    const auto restore = [&](const torch::OrderedDict<std::string, torch::Tensor>& tensors, bool is_buffer) {
+      for (const auto& item : tensors) {
+        torch::Tensor t;
+        archive.read("model." + item.key(), t, is_buffer);
+        TORCH_CHECK(t.sizes() == item.value().sizes(), "shape of ", item.key(), " is ", t.sizes(),
+                    ", model expects ", item.value().sizes());
+        item.value().copy_(t);
+      }
+    };
+    restore(ck.model->named_parameters(), false);
+    restore(ck.model->named_buffers(), true);
   } catch (const std::exception& e) {
     std::string msg = e.what();
     msg = msg.substr(0, msg.find('\n'));
