@@ -83,6 +83,10 @@ struct Progress {
                    s.images_per_second);
       if (last) std::fprintf(stderr, "\n");
       progress_line_open = !last;
+    } else if (!last && s.step % std::max<int64_t>(s.steps / 4, 1) == 0) {
+      // Not a terminal (a log file, CI): a plain line each quarter of an epoch.
+      spdlog::info("epoch {}/{} step {}/{}: loss {:.4f} (ce {:.4f} proto {:.4f} batch {:.4f}), {:.0f} img/s", s.epoch,
+                   s.epochs, s.step, s.steps, s.loss, s.ce, s.proto, s.batch, s.images_per_second);
     }
   }
 };

@@ -109,6 +109,34 @@ TEST(Cli, ConfigFileSetsOptionsAndFlagsOverrideIt) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(Cli, WithoutATerminalProgressIsPlainLinesAndQuietSilencesThem) {
+  const auto dir = std::filesystem::temp_directory_path() / ("batchcam-log-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  const std::string args = "train --train-size 256 --test-size 32 --batch-size 32 --epochs 1 --out-dir " + dir.string();
+  const auto r = run(args + " --run-name a");  // popen: stderr is a pipe, not a terminal
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("epoch 1/1 step 2/8: loss"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("epoch 1/1 step 6/8: loss"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("\r"), std::string::npos) << "no terminal control characters in a log";
+  const auto q = run(args + " --run-name b --quiet");
+  ASSERT_EQ(q.code, 0) << q.out;
+  EXPECT_EQ(q.out.find("step"), std::string::npos) << q.out;
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Cli, NonFiniteLossStopsWithTheStepAndTheTerm) {
+  const auto dir = std::filesystem::temp_directory_path() / ("batchcam-nan-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  // An absurd learning rate makes the logits overflow within a few steps.
+  const auto r = run("train --quiet --train-size 256 --test-size 32 --batch-size 32 --epochs 2 --optimizer sgd "
+                     "--lr 1e30 --lambda-proto 0 --lambda-batch 0 --out-dir " + dir.string() + " --run-name n");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_EQ(count_lines(r.out), 1) << r.out;
+  EXPECT_NE(r.out.find("non-finite cross-entropy loss"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("epoch 1, step"), std::string::npos) << r.out;
+  std::filesystem::remove_all(dir);
+}
+
 TEST(Cli, ModelsListsTargetLayers) {
   const auto r = run("models");
   EXPECT_EQ(r.code, 0);
