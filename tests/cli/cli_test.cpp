@@ -7,6 +7,8 @@
 #include <array>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 
 namespace {
@@ -25,6 +27,13 @@ Result run(const std::string& args) {
   const int status = ::pclose(pipe);
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+void write_text(const std::string& path, const std::string& content) { std::ofstream(path) << content; }
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
 int count_lines(const std::string& s) {
@@ -78,18 +87,11 @@ TEST(Cli, ConfigFileSetsOptionsAndFlagsOverrideIt) {
   const auto dir = std::filesystem::temp_directory_path() / ("batchcam-cfg-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   const auto config = (dir / "run.json").string();
-  {
-    std::FILE* f = std::fopen(config.c_str(), "w");
-    std::fputs(R"({"train_size": 96, "test_size": 16, "epochs": 2, "batch_size": 32, "lambda_batch": 0.25})", f);
-    std::fclose(f);
-  }
+  write_text(config, R"({"train_size": 96, "test_size": 16, "epochs": 2, "batch_size": 32, "lambda_batch": 0.25})");
   const auto r = run("train --quiet --config " + config + " --epochs 1 --out-dir " + dir.string() + " --run-name c");
   ASSERT_EQ(r.code, 0) << r.out;
-  std::FILE* f = std::fopen((dir / "c" / "config.json").c_str(), "r");
-  ASSERT_NE(f, nullptr);
-  std::string json(4096, '\0');
-  json.resize(std::fread(json.data(), 1, json.size(), f));
-  std::fclose(f);
+  const auto json = read_text((dir / "c" / "config.json").string());
+  ASSERT_FALSE(json.empty());
   EXPECT_NE(json.find("\"epochs\": 1"), std::string::npos) << json;        // the flag wins
   EXPECT_NE(json.find("\"train_size\": 96"), std::string::npos) << json;   // from the file
   EXPECT_NE(json.find("\"lambda_batch\": 0.25"), std::string::npos) << json;
@@ -98,9 +100,7 @@ TEST(Cli, ConfigFileSetsOptionsAndFlagsOverrideIt) {
   ASSERT_EQ(again.code, 0) << again.out;
   // Unknown key, wrong type, out-of-range value: one line naming the key, exit code 2.
   for (const char* content : {R"({"epochz": 3})", R"({"epochs": "three"})", R"({"lr": -1.0})", "{not json"}) {
-    std::FILE* bad = std::fopen(config.c_str(), "w");
-    std::fputs(content, bad);
-    std::fclose(bad);
+    write_text(config, content);
     const auto e = run("train --quiet --config " + config);
     EXPECT_EQ(e.code, 2) << content << ": " << e.out;
     EXPECT_EQ(count_lines(e.out), 1) << e.out;
@@ -156,9 +156,7 @@ TEST(Cli, ExportWritesAStateDictAndRejectsBadCheckpoints) {
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_TRUE(std::filesystem::file_size(out) > 1000);
   const auto junk = (dir / "junk.pt").string();
-  std::FILE* f = std::fopen(junk.c_str(), "w");
-  std::fputs("junk", f);
-  std::fclose(f);
+  write_text(junk, "junk");
   const auto bad = run("export " + junk + " " + out);
   EXPECT_EQ(bad.code, 1) << bad.out;
   EXPECT_EQ(count_lines(bad.out), 1) << bad.out;
