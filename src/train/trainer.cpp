@@ -68,13 +68,15 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainConfig& c, mo
                                               torch::optim::AdamOptions(c.lr).weight_decay(c.weight_decay));
 }
 
-void require_finite(const torch::Tensor& t, const char* term, int64_t epoch, int64_t step) {
+// Returns the scalar loss term's value, or throws naming the term and the step.
+double require_finite(const torch::Tensor& t, const char* term, int64_t epoch, int64_t step) {
   const double v = t.item<double>();
   if (!std::isfinite(v)) {
     throw std::runtime_error("non-finite " + std::string(term) + " loss (" + std::to_string(v) + ") at epoch " +
                              std::to_string(epoch) + ", step " + std::to_string(step) +
                              "; the last good checkpoint is kept");
   }
+  return v;
 }
 
 }  // namespace
@@ -199,9 +201,9 @@ TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks) {
       const auto batch = batches.get(step);
       optimizer->zero_grad();
       auto losses_now = compute_losses(*model, batch, prototypes, num_classes, cam_config);
-      require_finite(losses_now.ce, "cross-entropy", epoch, step + 1);
-      require_finite(losses_now.proto, "prototype", epoch, step + 1);
-      require_finite(losses_now.batch, "batch-cam", epoch, step + 1);
+      const double ce = require_finite(losses_now.ce, "cross-entropy", epoch, step + 1);
+      const double proto = require_finite(losses_now.proto, "prototype", epoch, step + 1);
+      const double batch_term = require_finite(losses_now.batch, "batch-cam", epoch, step + 1);
       losses_now.total.backward();
       optimizer->step();
       if (config.prototype == "cam-ema" && losses_now.maps.defined()) {
@@ -211,9 +213,9 @@ TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks) {
       const double n = static_cast<double>(batch.y.size(0));
       seen += n;
       sum_loss += losses_now.total.item<double>() * n;
-      sum_ce += losses_now.ce.item<double>() * n;
-      sum_proto += losses_now.proto.item<double>() * n;
-      sum_batch += losses_now.batch.item<double>() * n;
+      sum_ce += ce * n;
+      sum_proto += proto * n;
+      sum_batch += batch_term * n;
       correct += losses_now.logits.argmax(1).eq(batch.y).sum().item<double>();
       if (callbacks.on_step) {
         StepInfo info;
