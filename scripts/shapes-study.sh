@@ -14,7 +14,7 @@ mkdir -p "$out"
 run() {  # name seed flags...
   local name=$1 seed=$2
   shift 2
-  [[ -f $out/$name-s$seed/checkpoint.pt ]] && return 0
+  [[ -f $out/$name-s$seed/last.pt ]] && return 0
   rm -rf "$out/$name-s$seed"
   echo "study: $name seed $seed"
   "$bin" train --quiet --seed "$seed" --out-dir "$out" --run-name "$name-s$seed" "$@" > /dev/null

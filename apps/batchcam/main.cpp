@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -27,21 +28,42 @@ constexpr int kExitUsage = 2;
 bool progress_line_open = false;
 
 void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
-  cmd.add_option("--dataset", c.dataset, "Dataset")->check(CLI::IsMember({"shapes"}))->group("Data");
-  cmd.add_option("--train-size", c.train_size, "Training images (shapes)")->check(CLI::Range(1, 10000000))->group("Data");
-  cmd.add_option("--test-size", c.test_size, "Test images (shapes)")->check(CLI::Range(1, 10000000))->group("Data");
-  cmd.add_option("--image-size", c.image_size, "Image side in pixels (shapes)")->check(CLI::Range(16, 512))->group("Data");
+  cmd.add_option("--dataset", c.dataset, "Dataset")
+      ->check(CLI::IsMember({"shapes", "mnist", "fashion-mnist", "decoy-mnist", "decoy-fashion", "cifar10", "folder"}))
+      ->group("Data");
+  cmd.add_option("--data-dir", c.data_dir,
+                 "Directory of the dataset's files (default: data/<dataset>; MNIST-type files are downloaded there when missing)")
+      ->group("Data");
+  cmd.add_option("--train-size", c.train_size, "Training images (shapes: generated; others: first N, 0 = all)")
+      ->check(CLI::Range(0, 10000000))->group("Data");
+  cmd.add_option("--test-size", c.test_size, "Test images (shapes: generated; others: first N, 0 = all)")
+      ->check(CLI::Range(0, 10000000))->group("Data");
+  cmd.add_option("--image-size", c.image_size, "Image side in pixels (shapes: generated; folder: resized to)")
+      ->check(CLI::Range(16, 512))->group("Data");
   cmd.add_flag("--spurious,!--no-spurious", c.spurious, "Add a class-coded corner patch in training (shapes)")->group("Data");
+  cmd.add_option("--augment", c.augment, "Training augmentation: none, shift (random shift), shift-flip (+ horizontal flip)")
+      ->check(CLI::IsMember({"none", "shift", "shift-flip"}))->group("Data");
 
   cmd.add_option("--model", c.model, "Model (see 'batchcam models')")->check(CLI::IsMember(batchcam::models::model_names()))->group("Model");
   cmd.add_option("--target-layer", c.target_layer, "Stage whose output feeds Grad-CAM (default: the last)")->group("Model");
 
   cmd.add_option("--epochs", c.epochs, "Training epochs")->check(CLI::Range(1, 100000))->group("Optimisation");
   cmd.add_option("--batch-size", c.batch_size, "Images per batch")->check(CLI::Range(2, 1000000))->group("Optimisation");
-  cmd.add_option("--optimizer", c.optimizer, "Optimiser")->check(CLI::IsMember({"sgd", "adam"}))->group("Optimisation");
-  cmd.add_option("--lr", c.lr, "Learning rate")->check(CLI::PositiveNumber)->group("Optimisation");
+  cmd.add_option("--optimizer", c.optimizer, "Optimiser")->check(CLI::IsMember({"sgd", "adam", "adamw"}))->group("Optimisation");
+  cmd.add_option("--lr", c.lr, "Peak learning rate")->check(CLI::PositiveNumber)->group("Optimisation");
   cmd.add_option("--momentum", c.momentum, "SGD momentum")->check(CLI::Range(0.0, 0.999999))->group("Optimisation");
-  cmd.add_option("--weight-decay", c.weight_decay, "Weight decay")->check(CLI::NonNegativeNumber)->group("Optimisation");
+  cmd.add_flag("--nesterov,!--no-nesterov", c.nesterov, "Nesterov momentum (sgd)")->group("Optimisation");
+  cmd.add_option("--weight-decay", c.weight_decay, "Weight decay (decoupled for adamw)")->check(CLI::NonNegativeNumber)->group("Optimisation");
+  cmd.add_option("--schedule", c.schedule, "Learning-rate schedule: constant, step, cosine or onecycle")
+      ->check(CLI::IsMember({"constant", "step", "cosine", "onecycle"}))->group("Optimisation");
+  cmd.add_option("--warmup-epochs", c.warmup_epochs, "Epochs of linear learning-rate warm-up")
+      ->check(CLI::Range(0, 100000))->group("Optimisation");
+  cmd.add_option("--step-size", c.step_size, "Step schedule: epochs between decays")->check(CLI::Range(1, 100000))->group("Optimisation");
+  cmd.add_option("--gamma", c.gamma, "Step schedule: decay factor")->check(CLI::Range(1e-12, 1.0))->group("Optimisation");
+  cmd.add_option("--grad-clip", c.grad_clip, "Clip the global gradient norm to this (0 = off)")
+      ->check(CLI::NonNegativeNumber)->group("Optimisation");
+  cmd.add_option("--label-smoothing", c.label_smoothing, "Label smoothing of the cross-entropy")
+      ->check(CLI::Range(0.0, 0.999))->group("Optimisation");
   cmd.add_option("--seed", c.seed, "Random seed (data, initialisation, order)")->group("Optimisation");
   cmd.add_option("--threads", c.threads, "CPU threads, 0 = every core")->check(CLI::Range(0, 1024))->group("Optimisation");
 
@@ -66,6 +88,12 @@ void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
   cmd.add_option("--run-name", c.run_name, "Run directory name (default: <dataset>-<model>-<time>)")->group("Output");
 }
 
+std::string clock_text(double seconds) {
+  const auto s = static_cast<long long>(std::max(0.0, seconds));
+  if (s >= 3600) return fmt::format("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60);
+  return fmt::format("{}:{:02}", s / 60, s % 60);
+}
+
 struct Progress {
   bool quiet = false;
   bool tty = ::isatty(STDERR_FILENO) != 0;
@@ -76,17 +104,18 @@ struct Progress {
     if (tty) {
       const int width = 24;
       const int filled = static_cast<int>(width * s.step / std::max<int64_t>(s.steps, 1));
-      std::fprintf(stderr, "\r\033[Kepoch %lld/%lld [%s%s] %lld/%lld loss %.4f (ce %.4f proto %.4f batch %.4f) %.0f img/s",
+      std::fprintf(stderr, "\r\033[Kepoch %lld/%lld [%s%s] %lld/%lld loss %.4f (ce %.4f proto %.4f batch %.4f) %.0f img/s ETA %s",
                    static_cast<long long>(s.epoch), static_cast<long long>(s.epochs),
                    std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(),
                    static_cast<long long>(s.step), static_cast<long long>(s.steps), s.loss, s.ce, s.proto, s.batch,
-                   s.images_per_second);
+                   s.images_per_second, clock_text(s.eta_seconds).c_str());
       if (last) std::fprintf(stderr, "\n");
       progress_line_open = !last;
     } else if (!last && s.step % std::max<int64_t>(s.steps / 4, 1) == 0) {
       // Not a terminal (a log file, CI): a plain line each quarter of an epoch.
-      spdlog::info("epoch {}/{} step {}/{}: loss {:.4f} (ce {:.4f} proto {:.4f} batch {:.4f}), {:.0f} img/s", s.epoch,
-                   s.epochs, s.step, s.steps, s.loss, s.ce, s.proto, s.batch, s.images_per_second);
+      spdlog::info("epoch {}/{} step {}/{}: loss {:.4f} (ce {:.4f} proto {:.4f} batch {:.4f}), {:.0f} img/s, ETA {}",
+                   s.epoch, s.epochs, s.step, s.steps, s.loss, s.ce, s.proto, s.batch, s.images_per_second,
+                   clock_text(s.eta_seconds));
     }
   }
 };
@@ -124,7 +153,21 @@ batchcam::train::TrainConfig resolve_config(const CLI::App& cmd, const batchcam:
   }
 }
 
-int run_train(const batchcam::train::TrainConfig& config, bool quiet) {
+// SIGINT/SIGTERM ask the trainer to save a checkpoint and stop; a second signal kills.
+volatile std::sig_atomic_t stop_signal = 0;
+extern "C" void on_stop_signal(int sig) { stop_signal = sig; }
+
+void install_stop_handlers() {
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  action.sa_flags = SA_RESETHAND;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+}
+
+// Runs a fresh training (`resume_dir` empty) or continues the run in `resume_dir`.
+int run_train(const batchcam::train::TrainConfig& config, const std::string& resume_dir, bool quiet) {
   Progress progress{quiet};
   batchcam::train::TrainCallbacks callbacks;
   callbacks.on_start = [&](const std::string& dir) {
@@ -137,14 +180,24 @@ int run_train(const batchcam::train::TrainConfig& config, bool quiet) {
                  m.epoch, m.train_loss, 100 * m.train_accuracy, m.test.loss, 100 * m.test.accuracy,
                  m.test.proto_ssim, m.seconds);
   };
-  const auto result = batchcam::train::train(config, callbacks);
+  callbacks.should_stop = [] { return stop_signal != 0; };
+  install_stop_handlers();
+  const auto result = resume_dir.empty() ? batchcam::train::train(config, callbacks)
+                                         : batchcam::train::resume(resume_dir, callbacks, config.threads);
+  if (result.interrupted) {
+    if (progress_line_open) std::cerr << "\n";
+    std::cerr << fmt::format("batchcam: {} at epoch {}, step {}: saved {}; continue with: batchcam train --resume {}\n",
+                             stop_signal == SIGTERM ? "terminated" : "interrupted", result.stopped_epoch,
+                             result.stopped_step, result.checkpoint, result.run_dir);
+    return 128 + static_cast<int>(stop_signal);
+  }
   const auto& last = result.history.back();
-  std::cout << "\nTrained " << config.model << " on " << config.dataset << " for " << config.epochs << " epochs in "
+  std::cout << "\nTrained " << config.model << " on " << config.dataset << " for " << last.epoch << " epochs in "
             << fmt::format("{:.1f}", result.train_seconds) << " s.\n"
             << "  test accuracy          " << fmt::format("{:.2f}%", 100 * last.test.accuracy) << "\n"
             << "  CAM-prototype SSIM     " << fmt::format("{:.3f}", last.test.proto_ssim) << "\n"
             << "  run directory          " << result.run_dir << "\n"
-            << "  checkpoint             " << result.checkpoint << "\n";
+            << "  checkpoints            " << result.checkpoint << ", " << result.best_checkpoint << "\n";
   return 0;
 }
 
@@ -194,13 +247,17 @@ int main(int argc, char** argv) {
   train->add_option("--config", config_file,
                     "JSON file of options (the config.json of a run directory repeats that run); flags override it")
       ->check(CLI::ExistingFile);
+  std::string resume_dir;
+  train->add_option("--resume", resume_dir,
+                    "Continue the run in this run directory from its last.pt, with its saved configuration")
+      ->check(CLI::ExistingDirectory);
   add_train_options(*train, config);
   bool quiet = false;
   train->add_flag("-q,--quiet", quiet, "Print only the final summary and errors")->group("Output");
   auto* models = app.add_subcommand("models", "List models, parameter counts and target layers");
   auto* exporter = app.add_subcommand("export", "Export a checkpoint's weights for other tools");
   std::string export_checkpoint, export_format = "state-dict", export_out;
-  exporter->add_option("checkpoint", export_checkpoint, "Checkpoint file (run directory's checkpoint.pt)")
+  exporter->add_option("checkpoint", export_checkpoint, "Checkpoint file (a run directory's last.pt or best.pt)")
       ->required()->check(CLI::ExistingFile);
   exporter->add_option("out", export_out, "Output file")->required();
   exporter->add_option("--format", export_format, "state-dict: a dict name -> tensor that Python's torch.load reads")
@@ -220,7 +277,17 @@ int main(int argc, char** argv) {
   }
 
   try {
-    if (train->parsed()) return run_train(resolve_config(*train, config, config_file), quiet);
+    if (train->parsed() && !resume_dir.empty()) {
+      for (const auto* opt : train->get_options()) {
+        const auto name = opt->get_name();
+        if (opt->count() > 0 && name != "--resume" && name != "--quiet" && name != "--threads") {
+          throw std::invalid_argument("--resume continues a run with its saved configuration; " + name +
+                                      " cannot be combined with it (only --threads and --quiet can)");
+        }
+      }
+      return run_train(config, resume_dir, quiet);
+    }
+    if (train->parsed()) return run_train(resolve_config(*train, config, config_file), "", quiet);
     if (models->parsed()) return run_models();
     if (exporter->parsed()) return run_export(export_checkpoint, export_format, export_out);
     std::cout << app.help();

@@ -74,12 +74,20 @@ void export_state_dict(models::CamModel& model, const std::string& path) {
 
 void save_checkpoint(const std::string& path, models::CamModel& model, const models::ModelSpec& spec,
                      const TrainConfig& config, int64_t epoch, const data::Normalization& normalization,
-                     const torch::Tensor& prototypes) {
+                     const torch::Tensor& prototypes, const TrainingState& state) {
   torch::serialize::OutputArchive archive;
   archive.write("format", c10::IValue(std::string(kFormat)));
   archive.write("config", c10::IValue(to_json(config).dump()));
   archive.write("spec", c10::IValue(spec_json(spec).dump()));
   archive.write("epoch", c10::IValue(epoch));
+  archive.write("step", c10::IValue(state.step));
+  archive.write("progress", c10::IValue(state.progress));
+  if (state.rng_state.defined()) archive.write("rng_state", state.rng_state);
+  if (state.optimizer) {
+    torch::serialize::OutputArchive optimizer_archive;
+    state.optimizer->save(optimizer_archive);
+    archive.write("optimizer", optimizer_archive);
+  }
   archive.write("norm_mean", vec_tensor(normalization.mean));
   archive.write("norm_std", vec_tensor(normalization.std));
   if (prototypes.defined()) archive.write("prototypes", prototypes.detach().cpu());
@@ -121,6 +129,13 @@ Checkpoint load_checkpoint(const std::string& path) {
     ck.spec.image_size = s.at("image_size").get<int64_t>();
     ck.spec.target_layer = s.at("target_layer").get<std::string>();
     ck.epoch = epoch.toInt();
+    c10::IValue step, progress;
+    if (archive.try_read("step", step)) ck.step = step.toInt();
+    if (archive.try_read("progress", progress)) ck.progress = progress.toStringRef();
+    torch::Tensor rng;
+    if (archive.try_read("rng_state", rng)) ck.rng_state = rng;
+    torch::serialize::InputArchive optimizer_archive;
+    ck.has_optimizer = archive.try_read("optimizer", optimizer_archive);
     torch::Tensor mean, stdev, protos;
     archive.read("norm_mean", mean);
     archive.read("norm_std", stdev);
@@ -147,6 +162,18 @@ Checkpoint load_checkpoint(const std::string& path) {
   }
   ck.model->eval();
   return ck;
+}
+
+void restore_optimizer(const std::string& path, torch::optim::Optimizer& optimizer) {
+  try {
+    torch::serialize::InputArchive archive, optimizer_archive;
+    archive.load_from(path);
+    archive.read("optimizer", optimizer_archive);
+    optimizer.load(optimizer_archive);
+  } catch (const std::exception& e) {
+    std::string msg = e.what();
+    throw std::runtime_error(path + ": cannot restore the optimiser state (" + msg.substr(0, msg.find('\n')) + ")");
+  }
 }
 
 }  // namespace batchcam::train

@@ -11,10 +11,12 @@ namespace {
 template <typename F>
 void for_each_field(TrainConfig& c, F&& f) {
   f("dataset", c.dataset);
+  f("data_dir", c.data_dir);
   f("train_size", c.train_size);
   f("test_size", c.test_size);
   f("image_size", c.image_size);
   f("spurious", c.spurious);
+  f("augment", c.augment);
   f("model", c.model);
   f("target_layer", c.target_layer);
   f("epochs", c.epochs);
@@ -22,7 +24,14 @@ void for_each_field(TrainConfig& c, F&& f) {
   f("optimizer", c.optimizer);
   f("lr", c.lr);
   f("momentum", c.momentum);
+  f("nesterov", c.nesterov);
   f("weight_decay", c.weight_decay);
+  f("schedule", c.schedule);
+  f("warmup_epochs", c.warmup_epochs);
+  f("step_size", c.step_size);
+  f("gamma", c.gamma);
+  f("grad_clip", c.grad_clip);
+  f("label_smoothing", c.label_smoothing);
   f("seed", c.seed);
   f("threads", c.threads);
   f("lambda_proto", c.lambda_proto);
@@ -51,16 +60,28 @@ void require_one_of(const std::string& value, const std::string& field, std::ini
 }  // namespace
 
 void TrainConfig::validate() const {
-  require_one_of(dataset, "dataset", {"shapes"});
-  require(train_size >= 1, "train_size", ">= 1");
-  require(test_size >= 1, "test_size", ">= 1");
+  require_one_of(dataset, "dataset",
+                 {"shapes", "mnist", "fashion-mnist", "decoy-mnist", "decoy-fashion", "cifar10", "folder"});
+  const bool generated = dataset == "shapes";
+  require(train_size >= (generated ? 1 : 0), "train_size", generated ? ">= 1" : ">= 0 (0 = all)");
+  require(test_size >= (generated ? 1 : 0), "test_size", generated ? ">= 1" : ">= 0 (0 = all)");
+  require_one_of(augment, "augment", {"none", "shift", "shift-flip"});
+  const bool digits = dataset == "mnist" || dataset == "decoy-mnist";
+  require(!(digits && augment == "shift-flip"), "augment", "none or shift for digits (a flipped digit is another glyph)");
   require(image_size >= 16 && image_size <= 512, "image_size", "in [16, 512]");
   require(epochs >= 1, "epochs", ">= 1");
   require(batch_size >= 2, "batch_size", ">= 2");
-  require_one_of(optimizer, "optimizer", {"sgd", "adam"});
+  require_one_of(optimizer, "optimizer", {"sgd", "adam", "adamw"});
   require(lr > 0.0, "lr", "> 0");
   require(momentum >= 0.0 && momentum < 1.0, "momentum", "in [0, 1)");
+  require(!(nesterov && (optimizer != "sgd" || momentum <= 0.0)), "nesterov", "false unless optimizer is sgd with momentum > 0");
   require(weight_decay >= 0.0, "weight_decay", ">= 0");
+  require_one_of(schedule, "schedule", {"constant", "step", "cosine", "onecycle"});
+  require(warmup_epochs >= 0 && warmup_epochs < epochs, "warmup_epochs", ">= 0 and < epochs");
+  require(step_size >= 1, "step_size", ">= 1");
+  require(gamma > 0.0 && gamma <= 1.0, "gamma", "in (0, 1]");
+  require(grad_clip >= 0.0, "grad_clip", ">= 0 (0 = off)");
+  require(label_smoothing >= 0.0 && label_smoothing < 1.0, "label_smoothing", "in [0, 1)");
   require(threads >= 0, "threads", ">= 0");
   require(lambda_proto >= 0.0, "lambda_proto", ">= 0");
   require(lambda_batch >= 0.0, "lambda_batch", ">= 0");

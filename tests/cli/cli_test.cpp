@@ -1,15 +1,23 @@
 // Runs the batchcam executable as a user would and checks exit codes and messages.
 
-#include <gtest/gtest.h>
+#include "batchcam/train/checkpoint.h"
 
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <thread>
+#include <vector>
 
 namespace {
 struct Result {
@@ -36,6 +44,45 @@ std::string read_text(const std::string& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
+// Starts the CLI in the background with its output in `log`; returns its pid.
+pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    std::vector<char*> argv{const_cast<char*>(BATCHCAM_CLI)};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    if (!std::freopen(log.c_str(), "w", stdout) || !std::freopen(log.c_str(), "a", stderr)) ::_exit(127);
+    ::execv(BATCHCAM_CLI, argv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+// Waits for the process; its exit code, or 128 + signal when a signal ended it.
+int wait_exit(pid_t pid) {
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// Polls (up to two minutes) until `path` exists.
+bool wait_for_file(const std::filesystem::path& path) {
+  for (int i = 0; i < 1200 && !std::filesystem::exists(path); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return std::filesystem::exists(path);
+}
+
+void expect_same_weights(const std::string& a, const std::string& b) {
+  const auto x = batchcam::train::load_checkpoint(a);
+  const auto y = batchcam::train::load_checkpoint(b);
+  EXPECT_EQ(x.epoch, y.epoch);
+  const auto px = x.model->named_parameters();
+  const auto py = y.model->named_parameters();
+  ASSERT_EQ(px.size(), py.size());
+  for (size_t i = 0; i < px.size(); ++i) EXPECT_TRUE(torch::equal(px[i].value(), py[i].value())) << px[i].key();
+}
+
 int count_lines(const std::string& s) {
   int n = 0;
   for (char c : s) n += c == '\n';
@@ -49,7 +96,9 @@ TEST(Cli, HelpListsEveryTrainOptionWithItsDefault) {
   EXPECT_NE(top.out.find("train"), std::string::npos);
   const auto help = run("train --help");
   EXPECT_EQ(help.code, 0);
-  for (const char* opt : {"--dataset TEXT:{shapes}=shapes", "--epochs INT:INT in [1 - 100000]=4", "--lr FLOAT:POSITIVE=0.003",
+  for (const char* opt : {"--dataset TEXT:{shapes,mnist,fashion-mnist,decoy-mnist,decoy-fashion,cifar10,folder}=shapes",
+                          "--resume", "--schedule", "--warmup-epochs", "--grad-clip", "--label-smoothing", "--nesterov",
+                          "--augment", "--data-dir", "--epochs INT:INT in [1 - 100000]=4", "--lr FLOAT:POSITIVE=0.003",
                           "--lambda-proto", "--lambda-batch", "--distance-proto", "--distance-batch", "--prototype",
                           "--batch-target", "--cam-warmup-epochs", "--target-layer", "--model", "--seed UINT=0"}) {
     EXPECT_NE(help.out.find(opt), std::string::npos) << opt;
@@ -74,7 +123,7 @@ TEST(Cli, TrainsATinyRunAndPrintsASummary) {
                      " --run-name tiny");
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("test accuracy"), std::string::npos) << r.out;
-  EXPECT_TRUE(std::filesystem::exists(dir / "tiny" / "checkpoint.pt"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "tiny" / "last.pt"));
   EXPECT_TRUE(std::filesystem::exists(dir / "tiny" / "metrics.jsonl"));
   // An unusable output directory: one clear line, exit code 1.
   const auto bad = run("train --quiet --train-size 64 --test-size 16 --out-dir /proc/batchcam-nope");
@@ -152,7 +201,7 @@ TEST(Cli, ExportWritesAStateDictAndRejectsBadCheckpoints) {
   ASSERT_EQ(run("train --quiet --train-size 64 --test-size 16 --epochs 1 --batch-size 32 --out-dir " + dir.string() +
                 " --run-name e").code, 0);
   const auto out = (dir / "weights.pt").string();
-  const auto r = run("export " + (dir / "e" / "checkpoint.pt").string() + " " + out);
+  const auto r = run("export " + (dir / "e" / "last.pt").string() + " " + out);
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_TRUE(std::filesystem::file_size(out) > 1000);
   const auto junk = (dir / "junk.pt").string();
@@ -161,5 +210,62 @@ TEST(Cli, ExportWritesAStateDictAndRejectsBadCheckpoints) {
   EXPECT_EQ(bad.code, 1) << bad.out;
   EXPECT_EQ(count_lines(bad.out), 1) << bad.out;
   EXPECT_NE(bad.out.find("junk.pt"), std::string::npos) << bad.out;
+  std::filesystem::remove_all(dir);
+}
+
+namespace {
+// A run that takes a few seconds per epoch on two busy cores.
+std::vector<std::string> resumable_run(const std::filesystem::path& dir, const std::string& name) {
+  return {"train", "--quiet", "--train-size", "3000", "--test-size", "64", "--epochs", "3", "--batch-size", "50",
+          "--threads", "1", "--schedule", "cosine", "--optimizer", "sgd", "--nesterov", "--lr", "0.05",
+          "--out-dir", dir.string(), "--run-name", name};
+}
+}  // namespace
+
+TEST(Cli, RunKilledMidEpochAndResumedEndsWithTheSameWeights) {
+  const auto dir = std::filesystem::temp_directory_path() / ("batchcam-kill-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const auto log = (dir / "log.txt").string();
+  ASSERT_EQ(wait_exit(spawn(resumable_run(dir, "full"), log)), 0) << read_text(log);
+
+  const pid_t pid = spawn(resumable_run(dir, "killed"), log);
+  ASSERT_TRUE(wait_for_file(dir / "killed" / "last.pt")) << read_text(log);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // into epoch 2
+  ::kill(pid, SIGKILL);
+  ASSERT_EQ(wait_exit(pid), 128 + SIGKILL);
+  const auto killed_at = batchcam::train::load_checkpoint((dir / "killed" / "last.pt").string());
+  ASSERT_LT(killed_at.epoch, 3) << "the run finished before it was killed; the test needs a longer run";
+
+  const auto r = run("train --quiet --resume " + (dir / "killed").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  expect_same_weights((dir / "full" / "last.pt").string(), (dir / "killed" / "last.pt").string());
+  // --resume takes the saved configuration: other flags are refused.
+  const auto bad = run("train --resume " + (dir / "killed").string() + " --epochs 9");
+  EXPECT_EQ(bad.code, 2) << bad.out;
+  EXPECT_NE(bad.out.find("--epochs"), std::string::npos) << bad.out;
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Cli, SigtermSavesAMidEpochCheckpointThatResumes) {
+  const auto dir = std::filesystem::temp_directory_path() / ("batchcam-term-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const auto log = (dir / "log.txt").string();
+  auto args = resumable_run(dir, "t");
+  args[7] = "2";  // epochs
+  const pid_t pid = spawn(args, log);
+  ASSERT_TRUE(wait_for_file(dir / "t" / "config.json")) << read_text(log);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // inside epoch 1
+  ::kill(pid, SIGTERM);
+  EXPECT_EQ(wait_exit(pid), 128 + SIGTERM) << read_text(log);
+  const auto out = read_text(log);
+  EXPECT_NE(out.find("batchcam: terminated at epoch"), std::string::npos) << out;
+  EXPECT_NE(out.find("--resume"), std::string::npos) << out;
+  const auto saved = batchcam::train::load_checkpoint((dir / "t" / "last.pt").string());
+  EXPECT_TRUE(saved.epoch == 1 || saved.step > 0) << "a checkpoint of the work done so far";
+  const auto r = run("train --quiet --resume " + (dir / "t").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(batchcam::train::load_checkpoint((dir / "t" / "last.pt").string()).epoch, 2);
   std::filesystem::remove_all(dir);
 }

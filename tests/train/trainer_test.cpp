@@ -10,8 +10,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 using namespace batchcam;
 namespace fs = std::filesystem;
@@ -195,5 +197,150 @@ TEST(Trainer, UnwritableOutputIsReportedBeforeTraining) {
   c.test_size = 16;
   c.out_dir = (dir / "file").string();  // a file, not a directory
   EXPECT_THROW(train::train(c), std::runtime_error);
+  fs::remove_all(dir);
+}
+
+namespace {
+train::TrainConfig small_run_config(const fs::path& dir, const std::string& name) {
+  train::TrainConfig c;
+  c.train_size = 384;
+  c.test_size = 64;
+  c.epochs = 3;
+  c.batch_size = 64;
+  c.threads = 1;
+  c.prototype = "cam-ema";  // prototypes change during training, so they must be restored too
+  c.optimizer = "adamw";
+  c.schedule = "cosine";
+  c.warmup_epochs = 1;
+  c.grad_clip = 5.0;
+  c.label_smoothing = 0.1;
+  c.out_dir = dir.string();
+  c.run_name = name;
+  return c;
+}
+
+void expect_same_weights(const std::string& a, const std::string& b) {
+  const auto x = train::load_checkpoint(a);
+  const auto y = train::load_checkpoint(b);
+  const auto px = x.model->named_parameters();
+  const auto py = y.model->named_parameters();
+  ASSERT_EQ(px.size(), py.size());
+  for (size_t i = 0; i < px.size(); ++i) {
+    EXPECT_TRUE(torch::equal(px[i].value(), py[i].value())) << px[i].key();
+  }
+  EXPECT_TRUE(torch::equal(x.prototypes, y.prototypes));
+}
+}  // namespace
+
+TEST(Schedule, WarmUpThenStepCosineAndOneCycle) {
+  train::TrainConfig c;
+  c.lr = 0.1;
+  c.epochs = 10;
+  c.warmup_epochs = 2;
+  const int64_t steps = 5;  // per epoch
+  EXPECT_DOUBLE_EQ(train::learning_rate(c, 0, steps), 0.1 / 10);  // (0 + 1) / 10 warm-up steps
+  EXPECT_DOUBLE_EQ(train::learning_rate(c, 9, steps), 0.1);
+  EXPECT_DOUBLE_EQ(train::learning_rate(c, 49, steps), 0.1);  // constant after the warm-up
+  c.schedule = "step";
+  c.step_size = 3;
+  c.gamma = 0.5;
+  EXPECT_DOUBLE_EQ(train::learning_rate(c, 14, steps), 0.1);        // epoch 2 (0-based)
+  EXPECT_DOUBLE_EQ(train::learning_rate(c, 15, steps), 0.05);       // epoch 3
+  EXPECT_DOUBLE_EQ(train::learning_rate(c, 49, steps), 0.1 / 8);    // epoch 9
+  c.schedule = "cosine";
+  EXPECT_DOUBLE_EQ(train::learning_rate(c, 10, steps), 0.1);         // start of the cosine
+  EXPECT_NEAR(train::learning_rate(c, 30, steps), 0.05, 1e-12);      // half way through 40 steps
+  EXPECT_NEAR(train::learning_rate(c, 49, steps), 0.1 * 0.5 * (1 + std::cos(M_PI * 39 / 40)), 1e-12);
+  c.schedule = "onecycle";
+  EXPECT_NEAR(train::learning_rate(c, 0, steps), 0.1 / 25, 1e-12);  // rises over the 10 warm-up steps
+  EXPECT_NEAR(train::learning_rate(c, 10, steps), 0.1, 1e-12);
+  EXPECT_NEAR(train::learning_rate(c, 50, steps), 0.1 / 25 / 1e4, 1e-15);  // the end of the anneal
+  EXPECT_LT(train::learning_rate(c, 49, steps), train::learning_rate(c, 40, steps));
+  c.warmup_epochs = 0;  // without a warm-up the rise takes 30% of the run
+  EXPECT_NEAR(train::learning_rate(c, 15, steps), 0.1, 1e-12);
+}
+
+TEST(Schedule, OptimisationOptionsAreValidatedByName) {
+  const auto message = [](train::TrainConfig c) {
+    try {
+      c.validate();
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  train::TrainConfig c;
+  c.nesterov = true;  // adam has no Nesterov momentum
+  EXPECT_NE(message(c).find("'nesterov'"), std::string::npos);
+  c.optimizer = "sgd";
+  EXPECT_EQ(message(c), "");
+  c = {};
+  c.warmup_epochs = c.epochs;
+  EXPECT_NE(message(c).find("'warmup_epochs'"), std::string::npos);
+  c = {};
+  c.label_smoothing = 1.0;
+  EXPECT_NE(message(c).find("'label_smoothing'"), std::string::npos);
+  c = {};
+  c.schedule = "linear";
+  EXPECT_NE(message(c).find("'schedule'"), std::string::npos);
+}
+
+TEST(Trainer, InterruptedAndResumedRunEqualsAnUninterruptedOne) {
+  const auto dir = fresh_dir("resume");
+  const auto full = train::train(small_run_config(dir, "full"));
+  ASSERT_FALSE(full.interrupted);
+
+  // Stop in the middle of epoch 2, as SIGINT does through the CLI.
+  train::TrainCallbacks stop_mid_epoch;
+  int64_t seen_epoch = 0, seen_step = 0;
+  stop_mid_epoch.on_step = [&](const train::StepInfo& s) { seen_epoch = s.epoch, seen_step = s.step; };
+  stop_mid_epoch.should_stop = [&] { return seen_epoch == 2 && seen_step == 3; };
+  const auto part = train::train(small_run_config(dir, "part"), stop_mid_epoch);
+  ASSERT_TRUE(part.interrupted);
+  EXPECT_EQ(part.stopped_epoch, 2);
+  EXPECT_EQ(part.stopped_step, 3);
+  const auto mid = train::load_checkpoint(part.checkpoint);
+  EXPECT_EQ(mid.epoch, 1);
+  EXPECT_EQ(mid.step, 3);
+
+  const auto resumed = train::resume(part.run_dir);
+  EXPECT_FALSE(resumed.interrupted);
+  ASSERT_EQ(resumed.history.size(), 3u);
+  expect_same_weights(full.checkpoint, resumed.checkpoint);
+  // The epoch metrics agree too (the interrupted epoch's running sums were saved).
+  for (size_t e = 0; e < 3; ++e) {
+    EXPECT_DOUBLE_EQ(full.history[e].train_loss, resumed.history[e].train_loss) << e;
+    EXPECT_DOUBLE_EQ(full.history[e].test.accuracy, resumed.history[e].test.accuracy) << e;
+  }
+  std::ifstream metrics(dir / "part" / "metrics.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(metrics, line);) ++lines;
+  EXPECT_EQ(lines, 3);
+  EXPECT_TRUE(fs::exists(dir / "part" / "best.pt"));
+  // A finished run cannot be resumed.
+  EXPECT_THROW(train::resume(part.run_dir), std::runtime_error);
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, ForcedNanStopsTheRunAndKeepsTheLastGoodCheckpoint) {
+  const auto dir = fresh_dir("nan");
+  train::TrainCallbacks poison;
+  // After step 2 of epoch 2 a weight becomes NaN, as after a diverging update.
+  poison.on_step = [](const train::StepInfo& s) {
+    if (s.epoch != 2 || s.step != 2) return;
+    torch::NoGradGuard no_grad;
+    s.model->parameters().front().fill_(std::numeric_limits<float>::quiet_NaN());
+  };
+  try {
+    train::train(small_run_config(dir, "n"), poison);
+    FAIL() << "a NaN loss must stop the run";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("non-finite cross-entropy loss"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("epoch 2, step 3"), std::string::npos) << e.what();
+  }
+  const auto ck = train::load_checkpoint((dir / "n" / "last.pt").string());
+  EXPECT_EQ(ck.epoch, 1);
+  EXPECT_EQ(ck.step, 0);
+  for (const auto& p : ck.model->parameters()) EXPECT_TRUE(torch::isfinite(p).all().item<bool>());
   fs::remove_all(dir);
 }

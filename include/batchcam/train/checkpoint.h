@@ -8,14 +8,30 @@
 
 #include <torch/types.h>
 
+namespace torch::optim {
+class Optimizer;
+}
+
 #include <string>
 
 namespace batchcam::train {
+
+/// What a training run needs besides the weights to continue exactly where it stopped.
+struct TrainingState {
+  int64_t step = 0;  ///< steps done in epoch `epoch + 1` (0 = at the end of `epoch`)
+  std::string progress;  ///< the trainer's bookkeeping (metrics so far), JSON
+  const torch::optim::Optimizer* optimizer = nullptr;
+  torch::Tensor rng_state;  ///< the CPU generator's state
+};
 
 struct Checkpoint {
   TrainConfig config;
   models::ModelSpec spec;
   int64_t epoch = 0;  ///< epochs completed
+  int64_t step = 0;   ///< steps done in the next epoch (a mid-epoch checkpoint when > 0)
+  std::string progress;  ///< TrainingState::progress; "" when saved without one
+  torch::Tensor rng_state;  ///< undefined when saved without a TrainingState
+  bool has_optimizer = false;
   data::Normalization normalization;
   torch::Tensor prototypes;  ///< [K, H, W]; undefined when the run had none
   models::CamModelPtr model;  ///< rebuilt from spec, weights loaded, in eval mode
@@ -25,7 +41,11 @@ struct Checkpoint {
 /// Throws std::runtime_error naming the path and the cause.
 void save_checkpoint(const std::string& path, models::CamModel& model, const models::ModelSpec& spec,
                      const TrainConfig& config, int64_t epoch, const data::Normalization& normalization,
-                     const torch::Tensor& prototypes);
+                     const torch::Tensor& prototypes, const TrainingState& state = {});
+
+/// Loads the optimiser state saved with the checkpoint at `path` into `optimizer`, which
+/// must have been built for the same model and configuration.
+void restore_optimizer(const std::string& path, torch::optim::Optimizer& optimizer);
 
 /// Throws std::runtime_error naming the path and what is wrong (missing, truncated, not a
 /// batchcam checkpoint, weights that do not fit the model).

@@ -10,11 +10,13 @@ namespace batchcam::train {
 
 struct TrainConfig {
   // Data
-  std::string dataset = "shapes";
-  int64_t train_size = 6000;  ///< shapes only
-  int64_t test_size = 1000;   ///< shapes only
-  int64_t image_size = 28;    ///< shapes only
+  std::string dataset = "shapes";  ///< see data::dataset_names()
+  std::string data_dir;            ///< files of the file-based datasets ("" = data/<dataset>)
+  int64_t train_size = 6000;  ///< shapes: images generated; others: 0 = all, else the first N
+  int64_t test_size = 1000;   ///< shapes: images generated; others: 0 = all, else the first N
+  int64_t image_size = 28;    ///< shapes: side generated; folder: side images are resized to
   bool spurious = false;      ///< shapes only: class-coded corner patch in training
+  std::string augment = "none";  ///< none | shift | shift-flip (random shift by up to 2 px at 28 px)
 
   // Model
   std::string model = "simple-cnn";
@@ -23,10 +25,17 @@ struct TrainConfig {
   // Optimisation
   int64_t epochs = 4;
   int64_t batch_size = 128;
-  std::string optimizer = "adam";  ///< sgd | adam
-  double lr = 3e-3;
+  std::string optimizer = "adam";  ///< sgd | adam | adamw
+  double lr = 3e-3;           ///< peak learning rate
   double momentum = 0.9;      ///< sgd only
-  double weight_decay = 0.0;
+  bool nesterov = false;      ///< sgd only
+  double weight_decay = 0.0;  ///< L2 for sgd and adam, decoupled for adamw
+  std::string schedule = "constant";  ///< constant | step | cosine | onecycle
+  int64_t warmup_epochs = 0;  ///< linear learning-rate warm-up from ~0 to lr
+  int64_t step_size = 10;     ///< step schedule: epochs between decays
+  double gamma = 0.1;         ///< step schedule: decay factor
+  double grad_clip = 0.0;     ///< maximum global gradient norm; 0 = off
+  double label_smoothing = 0.0;
   uint64_t seed = 0;
   int64_t threads = 0;        ///< 0 = every core
 

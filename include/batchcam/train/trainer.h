@@ -23,6 +23,7 @@ struct CamLossConfig {
   losses::Distance distance_proto = losses::Distance::ssim;
   losses::Distance distance_batch = losses::Distance::ssim;
   bool detach_batch_target = false;
+  double label_smoothing = 0.0;  ///< of the cross-entropy term
   bool active() const { return lambda_proto > 0.0 || lambda_batch > 0.0; }
 };
 
@@ -42,6 +43,8 @@ struct StepInfo {
   int64_t epoch = 0, epochs = 0, step = 0, steps = 0;
   double loss = 0, ce = 0, proto = 0, batch = 0;  ///< running means over the epoch so far
   double images_per_second = 0;
+  double eta_seconds = 0;  ///< training time left for the whole run at the current speed
+  models::CamModel* model = nullptr;  ///< the model in training (e.g. to log weight statistics)
 };
 
 struct EpochMetrics {
@@ -57,14 +60,24 @@ struct TrainCallbacks {
   std::function<void(const std::string& run_dir)> on_start;
   std::function<void(const StepInfo&)> on_step;
   std::function<void(const EpochMetrics&)> on_epoch;
+  /// Polled after every step; returning true saves a mid-epoch checkpoint and returns
+  /// with TrainResult::interrupted set (the CLI sets it from SIGINT/SIGTERM).
+  std::function<bool()> should_stop;
 };
 
 struct TrainResult {
   std::string run_dir;
-  std::string checkpoint;  ///< path of the final checkpoint
+  std::string checkpoint;       ///< last.pt: the latest state, mid-epoch after an interruption
+  std::string best_checkpoint;  ///< best.pt: the epoch with the highest test accuracy
   std::vector<EpochMetrics> history;
   double train_seconds = 0;  ///< sum of the epochs' training time
+  bool interrupted = false;  ///< stopped by should_stop; resume() continues it
+  int64_t stopped_epoch = 0, stopped_step = 0;  ///< where an interrupted run stopped
 };
+
+/// The learning rate for `step` (0-based, counted over the whole run) of a run with
+/// `steps_per_epoch` steps per epoch: linear warm-up over warmup_epochs, then the schedule.
+double learning_rate(const TrainConfig& config, int64_t step, int64_t steps_per_epoch);
 
 /// Loads the dataset named in the config. Throws std::invalid_argument for an unknown one.
 data::DatasetSplits load_dataset(const TrainConfig& config);
@@ -73,5 +86,12 @@ data::DatasetSplits load_dataset(const TrainConfig& config);
 /// std::runtime_error for I/O problems or a non-finite loss (naming the step and term);
 /// checkpoints already written stay intact.
 TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks = {});
+
+/// Continues the run in `run_dir` from its last.pt (model, optimiser, schedule position,
+/// prototypes, random state, epoch and step), with its saved configuration; `threads` > 0
+/// overrides the thread count. On CPU with the same thread count the result equals the
+/// uninterrupted run. Throws like train(), and std::runtime_error when there is nothing
+/// to resume or the run is already complete.
+TrainResult resume(const std::string& run_dir, const TrainCallbacks& callbacks = {}, int64_t threads = 0);
 
 }  // namespace batchcam::train
