@@ -34,9 +34,9 @@ void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
   cmd.add_option("--data-dir", c.data_dir,
                  "Directory of the dataset's files (default: data/<dataset>; MNIST-type files are downloaded there when missing)")
       ->group("Data");
-  cmd.add_option("--train-size", c.train_size, "Training images (shapes: generated; others: first N, 0 = all)")
+  cmd.add_option("--train-size", c.train_size, "Training images (shapes: generated, 0 = 6000; others: the first N, 0 = all)")
       ->check(CLI::Range(0, 10000000))->group("Data");
-  cmd.add_option("--test-size", c.test_size, "Test images (shapes: generated; others: first N, 0 = all)")
+  cmd.add_option("--test-size", c.test_size, "Test images (shapes: generated, 0 = 1000; others: the first N, 0 = all)")
       ->check(CLI::Range(0, 10000000))->group("Data");
   cmd.add_option("--image-size", c.image_size, "Image side in pixels (shapes: generated; folder: resized to)")
       ->check(CLI::Range(16, 512))->group("Data");

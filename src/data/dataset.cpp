@@ -51,6 +51,7 @@ BatchIterator::BatchIterator(const Dataset& dataset, Normalization norm, int64_t
 }
 
 void BatchIterator::set_epoch(int64_t epoch) {
+  epoch_ = epoch;
   if (!shuffle_) return;
   std::iota(order_.begin(), order_.end(), 0);
   Rng rng(mix_seed(seed_, static_cast<uint64_t>(epoch)));
@@ -69,9 +70,39 @@ Batch BatchIterator::get(int64_t i) const {
   auto index = torch::from_blob(const_cast<int64_t*>(order_.data() + begin), {end - begin}, torch::kInt64).clone();
   Batch b;
   b.index = index;
-  b.x = norm_.apply(dataset_->images.index_select(0, index));
+  auto images = dataset_->images.index_select(0, index);
+  if (augmentation_.max_shift > 0 || augmentation_.flip) {
+    const int64_t n = end - begin, s = augmentation_.max_shift;
+    Rng rng(mix_seed(mix_seed(seed_, static_cast<uint64_t>(epoch_)), 0x5eed0000ULL + static_cast<uint64_t>(i)));
+    std::vector<int64_t> dy(n), dx(n);
+    std::vector<uint8_t> flip(n);
+    for (int64_t k = 0; k < n; ++k) {
+      dy[k] = static_cast<int64_t>(rng.below(static_cast<uint64_t>(2 * s + 1))) - s;
+      dx[k] = static_cast<int64_t>(rng.below(static_cast<uint64_t>(2 * s + 1))) - s;
+      flip[k] = augmentation_.flip && rng.uniform() < 0.5;
+    }
+    images = shift_and_flip(images, torch::tensor(dy), torch::tensor(dx),
+                            torch::from_blob(flip.data(), {n}, torch::kUInt8).to(torch::kBool));
+  }
+  b.x = norm_.apply(images);
   b.y = dataset_->labels.index_select(0, index);
   return b;
+}
+
+torch::Tensor shift_and_flip(const torch::Tensor& images, const torch::Tensor& dy, const torch::Tensor& dx,
+                             const torch::Tensor& flip) {
+  const int64_t b = images.size(0), c = images.size(1), h = images.size(2), w = images.size(3);
+  const int64_t s = std::max(dy.abs().max().item<int64_t>(), dx.abs().max().item<int64_t>());
+  auto out = images;
+  if (s > 0) {
+    // Pad by s, then pick for each image the rows and columns its shift selects.
+    const auto padded = torch::constant_pad_nd(images, {s, s, s, s}, 0);
+    const auto rows = (torch::arange(h).unsqueeze(0) + s - dy.unsqueeze(1)).view({b, 1, h, 1});
+    const auto cols = (torch::arange(w).unsqueeze(0) + s - dx.unsqueeze(1)).view({b, 1, 1, w});
+    out = padded.gather(2, rows.expand({b, c, h, w + 2 * s})).gather(3, cols.expand({b, c, h, w}));
+  }
+  if (flip.any().item<bool>()) out = torch::where(flip.view({b, 1, 1, 1}), out.flip({3}), out);
+  return out.contiguous();
 }
 
 }  // namespace batchcam::data

@@ -62,9 +62,9 @@ void require_one_of(const std::string& value, const std::string& field, std::ini
 void TrainConfig::validate() const {
   require_one_of(dataset, "dataset",
                  {"shapes", "mnist", "fashion-mnist", "decoy-mnist", "decoy-fashion", "cifar10", "folder"});
-  const bool generated = dataset == "shapes";
-  require(train_size >= (generated ? 1 : 0), "train_size", generated ? ">= 1" : ">= 0 (0 = all)");
-  require(test_size >= (generated ? 1 : 0), "test_size", generated ? ">= 1" : ">= 0 (0 = all)");
+  require(train_size >= 0, "train_size", ">= 0 (0 = the dataset's default)");
+  require(test_size >= 0, "test_size", ">= 0 (0 = the dataset's default)");
+  require(dataset != "folder" || !data_dir.empty(), "data_dir", "set for dataset 'folder' (its directory)");
   require_one_of(augment, "augment", {"none", "shift", "shift-flip"});
   const bool digits = dataset == "mnist" || dataset == "decoy-mnist";
   require(!(digits && augment == "shift-flip"), "augment", "none or shift for digits (a flipped digit is another glyph)");

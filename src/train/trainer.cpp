@@ -1,7 +1,7 @@
 #include "batchcam/train/trainer.h"
 
 #include "batchcam/cam/grad_cam.h"
-#include "batchcam/data/shapes.h"
+#include "batchcam/data/datasets.h"
 #include "batchcam/eval/pictures.h"
 #include "batchcam/io/png.h"
 #include "batchcam/losses/cam_losses.h"
@@ -205,16 +205,15 @@ nlohmann::json to_json(const EpochMetrics& m) {
 }
 
 data::DatasetSplits load_dataset(const TrainConfig& c) {
-  if (c.dataset == "shapes") {
-    data::ShapesOptions o;
-    o.train_size = c.train_size;
-    o.test_size = c.test_size;
-    o.image_size = c.image_size;
-    o.seed = c.seed;
-    o.spurious = c.spurious;
-    return data::make_shapes(o);
-  }
-  throw std::invalid_argument("unknown dataset '" + c.dataset + "'; expected shapes");
+  data::DatasetOptions o;
+  o.name = c.dataset;
+  o.dir = c.data_dir;
+  o.train_size = c.train_size;
+  o.test_size = c.test_size;
+  o.image_size = c.image_size;
+  o.spurious = c.spurious;
+  o.seed = c.seed;
+  return data::load_dataset(o);
 }
 
 double learning_rate(const TrainConfig& c, int64_t step, int64_t steps_per_epoch) {
@@ -275,6 +274,9 @@ TrainResult run_training(const TrainConfig& config, const TrainCallbacks& callba
                         : losses::image_prototypes(train_set.images, train_set.labels, num_classes);
   auto optimizer = make_optimizer(config, *model);
   data::BatchIterator batches(train_set, norm, config.batch_size, /*shuffle=*/true, config.seed, /*drop_last=*/true);
+  if (config.augment != "none") {
+    batches.set_augmentation({std::max<int64_t>(1, train_set.height() / 8), config.augment == "shift-flip"});
+  }
   const int64_t steps = batches.size();
   if (steps == 0) {
     throw std::invalid_argument("config: 'batch_size' (" + std::to_string(config.batch_size) +

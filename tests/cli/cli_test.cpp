@@ -25,8 +25,9 @@ struct Result {
   std::string out;  // stdout and stderr together
 };
 
-Result run(const std::string& args) {
-  const std::string cmd = std::string(BATCHCAM_CLI) + " " + args + " 2>&1";
+// Runs the CLI with `args`, with `env` ("NAME=value ...") set for it.
+Result run(const std::string& args, const std::string& env = "") {
+  const std::string cmd = env + (env.empty() ? "" : " ") + std::string(BATCHCAM_CLI) + " " + args + " 2>&1";
   Result r{-1, ""};
   FILE* pipe = ::popen(cmd.c_str(), "r");
   if (!pipe) return r;
@@ -267,5 +268,29 @@ TEST(Cli, SigtermSavesAMidEpochCheckpointThatResumes) {
   const auto r = run("train --quiet --resume " + (dir / "t").string());
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(batchcam::train::load_checkpoint((dir / "t" / "last.pt").string()).epoch, 2);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Cli, MnistTrainsFromItsDirectoryAndMissingFilesWithoutNetworkFailClearly) {
+  const auto dir = std::filesystem::temp_directory_path() / ("batchcam-mnist-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir / "empty");
+  // Port 9 on the loopback answers nothing: the same failure as a machine without network.
+  const auto offline = run("train --quiet --dataset mnist --data-dir " + (dir / "empty").string() +
+                           " --out-dir " + dir.string(), "BATCHCAM_DATA_MIRROR=http://127.0.0.1:9/");
+  EXPECT_EQ(offline.code, 1) << offline.out;
+  EXPECT_EQ(count_lines(offline.out), 1) << offline.out;
+  EXPECT_NE(offline.out.find("missing train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+                             "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz and the download failed"),
+            std::string::npos) << offline.out;
+  EXPECT_NE(offline.out.find("Put the files in this directory"), std::string::npos) << offline.out;
+
+  const auto mnist = std::filesystem::path(BATCHCAM_SOURCE_DIR) / ".." / "shared" / "data" / "mnist";
+  if (!std::filesystem::exists(mnist / "train-images-idx3-ubyte.gz")) GTEST_SKIP() << mnist << " is absent";
+  const auto r = run("train --quiet --dataset mnist --data-dir " + mnist.string() +
+                     " --train-size 512 --test-size 256 --epochs 1 --batch-size 64 --augment shift --out-dir " +
+                     dir.string() + " --run-name m");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("on mnist"), std::string::npos) << r.out;
   std::filesystem::remove_all(dir);
 }

@@ -50,6 +50,12 @@ struct Batch {
   torch::Tensor index;  ///< [B] int64, positions in the dataset
 };
 
+/// Random training augmentation, applied to whole batches at once.
+struct Augmentation {
+  int64_t max_shift = 0;  ///< each image moves by up to this many pixels in x and y (zero fill)
+  bool flip = false;      ///< each image is mirrored left-right with probability 1/2
+};
+
 /// Iterates a dataset in batches; with shuffling, each epoch has its own order derived
 /// from (seed, epoch), so an epoch's batches can be recomputed after a restart.
 class BatchIterator {
@@ -57,8 +63,10 @@ class BatchIterator {
   /// Requires batch_size > 0. With drop_last, a final incomplete batch is skipped.
   BatchIterator(const Dataset& dataset, Normalization norm, int64_t batch_size, bool shuffle,
                 uint64_t seed, bool drop_last);
-  /// Fixes the order for `epoch` (a no-op when not shuffling).
+  /// Fixes the order for `epoch` (a no-op when not shuffling) and the augmentation's draws.
   void set_epoch(int64_t epoch);
+  /// Augments every batch from now on; the draws depend only on (seed, epoch, batch index).
+  void set_augmentation(Augmentation augmentation) { augmentation_ = augmentation; }
   /// Number of batches per epoch.
   int64_t size() const;
   /// Batch i of the current epoch. Requires 0 <= i < size().
@@ -71,7 +79,14 @@ class BatchIterator {
   bool shuffle_;
   uint64_t seed_;
   bool drop_last_;
+  int64_t epoch_ = 0;
+  Augmentation augmentation_;
   std::vector<int64_t> order_;
 };
+
+/// Shifts each image of `images` [B, C, H, W] by (dy[b], dx[b]) pixels (|d| <= the
+/// padding it implies), filling with 0, and mirrors those with flip[b] left-right. Any dtype.
+torch::Tensor shift_and_flip(const torch::Tensor& images, const torch::Tensor& dy, const torch::Tensor& dx,
+                             const torch::Tensor& flip);
 
 }  // namespace batchcam::data

@@ -12,8 +12,8 @@ struct TrainConfig {
   // Data
   std::string dataset = "shapes";  ///< see data::dataset_names()
   std::string data_dir;            ///< files of the file-based datasets ("" = data/<dataset>)
-  int64_t train_size = 6000;  ///< shapes: images generated; others: 0 = all, else the first N
-  int64_t test_size = 1000;   ///< shapes: images generated; others: 0 = all, else the first N
+  int64_t train_size = 0;  ///< shapes: images generated (0 = 6000); others: the first N (0 = all)
+  int64_t test_size = 0;   ///< shapes: images generated (0 = 1000); others: the first N (0 = all)
   int64_t image_size = 28;    ///< shapes: side generated; folder: side images are resized to
   bool spurious = false;      ///< shapes only: class-coded corner patch in training
   std::string augment = "none";  ///< none | shift | shift-flip (random shift by up to 2 px at 28 px)

@@ -1,0 +1,345 @@
+// File-based datasets: fixtures are written by the tests themselves; the real MNIST and
+// Fashion-MNIST files in ../shared/data are checked when present.
+
+#include "batchcam/data/datasets.h"
+#include "batchcam/data/idx.h"
+#include "batchcam/data/shapes.h"
+#include "batchcam/io/image.h"
+#include "batchcam/io/png.h"
+
+#include <gtest/gtest.h>
+#include <jpeglib.h>
+#include <torch/torch.h>
+#include <zlib.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+using namespace batchcam;
+namespace fs = std::filesystem;
+
+namespace {
+fs::path fresh_dir(const std::string& name) {
+  const auto dir = fs::temp_directory_path() / ("batchcam-data-" + name + "-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+void write_bytes(const fs::path& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+
+std::string idx_bytes(std::vector<uint32_t> dims, const std::vector<uint8_t>& values, uint8_t type = 0x08) {
+  std::string out = {0, 0, static_cast<char>(type), static_cast<char>(dims.size())};
+  for (const uint32_t d : dims) {
+    for (int shift = 24; shift >= 0; shift -= 8) out += static_cast<char>((d >> shift) & 0xFF);
+  }
+  out.append(values.begin(), values.end());
+  return out;
+}
+
+std::string gzip_bytes(const std::string& raw) {
+  z_stream zs{};
+  deflateInit2(&zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY);
+  std::string out(deflateBound(&zs, raw.size()) + 64, '\0');
+  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(raw.data()));
+  zs.avail_in = static_cast<uInt>(raw.size());
+  zs.next_out = reinterpret_cast<Bytef*>(out.data());
+  zs.avail_out = static_cast<uInt>(out.size());
+  deflate(&zs, Z_FINISH);
+  out.resize(zs.total_out);
+  deflateEnd(&zs);
+  return out;
+}
+
+// The message of the std::runtime_error that `f` throws ("" when it does not throw).
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::runtime_error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::vector<uint8_t> iota_bytes(size_t n, uint8_t start = 0) {
+  std::vector<uint8_t> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<uint8_t>(start + i);
+  return v;
+}
+
+// 2 images of 3 x 4 and their labels, as IDX files (gzip'd when asked).
+void write_tiny_mnist(const fs::path& dir, bool gz) {
+  const auto images = idx_bytes({2, 3, 4}, iota_bytes(24, 10));
+  const auto labels = idx_bytes({2}, {7, 2});
+  write_bytes(dir / (gz ? "images.gz" : "images"), gz ? gzip_bytes(images) : images);
+  write_bytes(dir / (gz ? "labels.gz" : "labels"), gz ? gzip_bytes(labels) : labels);
+}
+
+const std::vector<std::string> kTen = {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"};
+
+void write_jpeg(const fs::path& path, int width, int height, uint8_t gray) {
+  jpeg_compress_struct info{};
+  jpeg_error_mgr error{};
+  info.err = jpeg_std_error(&error);
+  jpeg_create_compress(&info);
+  std::FILE* file = std::fopen(path.c_str(), "wb");
+  jpeg_stdio_dest(&info, file);
+  info.image_width = width;
+  info.image_height = height;
+  info.input_components = 3;
+  info.in_color_space = JCS_RGB;
+  jpeg_set_defaults(&info);
+  jpeg_set_quality(&info, 95, TRUE);
+  jpeg_start_compress(&info, TRUE);
+  std::vector<uint8_t> row(static_cast<size_t>(width) * 3, gray);
+  while (info.next_scanline < info.image_height) {
+    JSAMPROW r = row.data();
+    jpeg_write_scanlines(&info, &r, 1);
+  }
+  jpeg_finish_compress(&info);
+  std::fclose(file);
+  jpeg_destroy_compress(&info);
+}
+
+fs::path shared_data(const std::string& name) { return fs::path(BATCHCAM_SOURCE_DIR) / ".." / "shared" / "data" / name; }
+}  // namespace
+
+TEST(Idx, RawAndGzipFilesDecodeToTheExactPixelsAndLabels) {
+  const auto dir = fresh_dir("idx");
+  for (const bool gz : {false, true}) {
+    write_tiny_mnist(dir, gz);
+    const auto d = data::idx_dataset((dir / (gz ? "images.gz" : "images")).string(),
+                                     (dir / (gz ? "labels.gz" : "labels")).string(), kTen);
+    ASSERT_EQ(d.images.sizes(), (torch::IntArrayRef{2, 1, 3, 4}));
+    EXPECT_EQ(d.images.scalar_type(), torch::kUInt8);
+    EXPECT_TRUE(torch::equal(d.images.flatten(), torch::arange(10, 34).to(torch::kUInt8))) << gz;
+    EXPECT_TRUE(torch::equal(d.labels, torch::tensor({7, 2}, torch::kInt64)));
+  }
+  fs::remove_all(dir);
+}
+
+TEST(Idx, EveryKindOfBadFileGetsAMessageNamingTheFileAndTheProblem) {
+  const auto good = idx_bytes({2, 3, 4}, iota_bytes(24));
+  const auto check = [](const std::string& bytes, const std::string& problem) {
+    const auto message = error_of([&] { data::parse_idx(bytes, "some/file.idx"); });
+    EXPECT_EQ(message.rfind("some/file.idx: ", 0), 0u) << message;
+    EXPECT_NE(message.find(problem), std::string::npos) << "expected '" << problem << "' in: " << message;
+  };
+  check(std::string("\x01\x02\x08\x03", 4) + good.substr(4), "wrong magic number");
+  check(idx_bytes({2}, {1, 2}, 0x0D), "unsupported IDX element type 0x0D");
+  check(good.substr(0, good.size() - 5), "truncated");
+  check(good.substr(0, 9), "truncated IDX header");
+  check(good + "xyz", "3 bytes after the 24 values");
+  check(idx_bytes({0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF}, {1}), "truncated");  // no overflow to a small count
+  check("", "too short");
+  const auto gz = gzip_bytes(good);
+  check(gz.substr(0, gz.size() / 2), "truncated gzip stream");
+  std::string corrupt = gz;
+  for (size_t i = 12; i < corrupt.size() - 8; ++i) corrupt[i] = static_cast<char>(corrupt[i] ^ 0x5A);
+  check(corrupt, "corrupt gzip data");
+
+  // Dataset-level checks: rank, count and label range, naming the file at fault.
+  const auto dir = fresh_dir("idx-bad");
+  write_bytes(dir / "images", good);
+  write_bytes(dir / "labels3", idx_bytes({3}, {1, 2, 3}));
+  write_bytes(dir / "labels-bad", idx_bytes({2}, {1, 10}));
+  write_bytes(dir / "labels-2d", idx_bytes({2, 1}, {1, 2}));
+  const auto load = [&](const std::string& images, const std::string& labels) {
+    return error_of([&] { data::idx_dataset((dir / images).string(), (dir / labels).string(), kTen); });
+  };
+  EXPECT_NE(load("images", "labels3").find("labels3: 3 labels for the 2 images"), std::string::npos);
+  EXPECT_NE(load("images", "labels-bad").find("labels-bad: label 10 at index 1 is out of range [0, 10)"),
+            std::string::npos);
+  EXPECT_NE(load("images", "labels-2d").find("expected a label file of 1 dimension"), std::string::npos);
+  EXPECT_NE(load("labels3", "labels3").find("expected an image file of 3 dimensions"), std::string::npos);
+  EXPECT_NE(load("missing", "labels3").find("missing: cannot open"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST(Decoy, SwatchShadeAndCornerFollowTheRule) {
+  data::Dataset d;
+  d.images = torch::zeros({400, 1, 28, 28}, torch::kUInt8);
+  d.labels = torch::arange(400, torch::kInt64).remainder(10);
+  d.class_names = kTen;
+  auto test = d;
+  test.images = d.images.clone();
+  data::add_decoy(d, /*random_class=*/false, 1);
+  data::add_decoy(test, /*random_class=*/true, 2);
+  std::set<int> corners;
+  int test_shade_differs = 0;
+  for (int64_t i = 0; i < 400; ++i) {
+    const auto mask = d.decoy_masks[i];
+    ASSERT_EQ(mask.sum().item<int64_t>(), 16) << "a 4 x 4 swatch";
+    const auto ys = mask.nonzero().select(1, 0), xs = mask.nonzero().select(1, 1);
+    const int64_t top = ys.min().item<int64_t>(), left = xs.min().item<int64_t>();
+    ASSERT_TRUE((top == 0 || top == 24) && (left == 0 || left == 24)) << "in a corner";
+    EXPECT_EQ(ys.max().item<int64_t>() - top, 3);
+    corners.insert(static_cast<int>(top * 100 + left));
+    const int64_t y = d.labels[i].item<int64_t>();
+    EXPECT_TRUE(torch::equal(d.images[i][0].masked_select(mask),
+                             torch::full({16}, 255 - 25 * y, torch::kUInt8)));
+    EXPECT_EQ(d.images[i][0].masked_select(mask.logical_not()).sum().item<int64_t>(), 0) << "nothing else drawn";
+    const auto test_shade = test.images[i][0].masked_select(test.decoy_masks[i]);
+    EXPECT_EQ((255 - test_shade[0].item<int64_t>()) % 25, 0) << "a class shade";
+    test_shade_differs += test_shade[0].item<int64_t>() != 255 - 25 * y;
+  }
+  EXPECT_EQ(corners.size(), 4u) << "all four corners are used";
+  EXPECT_GT(test_shade_differs, 300) << "test shades are drawn at random (about 90% differ)";
+}
+
+TEST(Cifar10, BinaryBatchDecodesChannelPlanarRecords) {
+  const auto dir = fresh_dir("cifar");
+  std::string bytes;
+  for (int r = 0; r < 3; ++r) {
+    bytes += static_cast<char>(r * 4);  // labels 0, 4, 8
+    for (int i = 0; i < 3072; ++i) bytes += static_cast<char>((i + r) % 251);
+  }
+  write_bytes(dir / "b.bin", bytes);
+  const auto d = data::cifar10_batch((dir / "b.bin").string());
+  ASSERT_EQ(d.images.sizes(), (torch::IntArrayRef{3, 3, 32, 32}));
+  EXPECT_TRUE(torch::equal(d.labels, torch::tensor({0, 4, 8}, torch::kInt64)));
+  EXPECT_EQ(d.images[1][0][0][0].item<int>(), 1);            // record 1, red, first pixel
+  EXPECT_EQ(d.images[2][1][0][0].item<int>(), (1024 + 2) % 251);  // record 2, green plane
+  EXPECT_EQ(d.images[0][2][31][31].item<int>(), 3071 % 251);
+  EXPECT_EQ(d.class_names.at(4), "deer");
+
+  write_bytes(dir / "short.bin", bytes.substr(0, 5000));
+  EXPECT_NE(error_of([&] { data::cifar10_batch((dir / "short.bin").string()); })
+                .find("short.bin: truncated or not a CIFAR-10 binary batch"),
+            std::string::npos);
+  bytes[3073] = 10;
+  write_bytes(dir / "label.bin", bytes);
+  EXPECT_NE(error_of([&] { data::cifar10_batch((dir / "label.bin").string()); })
+                .find("label 10 of record 1 is out of range"),
+            std::string::npos);
+  data::DatasetOptions o;
+  o.name = "cifar10";
+  o.dir = dir.string();
+  EXPECT_NE(error_of([&] { data::load_dataset(o); }).find("missing data_batch_1.bin"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST(ImageFolder, PngAndJpegClassesAreResizedAndLabelledBySortedFolderName) {
+  const auto dir = fresh_dir("folder");
+  for (const char* split : {"train", "test"}) {
+    fs::create_directories(dir / split / "cat");
+    fs::create_directories(dir / split / "ant");
+    // ant: an 8 x 8 gray PNG of value 40; cat: a 16 x 8 RGB JPEG of value 200.
+    io::write_png((dir / split / "ant" / "a.png").string(), torch::full({8, 8}, 40, torch::kUInt8));
+    write_jpeg(dir / split / "cat" / "c.JPG", 16, 8, 200);
+  }
+  const auto s = data::image_folder(dir.string(), 8, 0);
+  EXPECT_EQ(s.train.class_names, (std::vector<std::string>{"ant", "cat"}));
+  ASSERT_EQ(s.train.images.sizes(), (torch::IntArrayRef{2, 3, 8, 8})) << "RGB because one image is in colour";
+  EXPECT_TRUE(torch::equal(s.train.labels, torch::tensor({0, 1}, torch::kInt64)));
+  EXPECT_TRUE(torch::equal(s.train.images[0], torch::full({3, 8, 8}, 40, torch::kUInt8))) << "gray replicated";
+  EXPECT_LE((s.train.images[1].to(torch::kInt) - 200).abs().max().item<int>(), 2) << "JPEG, resized 16 x 8 -> 8 x 8";
+  EXPECT_EQ(s.test.size(), 2);
+
+  // Without train/ and test/, every fifth image of a class goes to the test split.
+  const auto flat = fresh_dir("folder-flat");
+  for (const char* cls : {"x", "y"}) {
+    fs::create_directories(flat / cls);
+    for (int i = 0; i < 10; ++i) {
+      io::write_png((flat / cls / (std::to_string(i) + ".png")).string(), torch::full({4, 4}, i, torch::kUInt8));
+    }
+  }
+  const auto f = data::image_folder(flat.string(), 4, 3);
+  EXPECT_EQ(f.train.size(), 16);
+  EXPECT_EQ(f.test.size(), 4);
+  EXPECT_EQ(f.train.channels(), 1) << "gray when every image is gray";
+
+  // Bad input: unreadable image, empty class folder, a single class.
+  write_bytes(flat / "x" / "broken.png", "\x89PNG not really");
+  EXPECT_NE(error_of([&] { data::image_folder(flat.string(), 4, 3); }).find("broken.png: unreadable PNG"),
+            std::string::npos);
+  fs::remove(flat / "x" / "broken.png");
+  write_bytes(flat / "x" / "text.jpg", "hello");
+  EXPECT_NE(error_of([&] { data::image_folder(flat.string(), 4, 3); }).find("text.jpg: not a PNG or JPEG image"),
+            std::string::npos);
+  fs::remove(flat / "x" / "text.jpg");
+  fs::create_directories(flat / "z");
+  EXPECT_NE(error_of([&] { data::image_folder(flat.string(), 4, 3); }).find("z: empty class folder"),
+            std::string::npos);
+  fs::remove_all(flat / "z");
+  fs::remove_all(flat / "y");
+  EXPECT_NE(error_of([&] { data::image_folder(flat.string(), 4, 3); }).find("expected one subfolder per class"),
+            std::string::npos);
+  fs::remove_all(dir);
+  fs::remove_all(flat);
+}
+
+TEST(Augmentation, ShiftMovesPixelsWithZeroFillAndFlipMirrors) {
+  auto images = torch::zeros({2, 1, 5, 5}, torch::kUInt8);
+  images[0][0][2][2] = 9;
+  images[1][0][0][4] = 7;
+  const auto out = data::shift_and_flip(images, torch::tensor({1, 0}), torch::tensor({-2, 0}),
+                                        torch::tensor({false, true}));
+  EXPECT_EQ(out[0][0][3][0].item<int>(), 9) << "down 1, left 2";
+  EXPECT_EQ(out[0].sum().item<int>(), 9);
+  EXPECT_EQ(out[1][0][0][0].item<int>(), 7) << "mirrored";
+  const auto off = data::shift_and_flip(images, torch::tensor({0, 0}), torch::tensor({3, 0}),
+                                        torch::tensor({false, false}));
+  EXPECT_EQ(off[0].sum().item<int>(), 0) << "shifted out of the frame, zero filled";
+
+  // In the iterator the draws depend only on (seed, epoch, batch): repeatable, and new each epoch.
+  const auto d = data::generate_shapes(64, 28, 1, data::SpuriousCue::none, 0.05);
+  data::BatchIterator it(d, data::Normalization::fit(d.images), 32, true, 5, true);
+  it.set_augmentation({3, true});
+  it.set_epoch(1);
+  const auto a = it.get(0).x, b = it.get(0).x;
+  EXPECT_TRUE(torch::equal(a, b));
+  data::BatchIterator plain(d, data::Normalization::fit(d.images), 32, true, 5, true);
+  plain.set_epoch(1);
+  EXPECT_FALSE(torch::equal(a, plain.get(0).x)) << "augmented";
+}
+
+TEST(MnistFiles, RealFilesLoadWithTheOfficialCountsAndHistograms) {
+  const std::map<std::string, std::vector<int64_t>> train_histograms = {
+      {"mnist", {5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949}},
+      {"fashion-mnist", std::vector<int64_t>(10, 6000)}};
+  for (const auto& [name, histogram] : train_histograms) {
+    const auto dir = shared_data(name);
+    if (!fs::exists(dir / "train-images-idx3-ubyte.gz")) GTEST_SKIP() << dir << " is absent";
+    data::DatasetOptions o;
+    o.name = name;
+    o.dir = dir.string();
+    const auto s = data::load_dataset(o);
+    EXPECT_EQ(s.train.size(), 60000) << name;
+    EXPECT_EQ(s.test.size(), 10000) << name;
+    EXPECT_EQ(s.train.images.sizes(), (torch::IntArrayRef{60000, 1, 28, 28}));
+    EXPECT_TRUE(torch::equal(torch::bincount(s.train.labels), torch::tensor(histogram))) << name;
+    if (name == "mnist") {
+      EXPECT_TRUE(torch::equal(torch::bincount(s.test.labels),
+                               torch::tensor({980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009}, torch::kInt64)));
+    } else {
+      EXPECT_TRUE(torch::equal(torch::bincount(s.test.labels), torch::full({10}, 1000, torch::kInt64)));
+    }
+  }
+}
+
+TEST(MnistFiles, DownloadVerifiesTheChecksumAndPlacesTheFiles) {
+  const auto source = shared_data("mnist");
+  if (!fs::exists(source / "train-labels-idx1-ubyte.gz")) GTEST_SKIP() << source << " is absent";
+  const auto dir = fresh_dir("download");
+  // libcurl reads file:// URLs the same way as http(s)://, so the shared copy acts as a mirror.
+  const std::string mirror = "file://" + fs::canonical(source).string() + "/";
+  const std::vector<data::DataFile> labels = {
+      {"train-labels-idx1-ubyte.gz", "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"}};
+  data::ensure_files((dir / "ok").string(), labels, {"file:///nonexistent/", mirror});
+  EXPECT_EQ(data::sha256_file((dir / "ok" / "train-labels-idx1-ubyte.gz").string()), labels[0].sha256);
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir / "ok"), fs::directory_iterator()), 1) << "no temporary left";
+
+  // A mirror serving other bytes: refused, nothing placed.
+  fs::create_directories(dir / "evil");
+  write_bytes(dir / "evil" / "train-labels-idx1-ubyte.gz", "not the file");
+  const auto message = error_of(
+      [&] { data::ensure_files((dir / "bad").string(), labels, {"file://" + (dir / "evil").string()}); });
+  EXPECT_NE(message.find("is not the published 3552534a"), std::string::npos) << message;
+  EXPECT_FALSE(fs::exists(dir / "bad" / "train-labels-idx1-ubyte.gz"));
+  fs::remove_all(dir);
+}
