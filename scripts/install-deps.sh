@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, with apt-get, the Debian 12 packages batchcam needs to build, and only those
 # that are missing. With --test also the packages of the test suite's reference checks
-# (PyTorch and torchvision for Python, to compare exported weights with torchvision).
+# (PyTorch and torchvision for Python, to compare exported weights with torchvision) and
+# clang with libFuzzer for the fuzzer's smoke run.
 # Run as root (or with sudo). Nothing is downloaded at build time.
 set -euo pipefail
 
@@ -13,10 +14,14 @@ packages=(
   nlohmann-json3-dev      # JSON: configs, metrics, checkpoint metadata
   libspdlog-dev           # CLI logging
   libpng-dev zlib1g-dev   # images and compression
+  libjpeg62-turbo-dev     # JPEG images in image-folder datasets
+  libcurl4-openssl-dev    # downloading MNIST / Fashion-MNIST when missing
+  libssl-dev              # SHA-256 of downloaded files (OpenSSL libcrypto)
   libgtest-dev libgmock-dev libbenchmark-dev
 )
 if [[ ${1:-} == --test ]]; then
-  packages+=(python3-torch python3-torchvision)
+  packages+=(python3-torch python3-torchvision
+             clang libclang-rt-14-dev)  # libFuzzer smoke run of the IDX parser
 fi
 
 missing=()

@@ -344,3 +344,18 @@ TEST(Trainer, ForcedNanStopsTheRunAndKeepsTheLastGoodCheckpoint) {
   for (const auto& p : ck.model->parameters()) EXPECT_TRUE(torch::isfinite(p).all().item<bool>());
   fs::remove_all(dir);
 }
+
+TEST(Presets, EveryConfigInConfigsIsValidAndNamesItsRun) {
+  int presets = 0;
+  for (const auto& entry : fs::directory_iterator(fs::path(BATCHCAM_SOURCE_DIR) / "configs")) {
+    if (entry.path().extension() != ".json") continue;
+    ++presets;
+    std::ifstream in(entry.path());
+    const auto c = train::config_from_json(nlohmann::json::parse(in));
+    EXPECT_NO_THROW(c.validate()) << entry.path();
+    EXPECT_EQ(c.run_name, entry.path().stem().string());
+    const bool batchcam = entry.path().stem().string().find("-batchcam") != std::string::npos;
+    EXPECT_EQ(c.lambda_proto > 0 && c.lambda_batch > 0, batchcam) << entry.path();
+  }
+  EXPECT_EQ(presets, 12) << "2 datasets x 3 models x {CE only, Batch-CAM}";
+}
