@@ -5,6 +5,12 @@
 
 #include <torch/torch.h>
 
+#include <chrono>
+#include <cmath>
+#include <iomanip>
+#include <mutex>
+#include <sstream>
+
 namespace batchcam::eval {
 
 torch::Tensor mass_share(const torch::Tensor& maps, const torch::Tensor& masks) {
@@ -15,13 +21,34 @@ torch::Tensor mass_share(const torch::Tensor& maps, const torch::Tensor& masks) 
   return inside / m.sum(1).clamp_min(1e-12);
 }
 
-EvalMetrics evaluate(models::CamModel& model, const data::Dataset& dataset, const data::Normalization& norm,
-                     const torch::Tensor& prototypes, int64_t batch_size) {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Spearman rank correlation per row of a [B, N] and b [B, N] (0 where a row is constant).
+torch::Tensor rank_correlation(const torch::Tensor& a, const torch::Tensor& b) {
+  const auto ranks = [](const torch::Tensor& t) { return t.argsort(int64_t{1}).argsort(int64_t{1}).to(torch::kDouble); };
+  auto ra = ranks(a);
+  auto rb = ranks(b);
+  ra = ra - ra.mean(1, true);
+  rb = rb - rb.mean(1, true);
+  const auto denominator = (ra.pow(2).sum(1) * rb.pow(2).sum(1)).sqrt();
+  return torch::where(denominator > 0, (ra * rb).sum(1) / denominator.clamp_min(1e-12), torch::zeros_like(denominator));
+}
+
+// The test-set pass shared by evaluate() (per epoch) and evaluate_full(): one forward and
+// one Grad-CAM per batch; `full` additionally receives the confusion matrix, input
+// reconstruction and pointing game.
+EvalMetrics evaluation_pass(models::CamModel& model, const data::Dataset& dataset, const data::Normalization& norm,
+                            const torch::Tensor& prototypes, int64_t batch_size, EvalReport* full) {
   const bool was_training = model.is_training();
   model.eval();
   data::BatchIterator batches(dataset, norm, batch_size, /*shuffle=*/false, 0, /*drop_last=*/false);
   EvalMetrics m;
   double loss = 0, correct = 0, l1 = 0, l2 = 0, ssim = 0, object = 0, decoy = 0;
+  double in_l1 = 0, in_l2 = 0, in_ssim = 0, object_hits = 0, decoy_hits = 0;
+  const int64_t k = dataset.num_classes();
+  auto confusion = torch::zeros({k * k}, torch::kInt64);
   const auto options = cam::GradCamOptions().output_size({dataset.height(), dataset.width()});
   for (int64_t i = 0; i < batches.size(); ++i) {
     const auto b = batches.get(i);
@@ -36,10 +63,20 @@ EvalMetrics evaluate(models::CamModel& model, const data::Dataset& dataset, cons
       l2 += losses::distance(losses::Distance::l2, maps, target).sum().item<double>();
       ssim += losses::ssim(maps, target).sum().item<double>();
       if (dataset.object_masks.defined()) {
-        object += mass_share(maps, dataset.object_masks.index_select(0, b.index)).sum().item<double>();
+        const auto masks = dataset.object_masks.index_select(0, b.index);
+        object += mass_share(maps, masks).sum().item<double>();
+        object_hits += pointing_game(maps, masks).sum().item<double>();
       }
       if (dataset.decoy_masks.defined()) {
-        decoy += mass_share(maps, dataset.decoy_masks.index_select(0, b.index)).sum().item<double>();
+        const auto masks = dataset.decoy_masks.index_select(0, b.index);
+        decoy += mass_share(maps, masks).sum().item<double>();
+        decoy_hits += pointing_game(maps, masks).sum().item<double>();
+      }
+      if (full) {
+        const auto gray = norm.to_unit_gray(b.x);
+        in_l1 += losses::distance(losses::Distance::l1, maps, gray).sum().item<double>();
+        in_l2 += losses::distance(losses::Distance::l2, maps, gray).sum().item<double>();
+        in_ssim += losses::ssim(maps, gray).sum().item<double>();
       }
     } else {
       torch::NoGradGuard no_grad;
@@ -48,7 +85,9 @@ EvalMetrics evaluate(models::CamModel& model, const data::Dataset& dataset, cons
     loss += torch::nn::functional::cross_entropy(
                 logits, b.y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                 .item<double>();
-    correct += logits.argmax(1).eq(b.y).sum().item<double>();
+    const auto predicted = logits.argmax(1);
+    correct += predicted.eq(b.y).sum().item<double>();
+    confusion.index_add_(0, b.y * k + predicted, torch::ones_like(predicted));
   }
   const double n = static_cast<double>(dataset.size());
   m.count = dataset.size();
@@ -61,8 +100,238 @@ EvalMetrics evaluate(models::CamModel& model, const data::Dataset& dataset, cons
     if (prototypes.defined() && dataset.object_masks.defined()) m.object_share = object / n;
     if (prototypes.defined() && dataset.decoy_masks.defined()) m.decoy_share = decoy / n;
   }
+  if (full && n > 0) {
+    full->metrics = m;
+    full->class_names = dataset.class_names;
+    full->input_l1 = in_l1 / n;
+    full->input_l2 = in_l2 / n;
+    full->input_ssim = in_ssim / n;
+    if (dataset.object_masks.defined()) full->object_pointing = object_hits / n;
+    if (dataset.decoy_masks.defined()) full->decoy_pointing = decoy_hits / n;
+    const auto c = confusion.view({k, k});
+    full->confusion.assign(static_cast<size_t>(k), std::vector<int64_t>(static_cast<size_t>(k)));
+    for (int64_t t = 0; t < k; ++t) {
+      const auto row_total = c[t].sum().item<int64_t>();
+      for (int64_t p = 0; p < k; ++p) full->confusion[t][p] = c[t][p].item<int64_t>();
+      full->per_class_accuracy.push_back(row_total > 0 ? static_cast<double>(full->confusion[t][t]) / row_total : 0.0);
+    }
+  }
   model.train(was_training);
   return m;
+}
+
+data::Dataset first_images(const data::Dataset& d, int64_t n) {
+  data::Dataset out = d;
+  n = std::min(n, d.size());
+  out.images = d.images.narrow(0, 0, n);
+  out.labels = d.labels.narrow(0, 0, n);
+  out.object_masks = torch::Tensor();
+  out.decoy_masks = torch::Tensor();
+  return out;
+}
+
+torch::Tensor cams_for(models::CamModel& model, const torch::Tensor& x, const torch::Tensor& y) {
+  return cam::grad_cam(model, x, y, cam::GradCamOptions().output_size({x.size(2), x.size(3)})).cam.maps.detach();
+}
+}  // namespace
+
+EvalMetrics evaluate(models::CamModel& model, const data::Dataset& dataset, const data::Normalization& norm,
+                     const torch::Tensor& prototypes, int64_t batch_size) {
+  return evaluation_pass(model, dataset, norm, prototypes, batch_size, nullptr);
+}
+
+torch::Tensor pointing_game(const torch::Tensor& maps, const torch::Tensor& masks) {
+  TORCH_CHECK(maps.dim() == 3 && maps.sizes() == masks.sizes(), "pointing_game: maps ", maps.sizes(), " and masks ",
+              masks.sizes(), " must both be [B, H, W]");
+  const auto peak = maps.flatten(1).argmax(1, true);
+  return masks.flatten(1).gather(1, peak).squeeze(1);
+}
+
+std::pair<torch::Tensor, torch::Tensor> deletion_insertion_curves(
+    const std::function<torch::Tensor(const torch::Tensor&)>& forward, const torch::Tensor& x,
+    const torch::Tensor& targets, const torch::Tensor& maps, const torch::Tensor& baseline, int64_t steps) {
+  TORCH_CHECK(steps >= 1, "deletion_insertion_curves: steps must be >= 1");
+  torch::NoGradGuard no_grad;
+  const int64_t b = x.size(0), h = x.size(2), w = x.size(3), pixels = h * w;
+  // rank[i, p] = position of pixel p in image i's order (0 = highest CAM value).
+  const auto order = std::get<1>(maps.reshape({b, pixels}).sort(/*stable=*/true, /*dim=*/1, /*descending=*/true));
+  const auto rank = order.argsort(int64_t{1}).view({b, 1, h, w});
+  std::vector<torch::Tensor> deletion, insertion;
+  for (int64_t k = 0; k <= steps; ++k) {
+    const int64_t changed = (pixels * k + steps / 2) / steps;  // rounded k/steps of the pixels
+    const auto first = rank < changed;
+    const auto probability = [&](const torch::Tensor& input) {
+      return torch::softmax(forward(input), 1).gather(1, targets.view({-1, 1})).squeeze(1);
+    };
+    deletion.push_back(probability(torch::where(first, baseline, x)));
+    insertion.push_back(probability(torch::where(first, x, baseline)));
+  }
+  return {torch::stack(deletion, 1), torch::stack(insertion, 1)};
+}
+
+torch::Tensor curve_auc(const torch::Tensor& curves) {
+  const int64_t s = curves.size(1) - 1;
+  TORCH_CHECK(s >= 1, "curve_auc needs at least two points per curve");
+  return (curves.sum(1) - 0.5 * (curves.select(1, 0) + curves.select(1, s))) / static_cast<double>(s);
+}
+
+EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, const data::Normalization& norm,
+                         const torch::Tensor& prototypes, const EvalOptions& options) {
+  TORCH_CHECK(prototypes.defined(), "evaluate_full needs the class prototypes");
+  EvalReport r;
+  evaluation_pass(model, dataset, norm, prototypes, options.batch_size, &r);
+  const bool was_training = model.is_training();
+  model.eval();
+  const auto forward = [&](const torch::Tensor& input) { return model.forward(input); };
+
+  if (options.faithfulness_count > 0) {
+    const auto subset = first_images(dataset, options.faithfulness_count);
+    data::BatchIterator batches(subset, norm, options.batch_size, false, 0, false);
+    double deletion = 0, insertion = 0;
+    for (int64_t i = 0; i < batches.size(); ++i) {
+      const auto b = batches.get(i);
+      const auto maps = cams_for(model, b.x, b.y);
+      const auto baseline = norm.apply(torch::zeros_like(subset.images.narrow(0, 0, 1))).expand_as(b.x);
+      const auto [del, ins] =
+          deletion_insertion_curves(forward, b.x, b.y, maps, baseline, options.faithfulness_steps);
+      deletion += curve_auc(del).sum().item<double>();
+      insertion += curve_auc(ins).sum().item<double>();
+    }
+    r.faithfulness_count = subset.size();
+    r.faithfulness_steps = options.faithfulness_steps;
+    r.deletion_auc = deletion / static_cast<double>(subset.size());
+    r.insertion_auc = insertion / static_cast<double>(subset.size());
+  }
+
+  if (options.randomization_count > 0) {
+    const auto subset = first_images(dataset, options.randomization_count);
+    const auto all = data::BatchIterator(subset, norm, subset.size(), false, 0, false).get(0);
+    const auto trained = cams_for(model, all.x, all.y);
+    // Re-initialise from the output down (cascading), with a fixed seed so the report is
+    // repeatable; the weights and the global random state are restored afterwards.
+    std::vector<torch::Tensor> saved;
+    for (const auto& p : model.parameters()) saved.push_back(p.detach().clone());
+    auto generator = at::detail::getDefaultCPUGenerator();
+    torch::Tensor rng_state;
+    {
+      std::lock_guard<std::mutex> lock(generator.mutex());
+      rng_state = generator.get_state();
+    }
+    torch::manual_seed(0);
+    for (const auto& [layer, params] : model.parameters_top_down()) {
+      {
+        torch::NoGradGuard no_grad;
+        for (auto p : params) {
+          if (p.dim() >= 2) torch::nn::init::kaiming_uniform_(p, std::sqrt(5.0));  // LibTorch's default init
+        }
+      }
+      const auto randomized = cams_for(model, all.x, all.y);
+      RandomizationStep step;
+      step.layer = layer;
+      step.ssim = losses::ssim(randomized, trained).mean().item<double>();
+      step.rank_correlation = rank_correlation(randomized.flatten(1), trained.flatten(1)).mean().item<double>();
+      r.randomization.push_back(step);
+    }
+    {
+      torch::NoGradGuard no_grad;
+      const auto params = model.parameters();
+      for (size_t i = 0; i < params.size(); ++i) params[i].copy_(saved[i]);
+      std::lock_guard<std::mutex> lock(generator.mutex());
+      generator.set_state(rng_state);
+    }
+  }
+
+  if (options.timing) {
+    const auto subset = first_images(dataset, 512);
+    data::BatchIterator batches(subset, norm, std::min<int64_t>(options.batch_size, 128), false, 0, false);
+    const auto time_per_image = [&](const std::function<void(const data::Batch&)>& work) {
+      work(batches.get(0));  // warm-up
+      const auto start = Clock::now();
+      for (int64_t i = 0; i < batches.size(); ++i) work(batches.get(i));
+      return 1e3 * std::chrono::duration<double>(Clock::now() - start).count() / static_cast<double>(subset.size());
+    };
+    r.ms_per_image = time_per_image([&](const data::Batch& b) {
+      torch::NoGradGuard no_grad;
+      model.forward(b.x);
+    });
+    r.ms_per_image_with_cam = time_per_image([&](const data::Batch& b) { cams_for(model, b.x, b.y); });
+  }
+  model.train(was_training);
+  return r;
+}
+
+nlohmann::json to_json(const EvalReport& r) {
+  nlohmann::json randomization = nlohmann::json::array();
+  for (const auto& s : r.randomization) {
+    randomization.push_back({{"layer", s.layer}, {"ssim", s.ssim}, {"rank_correlation", s.rank_correlation}});
+  }
+  nlohmann::json per_class = nlohmann::json::object();
+  for (size_t k = 0; k < r.per_class_accuracy.size(); ++k) per_class[r.class_names.at(k)] = r.per_class_accuracy[k];
+  const auto& m = r.metrics;
+  return {{"count", m.count},
+          {"loss", m.loss},
+          {"accuracy", m.accuracy},
+          {"per_class_accuracy", per_class},
+          {"class_names", r.class_names},
+          {"confusion", r.confusion},
+          {"prototype_reconstruction", {{"l1", m.proto_l1}, {"l2", m.proto_l2}, {"ssim", m.proto_ssim}}},
+          {"input_reconstruction", {{"l1", r.input_l1}, {"l2", r.input_l2}, {"ssim", r.input_ssim}}},
+          {"object", {{"cam_mass_share", m.object_share}, {"pointing_game", r.object_pointing}}},
+          {"decoy", {{"cam_mass_share", m.decoy_share}, {"pointing_game", r.decoy_pointing}}},
+          {"faithfulness",
+           {{"deletion_auc", r.deletion_auc},
+            {"insertion_auc", r.insertion_auc},
+            {"images", r.faithfulness_count},
+            {"steps", r.faithfulness_steps},
+            {"baseline", r.faithfulness_baseline}}},
+          {"randomization", randomization},
+          {"timing", {{"ms_per_image", r.ms_per_image}, {"ms_per_image_with_cam", r.ms_per_image_with_cam}}}};
+}
+
+std::string format_report(const EvalReport& r) {
+  std::ostringstream out;
+  const auto& m = r.metrics;
+  const auto row = [&](const std::string& name, const std::string& value) {
+    out << "  " << std::left << std::setw(34) << name << value << "\n";
+  };
+  const auto num = [](double v, int digits = 4) {
+    if (v < 0) return std::string("-");
+    std::ostringstream s;
+    s << std::fixed << std::setprecision(digits) << v;
+    return s.str();
+  };
+  out << "Evaluation on " << m.count << " test images\n";
+  row("accuracy", num(100 * m.accuracy, 2) + " %");
+  row("cross-entropy", num(m.loss));
+  row("CAM vs prototype  L1 / L2 / SSIM", num(m.proto_l1) + " / " + num(m.proto_l2) + " / " + num(m.proto_ssim));
+  row("CAM vs input      L1 / L2 / SSIM", num(r.input_l1) + " / " + num(r.input_l2) + " / " + num(r.input_ssim));
+  if (m.object_share >= 0) row("object: CAM mass share / pointing", num(m.object_share) + " / " + num(r.object_pointing));
+  if (m.decoy_share >= 0) row("decoy:  CAM mass share / pointing", num(m.decoy_share) + " / " + num(r.decoy_pointing));
+  if (r.deletion_auc >= 0) {
+    row("deletion AUC (lower is better)", num(r.deletion_auc));
+    row("insertion AUC (higher is better)", num(r.insertion_auc));
+    row("  on", std::to_string(r.faithfulness_count) + " images, " + std::to_string(r.faithfulness_steps) +
+                    " steps, baseline " + r.faithfulness_baseline);
+  }
+  if (r.ms_per_image >= 0) {
+    row("inference ms/image, without / with CAM", num(r.ms_per_image, 3) + " / " + num(r.ms_per_image_with_cam, 3));
+  }
+  if (!r.randomization.empty()) {
+    out << "\nParameter randomisation (cascading from the output; similarity to the trained CAMs, low = faithful)\n";
+    out << "  " << std::left << std::setw(22) << "re-initialised down to" << std::setw(10) << "SSIM" << "Spearman\n";
+    for (const auto& s : r.randomization) {
+      out << "  " << std::left << std::setw(22) << s.layer << std::setw(10) << num(s.ssim, 3) << num(s.rank_correlation, 3)
+          << "\n";
+    }
+  }
+  out << "\nPer class (accuracy %, then the confusion matrix row: true class -> predicted counts)\n";
+  for (size_t t = 0; t < r.confusion.size(); ++t) {
+    out << "  " << std::left << std::setw(14) << r.class_names[t].substr(0, 13) << std::right << std::setw(7)
+        << num(100 * r.per_class_accuracy[t], 2) << " |";
+    for (const auto c : r.confusion[t]) out << std::setw(6) << c;
+    out << "\n";
+  }
+  return out.str();
 }
 
 }  // namespace batchcam::eval

@@ -78,4 +78,18 @@ std::string CamModel::head_sample_mixing_module() const {
   return "";
 }
 
+std::vector<std::pair<std::string, std::vector<torch::Tensor>>> CamModel::parameters_top_down() const {
+  const auto collect = [](const NamedModules& modules) {
+    std::vector<torch::Tensor> params;
+    for (const auto& named : modules) {
+      for (const auto& p : named.second->parameters()) params.push_back(p);
+    }
+    return params;
+  };
+  std::vector<std::pair<std::string, std::vector<torch::Tensor>>> groups;
+  groups.emplace_back("classifier", collect(classifier_modules()));
+  for (auto it = stages_.rbegin(); it != stages_.rend(); ++it) groups.emplace_back(it->name, collect(it->modules));
+  return groups;
+}
+
 }  // namespace batchcam::models

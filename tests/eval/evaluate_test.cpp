@@ -42,3 +42,87 @@ TEST(Evaluate, IsStableAndReportsEveryMetricInRange) {
   EXPECT_EQ(no_cam.object_share, -1.0);
   EXPECT_NEAR(no_cam.accuracy, a.accuracy, 1e-12);
 }
+
+TEST(PointingGame, PeakInsideTheMaskHits) {
+  auto masks = torch::zeros({2, 4, 4}, torch::kBool);
+  masks.slice(1, 0, 2).fill_(true);  // top half
+  const auto equal_to_mask = masks.to(torch::kFloat);
+  EXPECT_TRUE(eval::pointing_game(equal_to_mask, masks).all().item<bool>()) << "a CAM equal to the mask";
+  EXPECT_NEAR(eval::mass_share(equal_to_mask, masks).mean().item<double>(), 1.0, 1e-6);
+  auto low = torch::zeros({2, 4, 4});
+  low[0][3][1] = 1.0;  // peak in the bottom half
+  low[1][1][2] = 1.0;  // peak in the top half
+  const auto hits = eval::pointing_game(low, masks);
+  EXPECT_FALSE(hits[0].item<bool>());
+  EXPECT_TRUE(hits[1].item<bool>());
+}
+
+namespace {
+// A toy model whose class-0 probability is the fraction s of the 4 evidence pixels (the
+// top-left 2 x 2 of a 4 x 4 image) still equal to 1: logits (log s, log(1 - s)).
+torch::Tensor evidence_model(const torch::Tensor& x) {
+  const auto s = x.slice(2, 0, 2).slice(3, 0, 2).flatten(1).eq(1.0).to(torch::kDouble).mean(1).clamp(1e-9, 1 - 1e-9);
+  return torch::stack({s.log(), (1 - s).log()}, 1);
+}
+}  // namespace
+
+TEST(Faithfulness, PerfectOrderingGivesTheKnownDeletionAndInsertionAreas) {
+  const auto x = torch::ones({1, 1, 4, 4});
+  const auto baseline = torch::zeros({1, 1, 4, 4});
+  const auto y = torch::zeros({1}, torch::kLong);
+  auto perfect = torch::zeros({1, 4, 4});
+  perfect.slice(1, 0, 2).slice(2, 0, 2).fill_(1.0);  // ranks the 4 evidence pixels first
+  // 4 steps of 4 pixels: deletion removes all evidence at step 1, insertion restores it.
+  const auto [del, ins] = eval::deletion_insertion_curves(evidence_model, x, y, perfect, baseline, 4);
+  EXPECT_NEAR(del[0][0].item<double>(), 1.0, 1e-6);
+  EXPECT_NEAR(del[0][1].item<double>(), 0.0, 1e-6);
+  EXPECT_NEAR(ins[0][1].item<double>(), 1.0, 1e-6);
+  EXPECT_NEAR(eval::curve_auc(del)[0].item<double>(), 0.125, 1e-6);  // (1 + 0) / 2 * 1/4
+  EXPECT_NEAR(eval::curve_auc(ins)[0].item<double>(), 0.875, 1e-6);
+  // The worst ordering (evidence last) gives the opposite areas.
+  const auto [del_worst, ins_worst] = eval::deletion_insertion_curves(evidence_model, x, y, 1 - perfect, baseline, 4);
+  EXPECT_NEAR(eval::curve_auc(del_worst)[0].item<double>(), 0.875, 1e-6);
+  EXPECT_NEAR(eval::curve_auc(ins_worst)[0].item<double>(), 0.125, 1e-6);
+}
+
+TEST(EvaluateFull, IsStableForAFixedModelAndLeavesItUnchanged) {
+  const auto d = data::generate_shapes(48, 28, 4, data::SpuriousCue::random_class, 0.08);
+  const auto norm = data::Normalization::fit(d.images);
+  const auto protos = losses::image_prototypes(d.images, d.labels, 10);
+  torch::manual_seed(0);
+  auto model = models::make_model({"simple-cnn", 1, 10, 28, ""});
+  model->eval();
+  const auto x = norm.apply(d.images.narrow(0, 0, 8));
+  const auto logits_before = model->forward(x).detach();
+  eval::EvalOptions o;
+  o.batch_size = 16;
+  o.faithfulness_count = 20;
+  o.faithfulness_steps = 8;
+  o.randomization_count = 16;
+  const auto a = eval::evaluate_full(*model, d, norm, protos, o);
+  const auto b = eval::evaluate_full(*model, d, norm, protos, o);
+  EXPECT_TRUE(torch::equal(model->forward(x).detach(), logits_before)) << "weights restored after randomisation";
+  auto ja = eval::to_json(a), jb = eval::to_json(b);
+  ja.erase("timing");
+  jb.erase("timing");
+  EXPECT_EQ(ja.dump(), jb.dump()) << "the same report for the same model";
+  // Confusion matrix rows sum to the class counts; its diagonal gives the accuracy.
+  int64_t total = 0, diagonal = 0;
+  for (size_t t = 0; t < a.confusion.size(); ++t) {
+    for (size_t p = 0; p < a.confusion.size(); ++p) total += a.confusion[t][p];
+    diagonal += a.confusion[t][t];
+  }
+  EXPECT_EQ(total, 48);
+  EXPECT_NEAR(static_cast<double>(diagonal) / 48, a.metrics.accuracy, 1e-12);
+  ASSERT_EQ(a.randomization.size(), 4u) << "classifier, block3, block2, block1";
+  EXPECT_EQ(a.randomization.front().layer, "classifier");
+  EXPECT_EQ(a.randomization.back().layer, "block1");
+  EXPECT_LT(a.randomization.back().rank_correlation, 0.9) << "a fully random network explains differently";
+  EXPECT_GE(a.deletion_auc, 0.0);
+  EXPECT_LE(a.insertion_auc, 1.0);
+  EXPECT_GE(a.decoy_pointing, 0.0);
+  EXPECT_GT(a.ms_per_image_with_cam, 0.0);
+  const auto table = eval::format_report(a);
+  EXPECT_NE(table.find("deletion AUC"), std::string::npos) << table;
+  EXPECT_NE(table.find("Parameter randomisation"), std::string::npos) << table;
+}

@@ -5,7 +5,13 @@
 #include "batchcam/data/dataset.h"
 #include "batchcam/models/cam_model.h"
 
+#include <nlohmann/json.hpp>
 #include <torch/types.h>
+
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace batchcam::eval {
 
@@ -30,5 +36,62 @@ torch::Tensor mass_share(const torch::Tensor& maps, const torch::Tensor& masks);
 /// prototypes [K, H, W] may be undefined: then the CAM metrics are skipped.
 EvalMetrics evaluate(models::CamModel& model, const data::Dataset& dataset, const data::Normalization& norm,
                      const torch::Tensor& prototypes, int64_t batch_size = 256);
+
+/// Per-sample pointing game: whether the map's maximum (first in row-major order on ties)
+/// lies inside the mask. maps [B, H, W], masks [B, H, W] bool -> [B] bool.
+torch::Tensor pointing_game(const torch::Tensor& maps, const torch::Tensor& masks);
+
+/// Deletion and insertion curves (Petsiuk et al. 2018). Pixels are ranked by `maps`
+/// [B, H, W] (highest first, ties in row-major order); at step k of `steps`, the first
+/// k/steps of them are replaced by `baseline` [B, C, H, W] (deletion) or taken from `x`
+/// over the baseline (insertion). Each curve holds the softmax probability of `targets`
+/// from `forward` at steps 0..steps -> {deletion [B, steps+1], insertion [B, steps+1]}.
+std::pair<torch::Tensor, torch::Tensor> deletion_insertion_curves(
+    const std::function<torch::Tensor(const torch::Tensor&)>& forward, const torch::Tensor& x,
+    const torch::Tensor& targets, const torch::Tensor& maps, const torch::Tensor& baseline, int64_t steps);
+
+/// Area under curves [B, S+1] sampled evenly on [0, 1] (trapezoid rule) -> [B].
+torch::Tensor curve_auc(const torch::Tensor& curves);
+
+struct EvalOptions {
+  int64_t batch_size = 256;
+  int64_t faithfulness_count = 1000;  ///< first N test images for deletion/insertion (0 = skip)
+  int64_t faithfulness_steps = 16;
+  int64_t randomization_count = 256;  ///< first N test images for the sanity check (0 = skip)
+  bool timing = true;                 ///< measure inference time per image
+};
+
+/// One step of the cascading parameter randomisation (Adebayo et al. 2018): the layers
+/// from the output down to `layer` re-initialised; similarity of the new CAMs to the
+/// trained model's (a CAM that explains the model must change: low is good).
+struct RandomizationStep {
+  std::string layer;
+  double ssim = 0.0;
+  double rank_correlation = 0.0;  ///< Spearman, mean over images
+};
+
+/// Everything `batchcam eval` reports (method spec, section 7).
+struct EvalReport {
+  EvalMetrics metrics;  ///< accuracy, loss, CAM vs prototype, mass shares
+  std::vector<std::string> class_names;
+  std::vector<double> per_class_accuracy;
+  std::vector<std::vector<int64_t>> confusion;  ///< [true class][predicted class]
+  double input_l1 = 0.0, input_l2 = 0.0, input_ssim = 0.0;  ///< CAM vs the input (unit gray)
+  double object_pointing = -1.0, decoy_pointing = -1.0;    ///< -1 without masks
+  int64_t faithfulness_count = 0, faithfulness_steps = 0;
+  double deletion_auc = -1.0, insertion_auc = -1.0;  ///< -1 when skipped
+  std::string faithfulness_baseline = "black image (pixel value 0)";
+  std::vector<RandomizationStep> randomization;
+  double ms_per_image = -1.0, ms_per_image_with_cam = -1.0;  ///< -1 when not timed
+};
+
+/// The full evaluation of `model` on `dataset` with CAMs for the true class. The model's
+/// weights and mode are left as they were. prototypes [K, H, W] are required.
+EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, const data::Normalization& norm,
+                         const torch::Tensor& prototypes, const EvalOptions& options = {});
+
+nlohmann::json to_json(const EvalReport& report);
+/// The report as aligned text tables for a terminal.
+std::string format_report(const EvalReport& report);
 
 }  // namespace batchcam::eval

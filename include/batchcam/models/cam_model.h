@@ -38,6 +38,10 @@ class CamModel : public torch::nn::Module {
   /// mode (BatchNorm in training mode), or returns "" when the head is per-sample.
   std::string head_sample_mixing_module() const;
 
+  /// The trainable parameters by layer from the output down: {"classifier", ...} then
+  /// each stage from the last to the first (for cascading randomisation checks).
+  std::vector<std::pair<std::string, std::vector<torch::Tensor>>> parameters_top_down() const;
+
   /// Short model name as used on the command line, e.g. "simple-cnn".
   virtual std::string name() const = 0;
   virtual int64_t num_classes() const = 0;
