@@ -17,11 +17,13 @@ packages=(
   libjpeg62-turbo-dev     # JPEG images in image-folder datasets
   libcurl4-openssl-dev    # downloading MNIST / Fashion-MNIST when missing
   libssl-dev              # SHA-256 of downloaded files (OpenSSL libcrypto)
+  libcairo2-dev           # plots in the HTML report
   libgtest-dev libgmock-dev libbenchmark-dev
 )
 if [[ ${1:-} == --test ]]; then
   packages+=(python3-torch python3-torchvision
-             clang libclang-rt-14-dev)  # libFuzzer smoke run of the IDX parser
+             clang libclang-rt-14-dev   # libFuzzer smoke run of the IDX parser
+             chromium)                  # opens the HTML report headless in a test
 fi
 
 missing=()

@@ -1,6 +1,13 @@
 // The batchcam command line: parse -> configuration -> library call. Exit codes live here:
 // 0 success, 1 runtime failure (files, training), 2 bad usage (flags, config values).
 
+#include "batchcam/cam/grad_cam.h"
+#include "batchcam/data/shapes.h"
+#include "batchcam/eval/evaluate.h"
+#include "batchcam/eval/report.h"
+#include "batchcam/io/image.h"
+#include "batchcam/io/png.h"
+#include "batchcam/losses/cam_losses.h"
 #include "batchcam/models/registry.h"
 #include "batchcam/train/checkpoint.h"
 #include "batchcam/train/config.h"
@@ -15,7 +22,9 @@
 #include <algorithm>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <map>
 #include <iostream>
 #include <string>
 
@@ -197,7 +206,8 @@ int run_train(const batchcam::train::TrainConfig& config, const std::string& res
             << "  test accuracy          " << fmt::format("{:.2f}%", 100 * last.test.accuracy) << "\n"
             << "  CAM-prototype SSIM     " << fmt::format("{:.3f}", last.test.proto_ssim) << "\n"
             << "  run directory          " << result.run_dir << "\n"
-            << "  checkpoints            " << result.checkpoint << ", " << result.best_checkpoint << "\n";
+            << "  checkpoints            " << result.checkpoint << ", " << result.best_checkpoint << "\n"
+            << "  report                 " << result.report << "\n";
   return 0;
 }
 
@@ -223,6 +233,168 @@ int run_models() {
                              layers);
   }
   std::cout << "(28 px: 10 classes and the small-input stems; 224 px: 1000 classes and the reference stems)\n";
+  return 0;
+}
+
+// A checkpoint and the test split it is evaluated on: `target` is a run directory (its
+// last.pt) or a checkpoint file; the dataset is the run's unless overridden.
+struct Evaluated {
+  batchcam::train::Checkpoint ck;
+  batchcam::data::DatasetSplits splits;
+  std::string run_dir;  ///< "" when `target` was a checkpoint file
+};
+
+Evaluated load_evaluated(const std::string& target, const std::string& dataset, const std::string& data_dir,
+                         int64_t test_size) {
+  Evaluated e;
+  const bool is_dir = std::filesystem::is_directory(target);
+  e.run_dir = is_dir ? target : "";
+  e.ck = batchcam::train::load_checkpoint(is_dir ? (std::filesystem::path(target) / "last.pt").string() : target);
+  auto config = e.ck.config;
+  if (!dataset.empty() && dataset != config.dataset) {
+    config.dataset = dataset;
+    config.data_dir = "";
+  }
+  if (!data_dir.empty()) config.data_dir = data_dir;
+  if (test_size > 0) config.test_size = test_size;  // else the run's own test set
+  e.splits = batchcam::train::load_dataset(config);
+  const auto& test = e.splits.test;
+  const auto& spec = e.ck.spec;
+  if (test.channels() != spec.in_channels || test.num_classes() != spec.num_classes || test.height() != spec.image_size) {
+    throw std::runtime_error(fmt::format(
+        "{}: the model takes {}x{}x{} images of {} classes, dataset '{}' has {}x{}x{} images of {} classes", target,
+        spec.in_channels, spec.image_size, spec.image_size, spec.num_classes, config.dataset, test.channels(),
+        test.height(), test.width(), test.num_classes()));
+  }
+  if (!e.ck.prototypes.defined()) {
+    e.ck.prototypes = batchcam::losses::image_prototypes(e.splits.train.images, e.splits.train.labels, spec.num_classes);
+  }
+  return e;
+}
+
+struct EvalArgs {
+  std::string target, dataset, data_dir, out;
+  int64_t test_size = 0, faithfulness_count = 1000, randomization_count = 256;
+  bool json = false;
+};
+
+int run_eval(const EvalArgs& a) {
+  auto e = load_evaluated(a.target, a.dataset, a.data_dir, a.test_size);
+  batchcam::eval::EvalOptions options;
+  options.faithfulness_count = a.faithfulness_count;
+  options.randomization_count = a.randomization_count;
+  const auto report = batchcam::eval::evaluate_full(*e.ck.model, e.splits.test, e.ck.normalization, e.ck.prototypes,
+                                                    options);
+  const auto json = batchcam::eval::to_json(report).dump(2) + "\n";
+  if (!a.out.empty()) batchcam::train::write_file_atomic(a.out, json);
+  std::cout << (a.json ? json : batchcam::eval::format_report(report));
+  return 0;
+}
+
+struct ExplainArgs {
+  std::string checkpoint, dataset, data_dir, out = "explanations", target;
+  std::vector<std::string> images;
+  int64_t count = 16;
+};
+
+int run_explain(const ExplainArgs& a) {
+  namespace fs = std::filesystem;
+  using batchcam::data::Dataset;
+  Evaluated e;
+  Dataset inputs;
+  std::vector<std::string> sources;
+  if (!a.images.empty()) {
+    e.ck = batchcam::train::load_checkpoint(a.checkpoint);
+    const auto& spec = e.ck.spec;
+    std::vector<torch::Tensor> pixels;
+    for (const auto& file : a.images) {
+      const auto image = batchcam::io::read_image(file);
+      auto t = torch::from_blob(const_cast<uint8_t*>(image.pixels.data()), {image.height, image.width, image.channels},
+                                torch::kUInt8).permute({2, 0, 1}).to(torch::kFloat32).unsqueeze(0);
+      if (t.size(1) != spec.in_channels) t = spec.in_channels == 1 ? t.mean(1, true) : t.expand({-1, 3, -1, -1});
+      namespace F = torch::nn::functional;
+      t = F::interpolate(t, F::InterpolateFuncOptions().size(std::vector<int64_t>{spec.image_size, spec.image_size})
+                                .mode(torch::kBilinear).align_corners(false));
+      pixels.push_back(t.round().clamp(0, 255).to(torch::kUInt8).squeeze(0));
+      sources.push_back(file);
+    }
+    inputs.images = torch::stack(pixels);
+    inputs.labels = torch::full({inputs.images.size(0)}, -1, torch::kInt64);
+    inputs.class_names = e.ck.config.dataset == "shapes" ? batchcam::data::shapes_class_names()
+                                                         : std::vector<std::string>();
+  } else {
+    e = load_evaluated(a.checkpoint, a.dataset, a.data_dir, 0);
+    const int64_t n = std::min<int64_t>(a.count, e.splits.test.size());
+    inputs = e.splits.test;
+    inputs.images = inputs.images.narrow(0, 0, n);
+    inputs.labels = inputs.labels.narrow(0, 0, n);
+    for (int64_t i = 0; i < n; ++i) sources.push_back("test:" + std::to_string(i));
+  }
+  auto& model = *e.ck.model;
+  const auto& norm = e.ck.normalization;
+  const int64_t k = e.ck.spec.num_classes;
+  const auto class_name = [&](int64_t c) {
+    return c >= 0 && c < static_cast<int64_t>(inputs.class_names.size()) ? inputs.class_names[static_cast<size_t>(c)]
+                                                                         : std::to_string(c);
+  };
+  // --target: a class index or name; default: the predicted class.
+  int64_t fixed_target = -1;
+  if (!a.target.empty()) {
+    for (int64_t c = 0; c < k; ++c) {
+      if (a.target == std::to_string(c) || a.target == class_name(c)) fixed_target = c;
+    }
+    if (fixed_target < 0) {
+      throw std::invalid_argument("--target '" + a.target + "' is not a class of this model (0.." +
+                                  std::to_string(k - 1) + " or a class name)");
+    }
+  }
+  model.eval();
+  const auto x = norm.apply(inputs.images);
+  torch::Tensor logits;
+  {
+    torch::NoGradGuard no_grad;
+    logits = model.forward(x);
+  }
+  const auto predicted = logits.argmax(1);
+  const auto targets = fixed_target >= 0 ? torch::full_like(predicted, fixed_target) : predicted;
+  const auto maps = batchcam::cam::grad_cam(model, x, targets,
+                                            batchcam::cam::GradCamOptions().output_size({x.size(2), x.size(3)}))
+                        .cam.maps;
+  const auto probabilities = torch::softmax(logits, 1);
+  const auto gray = norm.to_unit_gray(x);
+  fs::create_directories(fs::path(a.out) / "images");
+  std::string csv = "index,source,label,predicted,target,target_probability,cam_mean,cam_peak_y,cam_peak_x,"
+                    "cam_mass_top_decile\n";
+  std::map<int64_t, std::vector<torch::Tensor>> by_class;
+  for (int64_t i = 0; i < x.size(0); ++i) {
+    const auto panels = batchcam::eval::explanation_panels(gray[i], maps[i], 4);
+    batchcam::io::write_png((fs::path(a.out) / "images" / fmt::format("{:04d}.png", i)).string(), panels);
+    const int64_t t = targets[i].item<int64_t>();
+    if (by_class[t].size() < 8) by_class[t].push_back(panels);
+    const auto flat = maps[i].flatten();
+    const int64_t peak = flat.argmax().item<int64_t>();
+    const auto top = std::get<0>(flat.topk(std::max<int64_t>(1, flat.numel() / 10)));
+    const double mass = flat.sum().item<double>();
+    const int64_t label = inputs.labels[i].item<int64_t>();
+    csv += fmt::format("{},\"{}\",{},{},{},{:.6f},{:.6f},{},{},{:.6f}\n", i, sources[static_cast<size_t>(i)],
+                       label >= 0 ? class_name(label) : "", class_name(predicted[i].item<int64_t>()), class_name(t),
+                       probabilities[i][t].item<double>(), flat.mean().item<double>(), peak / maps.size(2),
+                       peak % maps.size(2), mass > 0 ? top.sum().item<double>() / mass : 0.0);
+  }
+  for (const auto& [c, rows] : by_class) {
+    batchcam::io::write_png((fs::path(a.out) / fmt::format("class-{}.png", c)).string(),
+                            batchcam::eval::stack_rows(rows));
+  }
+  batchcam::train::write_file_atomic((fs::path(a.out) / "cam_stats.csv").string(), csv);
+  std::cout << "wrote " << x.size(0) << " explanations (image | CAM | overlay | reconstruction) to " << a.out
+            << "/images, " << by_class.size() << " class grids and cam_stats.csv\n";
+  return 0;
+}
+
+int run_report(const std::string& run_dir) {
+  auto e = load_evaluated(run_dir, "", "", 0);
+  batchcam::eval::write_run_report(run_dir, *e.ck.model, e.splits.test, e.ck.normalization, e.ck.prototypes);
+  std::cout << "wrote " << (std::filesystem::path(run_dir) / "report.html").string() << " and eval.json\n";
   return 0;
 }
 
@@ -263,6 +435,40 @@ int main(int argc, char** argv) {
   exporter->add_option("--format", export_format, "state-dict: a dict name -> tensor that Python's torch.load reads")
       ->check(CLI::IsMember({"state-dict"}));
 
+  auto* evaluator = app.add_subcommand("eval", "Evaluate a run or checkpoint: accuracy, reconstruction, faithfulness, sanity check");
+  EvalArgs eval_args;
+  evaluator->add_option("target", eval_args.target, "Run directory (its last.pt) or checkpoint file")->required()
+      ->check(CLI::ExistingPath);
+  evaluator->add_option("--dataset", eval_args.dataset, "Evaluate on this dataset instead of the run's (e.g. decoy-mnist)")
+      ->check(CLI::IsMember({"shapes", "mnist", "fashion-mnist", "decoy-mnist", "decoy-fashion", "cifar10", "folder"}));
+  evaluator->add_option("--data-dir", eval_args.data_dir, "Directory of the dataset's files");
+  evaluator->add_option("--test-size", eval_args.test_size, "First N test images (0 = the run's test set)")
+      ->check(CLI::Range(0, 10000000));
+  evaluator->add_option("--faithfulness-count", eval_args.faithfulness_count, "Images for deletion/insertion AUC (0 = skip)")
+      ->check(CLI::Range(0, 10000000));
+  evaluator->add_option("--randomization-count", eval_args.randomization_count,
+                        "Images for the parameter-randomisation check (0 = skip)")->check(CLI::Range(0, 100000));
+  evaluator->add_flag("--json", eval_args.json, "Print JSON instead of the table");
+  evaluator->add_option("--out", eval_args.out, "Also write the JSON to this file");
+
+  auto* explainer = app.add_subcommand("explain", "Write CAM pictures (image, CAM, overlay, reconstruction) and CAM statistics");
+  ExplainArgs explain_args;
+  explainer->add_option("checkpoint", explain_args.checkpoint, "Run directory (its last.pt) or checkpoint file")
+      ->required()->check(CLI::ExistingPath);
+  auto* images_opt = explainer->add_option("--images", explain_args.images, "PNG or JPEG files to explain")
+      ->check(CLI::ExistingFile);
+  explainer->add_option("--dataset", explain_args.dataset, "Explain test images of this dataset (default: the run's)")
+      ->excludes(images_opt)
+      ->check(CLI::IsMember({"shapes", "mnist", "fashion-mnist", "decoy-mnist", "decoy-fashion", "cifar10", "folder"}));
+  explainer->add_option("--data-dir", explain_args.data_dir, "Directory of the dataset's files")->excludes(images_opt);
+  explainer->add_option("--count", explain_args.count, "Number of test images")->check(CLI::Range(1, 100000));
+  explainer->add_option("--target", explain_args.target, "Class to explain, index or name (default: the predicted class)");
+  explainer->add_option("--out", explain_args.out, "Output directory");
+
+  auto* reporter = app.add_subcommand("report", "Evaluate a run and write its report.html (train does this at the end)");
+  std::string report_dir;
+  reporter->add_option("run_dir", report_dir, "Run directory")->required()->check(CLI::ExistingDirectory);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -289,6 +495,14 @@ int main(int argc, char** argv) {
     }
     if (train->parsed()) return run_train(resolve_config(*train, config, config_file), "", quiet);
     if (models->parsed()) return run_models();
+    if (evaluator->parsed()) return run_eval(eval_args);
+    if (explainer->parsed()) {
+      if (std::filesystem::is_directory(explain_args.checkpoint) && !explain_args.images.empty()) {
+        explain_args.checkpoint = (std::filesystem::path(explain_args.checkpoint) / "last.pt").string();
+      }
+      return run_explain(explain_args);
+    }
+    if (reporter->parsed()) return run_report(report_dir);
     if (exporter->parsed()) return run_export(export_checkpoint, export_format, export_out);
     std::cout << app.help();
     return 0;

@@ -292,7 +292,7 @@ std::string format_report(const EvalReport& r) {
   std::ostringstream out;
   const auto& m = r.metrics;
   const auto row = [&](const std::string& name, const std::string& value) {
-    out << "  " << std::left << std::setw(34) << name << value << "\n";
+    out << "  " << std::left << std::setw(42) << name << value << "\n";
   };
   const auto num = [](double v, int digits = 4) {
     if (v < 0) return std::string("-");
@@ -318,9 +318,9 @@ std::string format_report(const EvalReport& r) {
   }
   if (!r.randomization.empty()) {
     out << "\nParameter randomisation (cascading from the output; similarity to the trained CAMs, low = faithful)\n";
-    out << "  " << std::left << std::setw(22) << "re-initialised down to" << std::setw(10) << "SSIM" << "Spearman\n";
+    out << "  " << std::left << std::setw(26) << "re-initialised down to" << std::setw(10) << "SSIM" << "Spearman\n";
     for (const auto& s : r.randomization) {
-      out << "  " << std::left << std::setw(22) << s.layer << std::setw(10) << num(s.ssim, 3) << num(s.rank_correlation, 3)
+      out << "  " << std::left << std::setw(26) << s.layer << std::setw(10) << num(s.ssim, 3) << num(s.rank_correlation, 3)
           << "\n";
     }
   }

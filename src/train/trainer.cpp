@@ -3,6 +3,7 @@
 #include "batchcam/cam/grad_cam.h"
 #include "batchcam/data/datasets.h"
 #include "batchcam/eval/pictures.h"
+#include "batchcam/eval/report.h"
 #include "batchcam/io/png.h"
 #include "batchcam/losses/cam_losses.h"
 #include "batchcam/models/registry.h"
@@ -409,6 +410,8 @@ TrainResult run_training(const TrainConfig& config, const TrainCallbacks& callba
   }
   io::write_png((fs::path(run_dir) / "prototypes.png").string(), eval::prototype_strip(prototypes));
   io::write_png((fs::path(run_dir) / "samples.png").string(), eval::cam_examples(*model, splits.test, norm));
+  eval::write_run_report(run_dir, *model, splits.test, norm, prototypes);
+  result.report = (fs::path(run_dir) / "report.html").string();
   return result;
 }
 

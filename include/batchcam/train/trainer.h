@@ -69,6 +69,7 @@ struct TrainResult {
   std::string run_dir;
   std::string checkpoint;       ///< last.pt: the latest state, mid-epoch after an interruption
   std::string best_checkpoint;  ///< best.pt: the epoch with the highest test accuracy
+  std::string report;           ///< report.html (with eval.json beside it), written at the end
   std::vector<EpochMetrics> history;
   double train_seconds = 0;  ///< sum of the epochs' training time
   bool interrupted = false;  ///< stopped by should_stop; resume() continues it

@@ -1,0 +1,59 @@
+#pragma once
+// Explanations as pictures and the run report: one self-contained HTML page with the
+// training curves (drawn with cairo), prototypes, per-class CAM grids and the metrics.
+
+#include "batchcam/data/dataset.h"
+#include "batchcam/eval/evaluate.h"
+#include "batchcam/models/cam_model.h"
+
+#include <nlohmann/json.hpp>
+#include <torch/types.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace batchcam::eval {
+
+/// The four panels of one explanation, each scaled up `zoom` times, side by side with
+/// 2 px gaps: the image (unit gray [H, W]), the CAM map [H, W] in [0, 1] as a heat map,
+/// the overlay, and the reconstruction map * image (method spec, section 7).
+/// -> [zoom*H, 4*(zoom*W+2)-2, 3] uint8.
+torch::Tensor explanation_panels(const torch::Tensor& gray, const torch::Tensor& map, int64_t zoom = 4);
+
+/// Stacks rows (each [h, w, 3] uint8 of equal width) with 2 px white gaps.
+torch::Tensor stack_rows(const std::vector<torch::Tensor>& rows);
+
+/// For each class, up to `per_class` test images of that class (the first ones) as rows
+/// of explanation_panels for the true class -> {class name, PNG bytes}.
+std::vector<std::pair<std::string, std::string>> class_grids(models::CamModel& model, const data::Dataset& dataset,
+                                                             const data::Normalization& norm, int64_t per_class = 4);
+
+struct PlotSeries {
+  std::string name;
+  std::vector<double> x, y;
+};
+
+/// A line plot with axes, ticks, labels and a legend, as SVG (cairo).
+std::string line_plot_svg(const std::string& title, const std::string& x_label, const std::string& y_label,
+                          const std::vector<PlotSeries>& series);
+
+struct ReportInputs {
+  std::string title;
+  nlohmann::json config;                 ///< the run's config.json
+  std::vector<nlohmann::json> history;   ///< metrics.jsonl lines
+  nlohmann::json eval;                   ///< to_json(EvalReport)
+  std::string prototypes_png;            ///< may be empty
+  std::vector<std::pair<std::string, std::string>> class_grids;  ///< {class, PNG bytes}
+};
+
+/// The HTML page, with every picture embedded (data: URIs): it needs no network or files.
+std::string render_report_html(const ReportInputs& inputs);
+
+/// Evaluates the model (evaluate_full), then writes eval.json and report.html into
+/// `run_dir` (atomically), reading config.json and metrics.jsonl from there.
+EvalReport write_run_report(const std::string& run_dir, models::CamModel& model, const data::Dataset& test_set,
+                            const data::Normalization& norm, const torch::Tensor& prototypes,
+                            const EvalOptions& options = {});
+
+}  // namespace batchcam::eval

@@ -1,0 +1,389 @@
+#include "batchcam/eval/report.h"
+
+#include "batchcam/cam/grad_cam.h"
+#include "batchcam/eval/pictures.h"
+#include "batchcam/io/png.h"
+#include "batchcam/train/checkpoint.h"
+
+#include <cairo-svg.h>
+#include <cairo.h>
+#include <openssl/evp.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <map>
+#include <sstream>
+
+namespace batchcam::eval {
+
+namespace fs = std::filesystem;
+
+namespace {
+constexpr int64_t kGap = 2;
+
+torch::Tensor zoomed(const torch::Tensor& rgb, int64_t zoom) {
+  return rgb.repeat_interleave(zoom, 0).repeat_interleave(zoom, 1);
+}
+
+torch::Tensor gray_rgb(const torch::Tensor& gray) {
+  return (gray.clamp(0.0, 1.0) * 255).round().to(torch::kUInt8).unsqueeze(-1).expand({-1, -1, 3}).contiguous();
+}
+
+std::string base64(const std::string& bytes) {
+  std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0');
+  const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                                reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<int>(bytes.size()));
+  out.resize(static_cast<size_t>(n));
+  return out;
+}
+
+std::string escape_html(const std::string& s) {
+  std::string out;
+  for (const char c : s) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+std::string fixed(double v, int digits) {
+  if (v < 0) return "&ndash;";
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(digits) << v;
+  return s.str();
+}
+
+// A "nice" tick step (1, 2 or 5 times a power of ten) giving about `count` ticks.
+double nice_step(double range, int count) {
+  const double raw = range / count;
+  const double magnitude = std::pow(10.0, std::floor(std::log10(raw)));
+  for (const double m : {1.0, 2.0, 5.0}) {
+    if (raw <= m * magnitude) return m * magnitude;
+  }
+  return 10.0 * magnitude;
+}
+
+std::string tick_label(double v, double step) {
+  std::ostringstream s;
+  const int digits = step >= 1 ? 0 : static_cast<int>(std::ceil(-std::log10(step)));
+  s << std::fixed << std::setprecision(digits) << v;
+  return s.str();
+}
+
+cairo_status_t append_to_string(void* closure, const unsigned char* data, unsigned int length) {
+  static_cast<std::string*>(closure)->append(reinterpret_cast<const char*>(data), length);
+  return CAIRO_STATUS_SUCCESS;
+}
+
+// Colour-blind-safe palette (Okabe-Ito).
+const double kPalette[][3] = {{0.00, 0.45, 0.70}, {0.90, 0.62, 0.00}, {0.00, 0.62, 0.45},
+                              {0.80, 0.47, 0.65}, {0.34, 0.71, 0.91}, {0.84, 0.37, 0.00}};
+}  // namespace
+
+torch::Tensor stack_rows(const std::vector<torch::Tensor>& rows) {
+  TORCH_CHECK(!rows.empty(), "stack_rows: no rows");
+  std::vector<torch::Tensor> parts;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (i > 0) parts.push_back(torch::full({kGap, rows[i].size(1), 3}, 255, torch::kUInt8));
+    parts.push_back(rows[i]);
+  }
+  return torch::cat(parts, 0);
+}
+
+torch::Tensor explanation_panels(const torch::Tensor& gray, const torch::Tensor& map, int64_t zoom) {
+  const auto g = gray.detach().cpu().to(torch::kFloat32), m = map.detach().cpu().to(torch::kFloat32);
+  const std::vector<torch::Tensor> panels = {gray_rgb(g), io::heat_colors(m), io::overlay(g, m), gray_rgb(m * g)};
+  std::vector<torch::Tensor> parts;
+  for (size_t i = 0; i < panels.size(); ++i) {
+    const auto z = zoomed(panels[i], zoom);
+    if (i > 0) parts.push_back(torch::full({z.size(0), kGap, 3}, 255, torch::kUInt8));
+    parts.push_back(z);
+  }
+  return torch::cat(parts, 1);
+}
+
+std::vector<std::pair<std::string, std::string>> class_grids(models::CamModel& model, const data::Dataset& dataset,
+                                                             const data::Normalization& norm, int64_t per_class) {
+  const bool was_training = model.is_training();
+  model.eval();
+  std::vector<std::pair<std::string, std::string>> grids;
+  for (int64_t k = 0; k < dataset.num_classes(); ++k) {
+    const auto where = dataset.labels.eq(k).nonzero().flatten();
+    if (where.numel() == 0) continue;
+    const auto index = where.narrow(0, 0, std::min<int64_t>(per_class, where.numel()));
+    const auto x = norm.apply(dataset.images.index_select(0, index));
+    const auto maps = cam::grad_cam(model, x, dataset.labels.index_select(0, index),
+                                    cam::GradCamOptions().output_size({x.size(2), x.size(3)}))
+                          .cam.maps;
+    const auto gray = norm.to_unit_gray(x);
+    std::vector<torch::Tensor> rows;
+    for (int64_t i = 0; i < index.numel(); ++i) rows.push_back(explanation_panels(gray[i], maps[i], 3));
+    grids.emplace_back(dataset.class_names.at(static_cast<size_t>(k)), io::encode_png(stack_rows(rows)));
+  }
+  model.train(was_training);
+  return grids;
+}
+
+std::string line_plot_svg(const std::string& title, const std::string& x_label, const std::string& y_label,
+                          const std::vector<PlotSeries>& series) {
+  const double width = 540, height = 300, left = 62, right = 150, top = 34, bottom = 48;
+  const double plot_w = width - left - right, plot_h = height - top - bottom;
+  double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
+  for (const auto& s : series) {
+    for (size_t i = 0; i < s.x.size(); ++i) {
+      x0 = std::min(x0, s.x[i]), x1 = std::max(x1, s.x[i]);
+      y0 = std::min(y0, s.y[i]), y1 = std::max(y1, s.y[i]);
+    }
+  }
+  if (!std::isfinite(x0)) x0 = 0, x1 = 1, y0 = 0, y1 = 1;
+  if (x1 - x0 < 1e-12) x0 -= 0.5, x1 += 0.5;
+  if (y1 - y0 < 1e-12) y0 -= 0.5, y1 += 0.5;
+  const double y_step = nice_step(y1 - y0, 5);
+  y0 = std::floor(y0 / y_step) * y_step;
+  y1 = std::ceil(y1 / y_step) * y_step;
+  const double x_step = std::max(1.0, nice_step(x1 - x0, 6));
+  const auto px = [&](double x) { return left + (x - x0) / (x1 - x0) * plot_w; };
+  const auto py = [&](double y) { return top + (1.0 - (y - y0) / (y1 - y0)) * plot_h; };
+
+  std::string svg;
+  cairo_surface_t* surface = cairo_svg_surface_create_for_stream(append_to_string, &svg, width, height);
+  cairo_t* cr = cairo_create(surface);
+  cairo_set_source_rgb(cr, 1, 1, 1);
+  cairo_paint(cr);
+  cairo_select_font_face(cr, "DejaVu Sans", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
+  const auto text = [&](const std::string& s, double x, double y, double align_x, double size) {
+    cairo_set_font_size(cr, size);
+    cairo_text_extents_t e;
+    cairo_text_extents(cr, s.c_str(), &e);
+    cairo_move_to(cr, x - align_x * e.width - e.x_bearing, y);
+    cairo_show_text(cr, s.c_str());
+  };
+  // Grid and ticks.
+  cairo_set_line_width(cr, 1);
+  for (double y = y0; y <= y1 + 1e-9 * y_step; y += y_step) {
+    cairo_set_source_rgb(cr, 0.9, 0.9, 0.9);
+    cairo_move_to(cr, left, py(y));
+    cairo_line_to(cr, left + plot_w, py(y));
+    cairo_stroke(cr);
+    cairo_set_source_rgb(cr, 0.2, 0.2, 0.2);
+    text(tick_label(y, y_step), left - 6, py(y) + 4, 1.0, 11);
+  }
+  for (double x = std::ceil(x0 / x_step) * x_step; x <= x1 + 1e-9; x += x_step) {
+    cairo_set_source_rgb(cr, 0.2, 0.2, 0.2);
+    cairo_move_to(cr, px(x), top + plot_h);
+    cairo_line_to(cr, px(x), top + plot_h + 4);
+    cairo_stroke(cr);
+    text(tick_label(x, x_step), px(x), top + plot_h + 17, 0.5, 11);
+  }
+  // Axes, title and labels.
+  cairo_set_source_rgb(cr, 0.2, 0.2, 0.2);
+  cairo_rectangle(cr, left, top, plot_w, plot_h);
+  cairo_stroke(cr);
+  text(title, left + plot_w / 2, 20, 0.5, 14);
+  text(x_label, left + plot_w / 2, height - 10, 0.5, 12);
+  cairo_save(cr);
+  cairo_translate(cr, 16, top + plot_h / 2);
+  cairo_rotate(cr, -M_PI / 2);
+  text(y_label, 0, 0, 0.5, 12);
+  cairo_restore(cr);
+  // Series, then the legend in the top-right corner.
+  for (size_t s = 0; s < series.size(); ++s) {
+    const auto* c = kPalette[s % 6];
+    cairo_set_source_rgb(cr, c[0], c[1], c[2]);
+    cairo_set_line_width(cr, 2);
+    for (size_t i = 0; i < series[s].x.size(); ++i) {
+      const double x = px(series[s].x[i]), y = py(series[s].y[i]);
+      i == 0 ? cairo_move_to(cr, x, y) : cairo_line_to(cr, x, y);
+    }
+    cairo_stroke(cr);
+    for (size_t i = 0; i < series[s].x.size(); ++i) {
+      cairo_arc(cr, px(series[s].x[i]), py(series[s].y[i]), 3, 0, 2 * M_PI);
+      cairo_fill(cr);
+    }
+  }
+  const double legend_x = left + plot_w + 6, legend_y = top;
+  for (size_t s = 0; s < series.size(); ++s) {
+    const auto* c = kPalette[s % 6];
+    const double y = legend_y + 14 + 16.0 * static_cast<double>(s);
+    cairo_set_source_rgb(cr, c[0], c[1], c[2]);
+    cairo_set_line_width(cr, 2);
+    cairo_move_to(cr, legend_x + 6, y - 4);
+    cairo_line_to(cr, legend_x + 24, y - 4);
+    cairo_stroke(cr);
+    cairo_set_source_rgb(cr, 0.1, 0.1, 0.1);
+    text(series[s].name, legend_x + 30, y, 0.0, 11);
+  }
+  cairo_destroy(cr);
+  cairo_surface_finish(surface);
+  cairo_surface_destroy(surface);
+  return svg;
+}
+
+std::string render_report_html(const ReportInputs& in) {
+  std::ostringstream h;
+  const auto img = [&](const std::string& mime, const std::string& bytes, const std::string& alt) {
+    h << "<img alt=\"" << escape_html(alt) << "\" src=\"data:" << mime << ";base64," << base64(bytes) << "\">";
+  };
+  h << "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>" << escape_html(in.title)
+    << "</title>\n<style>body{font-family:'DejaVu Sans',sans-serif;margin:24px;color:#222;max-width:1100px}"
+       "h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:28px}"
+       "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}"
+       "th{background:#f4f4f4}td.l,th.l{text-align:left}.plots img{margin:4px}.grid{display:inline-block;"
+       "margin:6px 12px 6px 0;vertical-align:top}.grid div{font-size:13px;margin-bottom:2px}"
+       ".note{color:#555;font-size:13px}img{image-rendering:pixelated}</style></head><body>\n";
+  h << "<h1>" << escape_html(in.title) << "</h1>\n";
+  const auto& c = in.config;
+  h << "<p class=\"note\">" << escape_html(c.value("model", "")) << " on " << escape_html(c.value("dataset", ""))
+    << ", " << c.value("epochs", 0) << " epochs, " << escape_html(c.value("optimizer", "")) << " lr "
+    << c.value("lr", 0.0) << ", &lambda;<sub>proto</sub> " << c.value("lambda_proto", 0.0) << " ("
+    << escape_html(c.value("distance_proto", "")) << "), &lambda;<sub>batch</sub> " << c.value("lambda_batch", 0.0)
+    << " (" << escape_html(c.value("distance_batch", "")) << "), seed " << c.value("seed", 0) << "</p>\n";
+
+  // Metrics.
+  const auto& e = in.eval;
+  const auto get = [&](const char* a, const char* b = nullptr) {
+    const auto& v = b ? e.at(a).at(b) : e.at(a);
+    return v.get<double>();
+  };
+  h << "<h2>Test metrics</h2>\n<table>\n";
+  const auto row = [&](const std::string& name, const std::string& value) {
+    h << "<tr><td class=\"l\">" << name << "</td><td>" << value << "</td></tr>\n";
+  };
+  row("images", std::to_string(e.at("count").get<int64_t>()));
+  row("accuracy", fixed(100 * get("accuracy"), 2) + " %");
+  row("cross-entropy", fixed(get("loss"), 4));
+  row("CAM vs prototype: L1 / L2 / SSIM", fixed(get("prototype_reconstruction", "l1"), 4) + " / " +
+                                              fixed(get("prototype_reconstruction", "l2"), 4) + " / " +
+                                              fixed(get("prototype_reconstruction", "ssim"), 4));
+  row("CAM vs input: L1 / L2 / SSIM", fixed(get("input_reconstruction", "l1"), 4) + " / " +
+                                          fixed(get("input_reconstruction", "l2"), 4) + " / " +
+                                          fixed(get("input_reconstruction", "ssim"), 4));
+  row("object: CAM mass share / pointing game",
+      fixed(get("object", "cam_mass_share"), 4) + " / " + fixed(get("object", "pointing_game"), 4));
+  row("decoy: CAM mass share / pointing game",
+      fixed(get("decoy", "cam_mass_share"), 4) + " / " + fixed(get("decoy", "pointing_game"), 4));
+  const auto& f = e.at("faithfulness");
+  row("deletion AUC (lower is better)", fixed(f.at("deletion_auc").get<double>(), 4));
+  row("insertion AUC (higher is better)", fixed(f.at("insertion_auc").get<double>(), 4));
+  row("inference ms/image: without / with CAM",
+      fixed(get("timing", "ms_per_image"), 3) + " / " + fixed(get("timing", "ms_per_image_with_cam"), 3));
+  h << "</table>\n<p class=\"note\">Deletion/insertion: " << f.at("images").get<int64_t>() << " images, "
+    << f.at("steps").get<int64_t>() << " steps, pixels replaced by a " << escape_html(f.at("baseline").get<std::string>())
+    << ". Mass share and pointing game need ground-truth masks (&ndash; where the dataset has none).</p>\n";
+
+  // Training curves.
+  if (!in.history.empty()) {
+    std::vector<double> epochs;
+    std::map<std::string, std::vector<double>> v;
+    for (const auto& m : in.history) {
+      epochs.push_back(m.at("epoch").get<double>());
+      for (const char* key : {"train_loss", "train_ce", "train_proto", "train_batch", "train_accuracy", "test_accuracy",
+                              "test_proto_ssim", "test_loss"}) {
+        v[key].push_back(m.at(key).get<double>());
+      }
+    }
+    const auto percent = [](std::vector<double> xs) {
+      for (auto& x : xs) x *= 100;
+      return xs;
+    };
+    h << "<h2>Training</h2>\n<div class=\"plots\">";
+    img("image/svg+xml",
+        line_plot_svg("Loss", "epoch", "loss",
+                      {{"total", epochs, v["train_loss"]}, {"cross-entropy", epochs, v["train_ce"]},
+                       {"prototype", epochs, v["train_proto"]}, {"batch-cam", epochs, v["train_batch"]},
+                       {"test cross-entropy", epochs, v["test_loss"]}}),
+        "loss curves");
+    img("image/svg+xml",
+        line_plot_svg("Accuracy", "epoch", "accuracy (%)",
+                      {{"train", epochs, percent(v["train_accuracy"])}, {"test", epochs, percent(v["test_accuracy"])}}),
+        "accuracy curves");
+    img("image/svg+xml",
+        line_plot_svg("CAM vs prototype (test)", "epoch", "SSIM", {{"SSIM", epochs, v["test_proto_ssim"]}}),
+        "CAM-prototype SSIM curve");
+    h << "</div>\n";
+  }
+  if (!in.prototypes_png.empty()) {
+    h << "<h2>Class prototypes</h2>\n";
+    img("image/png", in.prototypes_png, "class prototypes");
+    h << "\n";
+  }
+  if (!in.class_grids.empty()) {
+    h << "<h2>Explanations per class</h2>\n<p class=\"note\">Each row: image, Grad-CAM of the true class, overlay, "
+         "reconstruction (CAM &times; image).</p>\n";
+    for (const auto& [name, png] : in.class_grids) {
+      h << "<div class=\"grid\"><div>" << escape_html(name) << "</div>";
+      img("image/png", png, "explanations of class " + name);
+      h << "</div>";
+    }
+    h << "\n";
+  }
+  // Confusion matrix, shaded by row share.
+  const auto names = e.at("class_names").get<std::vector<std::string>>();
+  const auto confusion = e.at("confusion").get<std::vector<std::vector<int64_t>>>();
+  h << "<h2>Confusion matrix</h2>\n<table><tr><th class=\"l\">true \\ predicted</th>";
+  for (const auto& n : names) h << "<th>" << escape_html(n) << "</th>";
+  h << "<th>accuracy</th></tr>\n";
+  for (size_t t = 0; t < confusion.size(); ++t) {
+    int64_t total = 0;
+    for (const auto x : confusion[t]) total += x;
+    h << "<tr><th class=\"l\">" << escape_html(names[t]) << "</th>";
+    for (const auto x : confusion[t]) {
+      const double share = total > 0 ? static_cast<double>(x) / static_cast<double>(total) : 0.0;
+      h << "<td style=\"background:rgba(0,114,178," << fixed(0.75 * share, 3) << ")\">" << x << "</td>";
+    }
+    h << "<td>" << fixed(100 * e.at("per_class_accuracy").at(names[t]).get<double>(), 2) << " %</td></tr>\n";
+  }
+  h << "</table>\n";
+  if (!e.at("randomization").empty()) {
+    h << "<h2>Sanity check: cascading parameter randomisation</h2>\n<p class=\"note\">Layers re-initialised from the "
+         "output down (Adebayo et al. 2018); similarity of the CAMs to the trained model's. An explanation that "
+         "depends on the model must change: lower is better.</p>\n<table><tr><th class=\"l\">re-initialised down "
+         "to</th><th>SSIM</th><th>Spearman</th></tr>\n";
+    for (const auto& s : e.at("randomization")) {
+      h << "<tr><td class=\"l\">" << escape_html(s.at("layer").get<std::string>()) << "</td><td>"
+        << fixed(s.at("ssim").get<double>(), 3) << "</td><td>" << fixed(s.at("rank_correlation").get<double>(), 3)
+        << "</td></tr>\n";
+    }
+    h << "</table>\n";
+  }
+  h << "<h2>Configuration</h2>\n<pre>" << escape_html(in.config.dump(2)) << "</pre>\n";
+  // Lets a headless browser (and the tests) confirm that every picture decoded.
+  h << "<script>window.addEventListener('error',function(e){document.body.setAttribute('data-error',String(e.message));});"
+       "window.addEventListener('load',function(){var ok=0,bad=0;for(var i=0;i<document.images.length;i++){"
+       "var m=document.images[i];if(m.complete&&m.naturalWidth>0)ok++;else bad++;}"
+       "document.body.setAttribute('data-images-loaded',ok);document.body.setAttribute('data-images-broken',bad);});"
+       "</script>\n</body></html>\n";
+  return h.str();
+}
+
+EvalReport write_run_report(const std::string& run_dir, models::CamModel& model, const data::Dataset& test_set,
+                            const data::Normalization& norm, const torch::Tensor& prototypes,
+                            const EvalOptions& options) {
+  const auto report = evaluate_full(model, test_set, norm, prototypes, options);
+  const auto eval_json = to_json(report);
+  train::write_file_atomic((fs::path(run_dir) / "eval.json").string(), eval_json.dump(2) + "\n");
+  ReportInputs in;
+  in.title = "batchcam run " + fs::path(run_dir).filename().string();
+  std::ifstream config_file(fs::path(run_dir) / "config.json");
+  in.config = config_file ? nlohmann::json::parse(config_file) : nlohmann::json::object();
+  std::ifstream metrics(fs::path(run_dir) / "metrics.jsonl");
+  for (std::string line; std::getline(metrics, line);) {
+    if (!line.empty()) in.history.push_back(nlohmann::json::parse(line));
+  }
+  in.eval = eval_json;
+  in.prototypes_png = io::encode_png(prototype_strip(prototypes));
+  in.class_grids = class_grids(model, test_set, norm);
+  train::write_file_atomic((fs::path(run_dir) / "report.html").string(), render_report_html(in));
+  return report;
+}
+
+}  // namespace batchcam::eval

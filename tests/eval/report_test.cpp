@@ -1,0 +1,157 @@
+// The evaluation, explanation and report commands as a user runs them, and the report as
+// a browser shows it (headless Chromium, when installed: the test command installs it).
+
+#include "batchcam/eval/report.h"
+#include "batchcam/io/image.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+
+namespace fs = std::filesystem;
+
+namespace {
+struct Result {
+  int code;
+  std::string out;
+};
+
+Result shell(const std::string& cmd) {
+  Result r{-1, ""};
+  FILE* pipe = ::popen((cmd + " 2>&1").c_str(), "r");
+  if (!pipe) return r;
+  std::array<char, 4096> buf{};
+  while (std::fgets(buf.data(), buf.size(), pipe)) r.out += buf.data();
+  const int status = ::pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+Result cli(const std::string& args) { return shell(std::string(BATCHCAM_CLI) + " " + args); }
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+const fs::path& scratch() {
+  static const fs::path root = fs::temp_directory_path() / ("batchcam-report-" + std::to_string(::getpid()));
+  return root;
+}
+
+// Removes the scratch directory when the test program ends.
+struct CleanUp : ::testing::Environment {
+  void TearDown() override { fs::remove_all(scratch()); }
+};
+const auto* const clean_up = ::testing::AddGlobalTestEnvironment(new CleanUp);
+
+// One small trained run shared by the tests of this file (built on first use).
+const fs::path& trained_run() {
+  static const fs::path dir = [] {
+    const auto root = scratch();
+    fs::remove_all(root);
+    const auto r = cli("train --quiet --spurious --train-size 600 --test-size 100 --epochs 2 --batch-size 50 --out-dir " +
+                       root.string() + " --run-name run");
+    EXPECT_EQ(r.code, 0) << r.out;
+    return root / "run";
+  }();
+  return dir;
+}
+
+std::string chromium() {
+  for (const char* c : {"/usr/bin/chromium", "/usr/bin/chromium-browser"}) {
+    if (fs::exists(c)) return c;
+  }
+  return "";
+}
+}  // namespace
+
+TEST(Plot, LinePlotIsAnSvgWithTextAndLines) {
+  const auto svg = batchcam::eval::line_plot_svg("Loss", "epoch", "loss", {{"total", {1, 2, 3}, {1.0, 0.5, 0.25}},
+                                                                           {"ce", {1, 2, 3}, {0.8, 0.4, 0.2}}});
+  EXPECT_NE(svg.find("<svg"), std::string::npos);
+  EXPECT_GT(svg.size(), 2000u) << "axes, ticks, glyphs of the labels and two series";
+}
+
+TEST(ReportCli, TrainWritesEvalJsonAndASelfContainedReport) {
+  const auto& run = trained_run();
+  ASSERT_TRUE(fs::exists(run / "report.html"));
+  const auto html = read_text(run / "report.html");
+  EXPECT_EQ(html.find("http://"), std::string::npos) << "no network needed";
+  EXPECT_EQ(html.find("https://"), std::string::npos);
+  EXPECT_NE(html.find("data:image/svg+xml;base64,"), std::string::npos);
+  EXPECT_NE(html.find("Confusion matrix"), std::string::npos);
+  const auto eval = nlohmann::json::parse(read_text(run / "eval.json"));
+  EXPECT_EQ(eval.at("count").get<int>(), 100);
+  EXPECT_GE(eval.at("decoy").at("cam_mass_share").get<double>(), 0.0) << "shapes with the cue has decoy masks";
+  // `batchcam report` rewrites it from the checkpoint.
+  fs::remove(run / "report.html");
+  const auto r = cli("report " + run.string());
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(fs::exists(run / "report.html"));
+}
+
+TEST(ReportCli, EvalIsStableAndExplainWritesPicturesAndStatistics) {
+  const auto& run = trained_run();
+  const auto a = cli("eval " + run.string() + " --json --faithfulness-count 50 --randomization-count 20");
+  const auto b = cli("eval " + (run / "last.pt").string() + " --json --faithfulness-count 50 --randomization-count 20");
+  ASSERT_EQ(a.code, 0) << a.out;
+  ASSERT_EQ(b.code, 0) << b.out;
+  auto ja = nlohmann::json::parse(a.out), jb = nlohmann::json::parse(b.out);
+  ja.erase("timing");
+  jb.erase("timing");
+  EXPECT_EQ(ja, jb) << "the same checkpoint gives the same numbers";
+  const auto table = cli("eval " + run.string() + " --faithfulness-count 20 --randomization-count 0");
+  EXPECT_NE(table.out.find("deletion AUC"), std::string::npos) << table.out;
+  const auto mismatch = cli("eval " + run.string() + " --dataset cifar10 --data-dir /nonexistent");
+  EXPECT_EQ(mismatch.code, 1) << mismatch.out;
+
+  const auto out = run.parent_path() / "explained";
+  const auto e = cli("explain " + run.string() + " --count 6 --out " + out.string());
+  ASSERT_EQ(e.code, 0) << e.out;
+  EXPECT_TRUE(fs::exists(out / "images" / "0005.png"));
+  const auto csv = read_text(out / "cam_stats.csv");
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 7) << csv;
+  const auto picture = batchcam::io::read_image((out / "images" / "0000.png").string());
+  EXPECT_EQ(picture.height, 4 * 28);
+  EXPECT_EQ(picture.width, 4 * (4 * 28 + 2) - 2) << "image, CAM, overlay, reconstruction";
+  const auto files = cli("explain " + (run / "last.pt").string() + " --images " + (out / "images" / "0000.png").string() +
+                         " --target circle --out " + (out / "files").string());
+  EXPECT_EQ(files.code, 0) << files.out;
+  const auto bad = cli("explain " + run.string() + " --target nosuchclass --out " + (out / "bad").string());
+  EXPECT_EQ(bad.code, 2) << bad.out;
+  EXPECT_NE(bad.out.find("--target 'nosuchclass'"), std::string::npos) << bad.out;
+}
+
+TEST(ReportCli, HeadlessChromiumLoadsEveryPictureAndRendersThePage) {
+  const auto browser = chromium();
+  if (browser.empty()) GTEST_SKIP() << "chromium is not installed (scripts/install-deps.sh --test installs it)";
+  const auto& run = trained_run();
+  const auto profile = run.parent_path() / "chromium-profile";
+  const std::string flags = " --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking "
+                            "--disable-component-update --disable-sync --no-default-browser-check --user-data-dir=" +
+                            profile.string() + " --virtual-time-budget=10000 ";
+  const std::string url = "file://" + (run / "report.html").string();
+  const auto dom = shell(browser + flags + "--dump-dom " + url);
+  ASSERT_EQ(dom.code, 0) << dom.out.substr(0, 2000);
+  // 3 plots + the prototypes + one grid per class (10), all decoded; no script error.
+  EXPECT_NE(dom.out.find("data-images-loaded=\"14\""), std::string::npos) << dom.out.substr(0, 500);
+  EXPECT_NE(dom.out.find("data-images-broken=\"0\""), std::string::npos);
+  EXPECT_EQ(dom.out.find("data-error=\""), std::string::npos) << "a script error on the page";
+  const auto png = run.parent_path() / "report.png";
+  const auto shot = shell(browser + flags + "--window-size=1280,2400 --screenshot=" + png.string() + " " + url);
+  ASSERT_TRUE(fs::exists(png)) << shot.out.substr(0, 2000);
+  const auto image = batchcam::io::read_image(png.string());
+  EXPECT_EQ(image.width, 1280);
+  size_t non_white = 0;
+  for (const auto v : image.pixels) non_white += v < 200;
+  EXPECT_GT(non_white, image.pixels.size() / 50) << "text, plots and pictures are drawn";
+}
