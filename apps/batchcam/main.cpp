@@ -1,6 +1,8 @@
 // The batchcam command line: parse -> configuration -> library call. Exit codes live here:
 // 0 success, 1 runtime failure (files, training), 2 bad usage (flags, config values).
 
+#include "bench.h"
+
 #include "batchcam/cam/grad_cam.h"
 #include "batchcam/data/shapes.h"
 #include "batchcam/eval/evaluate.h"
@@ -469,6 +471,24 @@ int main(int argc, char** argv) {
   std::string report_dir;
   reporter->add_option("run_dir", report_dir, "Run directory")->required()->check(CLI::ExistingDirectory);
 
+  auto* bencher = app.add_subcommand("bench", "Measure step overhead, Grad-CAM speed, memory and the data pipeline");
+  BenchArgs bench_args;
+  bench_args.python_script = std::string(BATCHCAM_SOURCE_DIR) + "/bench/python_step.py";
+  bencher->add_option("--models", bench_args.models, "Models to measure")
+      ->check(CLI::IsMember(batchcam::models::model_names()));
+  bencher->add_option("--repetitions", bench_args.repetitions, "Timed repetitions (interleaved)")->check(CLI::Range(1, 10000));
+  bencher->add_option("--warmup", bench_args.warmup, "Untimed repetitions first")->check(CLI::Range(0, 10000));
+  bencher->add_option("--threads", bench_args.threads, "CPU threads, 0 = every core")->check(CLI::Range(0, 1024));
+  bencher->add_flag("--per-sample,!--no-per-sample", bench_args.per_sample, "Also time per-sample Grad-CAM");
+  bencher->add_flag("--memory,!--no-memory", bench_args.memory, "Measure peak memory per step (child processes)");
+  bencher->add_flag("--compare-python", bench_args.compare_python, "Run the same work in PyTorch (Python) and print the ratios");
+  bencher->add_option("--python", bench_args.python, "Python interpreter with torch");
+  bencher->add_option("--python-script", bench_args.python_script, "The Python side")->check(CLI::ExistingFile);
+  bencher->add_option("--mnist-dir", bench_args.mnist_dir, "Also time one MNIST epoch of SimpleCNN from these IDX files");
+  bencher->add_option("--json", bench_args.json_out, "Also write the results as JSON to this file");
+  bencher->add_option("--memory-probe", bench_args.probe, "(internal) MODEL ce|batchcam: one step's memory")
+      ->expected(2)->group("");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -503,6 +523,7 @@ int main(int argc, char** argv) {
       return run_explain(explain_args);
     }
     if (reporter->parsed()) return run_report(report_dir);
+    if (bencher->parsed()) return run_bench(bench_args, std::filesystem::read_symlink("/proc/self/exe").string());
     if (exporter->parsed()) return run_export(export_checkpoint, export_format, export_out);
     std::cout << app.help();
     return 0;

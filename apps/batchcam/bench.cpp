@@ -1,0 +1,241 @@
+// `batchcam bench`: interleaved repetitions after a warm-up, median and range reported;
+// every ratio is formed from numbers of the same run.
+
+#include "bench.h"
+
+#include "batchcam/cam/grad_cam.h"
+#include "batchcam/data/datasets.h"
+#include "batchcam/data/shapes.h"
+#include "batchcam/losses/cam_losses.h"
+#include "batchcam/models/registry.h"
+#include "batchcam/train/checkpoint.h"
+#include "batchcam/train/trainer.h"
+
+#include <nlohmann/json.hpp>
+#include <spdlog/fmt/fmt.h>
+#include <torch/torch.h>
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <thread>
+
+namespace {
+
+constexpr int64_t kBatch = 128;
+using Clock = std::chrono::steady_clock;
+
+struct Stats {
+  std::vector<double> ms;
+  double median() const {
+    auto v = ms;
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
+  }
+  double min() const { return *std::min_element(ms.begin(), ms.end()); }
+  double max() const { return *std::max_element(ms.begin(), ms.end()); }
+  nlohmann::json json() const { return {{"median_ms", median()}, {"min_ms", min()}, {"max_ms", max()}, {"ms", ms}}; }
+  std::string text() const { return fmt::format("{:.1f} [{:.1f}-{:.1f}]", median(), min(), max()); }
+};
+
+struct Setup {
+  batchcam::data::Dataset dataset = batchcam::data::generate_shapes(kBatch, 28, 1, batchcam::data::SpuriousCue::none, 0.08);
+  batchcam::data::Normalization norm = batchcam::data::Normalization::fit(dataset.images);
+  batchcam::data::Batch batch = batchcam::data::BatchIterator(dataset, norm, kBatch, false, 0, false).get(0);
+  torch::Tensor prototypes = batchcam::losses::image_prototypes(dataset.images, dataset.labels, 10);
+};
+
+batchcam::models::CamModelPtr make_model(const std::string& name) {
+  torch::manual_seed(0);
+  return batchcam::models::make_model({name, 1, 10, 28, ""});
+}
+
+// The step of `batchcam train` with its defaults: CE, or CE + both losses (L1, lambda 1).
+std::function<void()> train_step(batchcam::models::CamModel& model, torch::optim::Optimizer& opt, const Setup& s,
+                                 bool batch_cam) {
+  batchcam::train::CamLossConfig config;
+  config.distance_proto = config.distance_batch = batchcam::losses::Distance::l1;
+  if (batch_cam) config.lambda_proto = config.lambda_batch = 1.0;
+  return [&model, &opt, &s, config] {
+    opt.zero_grad();
+    auto l = batchcam::train::compute_losses(model, s.batch, s.prototypes, 10, config);
+    l.total.backward();
+    opt.step();
+    (void)l.total.item<double>();
+  };
+}
+
+long peak_rss_kib() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss;
+}
+
+// In a fresh process: build everything, note the peak RSS, run 3 steps, report the growth.
+int memory_probe(const std::string& model_name, const std::string& variant) {
+  Setup s;
+  auto model = make_model(model_name);
+  model->train();
+  torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(1e-3));
+  const auto step = train_step(*model, opt, s, variant == "batchcam");
+  const long before = peak_rss_kib();
+  for (int i = 0; i < 3; ++i) step();
+  std::cout << (peak_rss_kib() - before) << "\n";
+  return 0;
+}
+
+std::string run_capture(const std::string& command) {
+  std::string out;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (!pipe) throw std::runtime_error("cannot run: " + command);
+  std::array<char, 4096> buffer{};
+  while (std::fgets(buffer.data(), buffer.size(), pipe)) out += buffer.data();
+  const int status = ::pclose(pipe);
+  if (status != 0) throw std::runtime_error("failed (status " + std::to_string(status) + "): " + command);
+  return out;
+}
+
+// Runs each named piece of work `warmup` times, then `repetitions` rounds of all of them.
+std::map<std::string, Stats> interleaved(const std::vector<std::pair<std::string, std::function<void()>>>& work,
+                                         int64_t warmup, int64_t repetitions) {
+  for (int64_t i = 0; i < warmup; ++i) {
+    for (const auto& w : work) w.second();
+  }
+  std::map<std::string, Stats> stats;
+  for (int64_t r = 0; r < repetitions; ++r) {
+    for (const auto& [name, f] : work) {
+      const auto start = Clock::now();
+      f();
+      stats[name].ms.push_back(1e3 * std::chrono::duration<double>(Clock::now() - start).count());
+    }
+  }
+  return stats;
+}
+
+}  // namespace
+
+int run_bench(const BenchArgs& a, const std::string& self_path) {
+  const int threads = static_cast<int>(a.threads > 0 ? a.threads : std::max(1u, std::thread::hardware_concurrency()));
+  torch::set_num_threads(threads);
+  if (a.probe.size() == 2) return memory_probe(a.probe[0], a.probe[1]);
+
+  nlohmann::json results = {{"threads", threads}, {"batch", kBatch}, {"image", "1x28x28"},
+                            {"repetitions", a.repetitions}, {"warmup", a.warmup}, {"models", nlohmann::json::object()}};
+  std::cout << fmt::format("batchcam bench: batch {} at 1x28x28, {} threads, {} interleaved repetitions after {} "
+                           "warm-up; median [min-max] ms per batch\n\n",
+                           kBatch, threads, a.repetitions, a.warmup);
+  std::cout << fmt::format("{:<18} {:>22} {:>22} {:>7} {:>8} {:>14} {:>14} {:>8}\n", "model", "CE step",
+                           "CE+Batch-CAM step", "ratio", "memory", "batched CAM", "per-sample CAM", "speedup");
+  const Setup s;
+  for (const auto& name : a.models) {
+    auto model = make_model(name);
+    model->train();
+    torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(1e-3));
+    auto explainer = make_model(name);
+    explainer->eval();
+    const auto options = batchcam::cam::GradCamOptions().output_size({28, 28});
+    std::vector<std::pair<std::string, std::function<void()>>> work = {
+        {"ce", train_step(*model, opt, s, false)},
+        {"batchcam", train_step(*model, opt, s, true)},
+        {"gradcam_batched", [&] { (void)batchcam::cam::grad_cam(*explainer, s.batch.x, s.batch.y, options); }}};
+    if (a.per_sample) {
+      work.emplace_back("gradcam_per_sample",
+                        [&] { (void)batchcam::cam::grad_cam_per_sample(*explainer, s.batch.x, s.batch.y, options); });
+    }
+    auto stats = interleaved(work, a.warmup, a.repetitions);
+    nlohmann::json r;
+    for (const auto& [key, st] : stats) r[key] = st.json();
+    const double ratio = stats["batchcam"].median() / stats["ce"].median();
+    r["step_ratio"] = ratio;
+    std::string memory = "-";
+    if (a.memory) {
+      const auto probe = [&](const char* variant) {
+        return std::stod(run_capture(fmt::format("'{}' bench --threads {} --memory-probe {} {}", self_path, threads,
+                                                 name, variant)));
+      };
+      const double ce_kib = probe("ce"), cam_kib = probe("batchcam");
+      r["memory"] = {{"ce_step_peak_growth_kib", ce_kib}, {"batchcam_step_peak_growth_kib", cam_kib},
+                     {"ratio", cam_kib / std::max(ce_kib, 1.0)}};
+      memory = fmt::format("{:.2f}", cam_kib / std::max(ce_kib, 1.0));
+    }
+    const double batched_ips = 1e3 * kBatch / stats["gradcam_batched"].median();
+    r["gradcam_batched_images_per_s"] = batched_ips;
+    std::string per_sample = "-", speedup = "-";
+    if (a.per_sample) {
+      const double ips = 1e3 * kBatch / stats["gradcam_per_sample"].median();
+      r["gradcam_per_sample_images_per_s"] = ips;
+      r["gradcam_speedup"] = batched_ips / ips;
+      per_sample = fmt::format("{:.0f} img/s", ips);
+      speedup = fmt::format("{:.1f}x", batched_ips / ips);
+    }
+    std::cout << fmt::format("{:<18} {:>22} {:>22} {:>7.3f} {:>8} {:>14} {:>14} {:>8}\n", name, stats["ce"].text(),
+                             stats["batchcam"].text(), ratio, memory, fmt::format("{:.0f} img/s", batched_ips),
+                             per_sample, speedup);
+    if (a.compare_python) {
+      const auto script = a.python_script;
+      const auto py = nlohmann::json::parse(run_capture(fmt::format(
+          "'{}' '{}' --model {} --threads {} --repetitions {} --warmup {}", a.python, script, name, threads,
+          a.repetitions, a.warmup)));
+      const auto& m = py.at("median_ms");
+      const double ce = stats["ce"].median() / m.at("ce").get<double>();
+      const double cam = stats["batchcam"].median() / m.at("batchcam").get<double>();
+      const double explain = stats["gradcam_batched"].median() / m.at("gradcam").get<double>();
+      r["python"] = py;
+      r["cpp_over_python"] = {{"ce", ce}, {"batchcam", cam}, {"gradcam", explain}};
+      std::cout << fmt::format("{:<18} Python (torch {}): CE {:.1f} ms, CE+Batch-CAM {:.1f} ms, Grad-CAM {:.1f} ms; "
+                               "C++/Python: {:.3f}, {:.3f}, {:.3f}\n",
+                               "", py.at("torch").get<std::string>(), m.at("ce").get<double>(),
+                               m.at("batchcam").get<double>(), m.at("gradcam").get<double>(), ce, cam, explain);
+    }
+    results["models"][name] = r;
+  }
+
+  // The data pipeline on a dataset of MNIST's shape.
+  {
+    batchcam::data::Dataset d;
+    torch::manual_seed(0);
+    d.images = torch::randint(0, 256, {60000, 1, 28, 28}, torch::kUInt8);
+    d.labels = torch::randint(0, 10, {60000}, torch::kInt64);
+    d.class_names.assign(10, "c");
+    batchcam::data::BatchIterator plain(d, batchcam::data::Normalization::fit(d.images.narrow(0, 0, 1000)), kBatch,
+                                        true, 0, true);
+    auto shifted = plain;
+    shifted.set_augmentation({3, false});
+    int64_t i = 0;
+    auto stats = interleaved({{"plain", [&] { (void)plain.get(i++ % plain.size()); }},
+                              {"shift", [&] { (void)shifted.get(i++ % shifted.size()); }}},
+                             a.warmup * 10, a.repetitions * 20);
+    const double plain_ips = 1e3 * kBatch / stats["plain"].median(), shift_ips = 1e3 * kBatch / stats["shift"].median();
+    results["pipeline_images_per_s"] = {{"plain", plain_ips}, {"shift", shift_ips}};
+    std::cout << fmt::format("\npipeline (60000 x 1x28x28 uint8, batch {}): {:.0f} images/s, {:.0f} with random shift\n",
+                             kBatch, plain_ips, shift_ips);
+  }
+
+  if (!a.mnist_dir.empty()) {
+    for (const bool cam : {false, true}) {
+      batchcam::train::TrainConfig c;
+      c.dataset = "mnist";
+      c.data_dir = a.mnist_dir;
+      c.epochs = 1;
+      c.threads = threads;
+      c.out_dir = (std::filesystem::temp_directory_path() / "batchcam-bench").string();
+      c.run_name = fmt::format("epoch-{}-{}", cam ? "batchcam" : "ce", ::getpid());
+      if (!cam) c.lambda_proto = c.lambda_batch = 0.0;
+      const auto result = batchcam::train::train(c);
+      std::filesystem::remove_all(result.run_dir);
+      results["mnist_epoch_seconds"][cam ? "batchcam" : "ce"] = result.train_seconds;
+      std::cout << fmt::format("MNIST epoch, SimpleCNN, {}: {:.1f} s (60000 images, training only)\n",
+                               cam ? "CE + Batch-CAM" : "CE only", result.train_seconds);
+    }
+  }
+  if (!a.json_out.empty()) batchcam::train::write_file_atomic(a.json_out, results.dump(2) + "\n");
+  return 0;
+}

@@ -1,0 +1,23 @@
+#pragma once
+// `batchcam bench`: the performance figures of docs/performance.md, measured in one run.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+struct BenchArgs {
+  std::vector<std::string> models = {"simple-cnn", "resnet18", "convnext-v2-atto"};
+  int64_t repetitions = 10, warmup = 2, threads = 0;
+  bool per_sample = true;        ///< time the per-sample Grad-CAM (slow for deep heads)
+  bool memory = true;            ///< peak memory of each step, from child processes
+  bool compare_python = false;   ///< run bench/python_step.py with the same settings
+  std::string python = "/usr/bin/python3";
+  std::string python_script;     ///< default: the source tree's bench/python_step.py
+  std::string mnist_dir;         ///< when set: one MNIST epoch of SimpleCNN, CE only and Batch-CAM
+  std::string json_out;          ///< also write the results as JSON here
+  // Internal: `--memory-probe MODEL VARIANT` measures one step's peak RSS in a fresh process.
+  std::vector<std::string> probe;
+};
+
+/// Runs the benchmark, prints the table; returns the exit code.
+int run_bench(const BenchArgs& args, const std::string& self_path);
