@@ -294,3 +294,28 @@ TEST(Cli, MnistTrainsFromItsDirectoryAndMissingFilesWithoutNetworkFailClearly) {
   EXPECT_NE(r.out.find("on mnist"), std::string::npos) << r.out;
   std::filesystem::remove_all(dir);
 }
+
+TEST(Cli, ThreeChannelDatasetsTrainEndToEnd) {
+  namespace fs = std::filesystem;
+  const auto dir = fs::temp_directory_path() / ("batchcam-rgb-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "cifar");
+  // CIFAR-10 binary batches of 40 records each: label byte, then 3 x 32 x 32 pixels.
+  for (const char* name : {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin",
+                           "data_batch_5.bin", "test_batch.bin"}) {
+    std::string bytes;
+    for (int r = 0; r < 40; ++r) {
+      bytes += static_cast<char>(r % 10);
+      for (int i = 0; i < 3072; ++i) bytes += static_cast<char>((i * 7 + r * 13) % 256);
+    }
+    std::ofstream(dir / "cifar" / name, std::ios::binary) << bytes;
+  }
+  const auto cifar = run("train --quiet --dataset cifar10 --data-dir " + (dir / "cifar").string() +
+                         " --epochs 1 --batch-size 20 --augment shift-flip --out-dir " + dir.string() + " --run-name c");
+  ASSERT_EQ(cifar.code, 0) << cifar.out;
+  EXPECT_EQ(batchcam::train::load_checkpoint((dir / "c" / "last.pt").string()).spec.in_channels, 3);
+  const auto digits_flip = run("train --dataset mnist --augment shift-flip");
+  EXPECT_EQ(digits_flip.code, 2) << digits_flip.out;
+  EXPECT_NE(digits_flip.out.find("'augment'"), std::string::npos) << digits_flip.out;
+  fs::remove_all(dir);
+}

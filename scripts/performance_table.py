@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""Turns the JSON of `batchcam bench --json FILE` into the Markdown tables of
+docs/performance.md. Every number comes from that one run.
+
+usage: performance_table.py BENCH.json "COMMAND THAT MADE IT"
+"""
+import json
+import platform
+import sys
+
+data = json.load(open(sys.argv[1]))
+command = sys.argv[2]
+print(f"Measured by `{command}` on {platform.machine()} with {data['threads']} threads; batch {data['batch']} "
+      f"at {data['image']}, {data['repetitions']} interleaved repetitions after {data['warmup']} warm-up rounds; "
+      "median [min-max] ms per batch.\n")
+print("| model | CE step ms | CE + Batch-CAM step ms | step ratio (goal <= 1.15) | peak-memory ratio (goal <= 1.3) "
+      "| batched Grad-CAM img/s | per-sample Grad-CAM img/s | batched / per-sample (goal >= 20) |")
+print("|---|---|---|---|---|---|---|---|")
+
+
+def cell(s):
+    return f"{s['median_ms']:.1f} [{s['min_ms']:.1f}-{s['max_ms']:.1f}]"
+
+
+for name, m in data["models"].items():
+    mem = f"{m['memory']['ratio']:.2f}" if "memory" in m else "-"
+    per = f"{m['gradcam_per_sample_images_per_s']:.0f}" if "gradcam_per_sample_images_per_s" in m else "-"
+    speed = f"{m['gradcam_speedup']:.1f}" if "gradcam_speedup" in m else "-"
+    print(f"| {name} | {cell(m['ce'])} | {cell(m['batchcam'])} | {m['step_ratio']:.3f} | {mem} | "
+          f"{m['gradcam_batched_images_per_s']:.0f} | {per} | {speed} |")
+
+if any("python" in m for m in data["models"].values()):
+    version = next(m["python"]["torch"] for m in data["models"].values() if "python" in m)
+    print(f"\nAgainst PyTorch {version} in Python (bench/python_step.py, same threads), median ms per batch and "
+          "C++ / Python (goal <= 1.0; <= 0.8 for SimpleCNN):\n")
+    print("| model | Python CE | Python CE + Batch-CAM | Python Grad-CAM | C++/Python CE | C++/Python Batch-CAM "
+          "| C++/Python Grad-CAM |")
+    print("|---|---|---|---|---|---|---|")
+    for name, m in data["models"].items():
+        if "python" not in m:
+            continue
+        p, r = m["python"]["median_ms"], m["cpp_over_python"]
+        print(f"| {name} | {p['ce']:.1f} | {p['batchcam']:.1f} | {p['gradcam']:.1f} | {r['ce']:.3f} | "
+              f"{r['batchcam']:.3f} | {r['gradcam']:.3f} |")
+
+pipe = data["pipeline_images_per_s"]
+print(f"\nData pipeline (60,000 uint8 images of 1x28x28, batches of {data['batch']}, gather + normalise): "
+      f"{pipe['plain']:,.0f} images/s; with random shift {pipe['shift']:,.0f} images/s (goal >= 50,000).")
+if "mnist_epoch_seconds" in data:
+    e = data["mnist_epoch_seconds"]
+    print(f"\nOne MNIST epoch of SimpleCNN (60,000 images, training only, batch 128): CE only {e['ce']:.1f} s, "
+          f"CE + Batch-CAM {e['batchcam']:.1f} s (ratio {e['batchcam'] / e['ce']:.3f}).")
