@@ -234,7 +234,7 @@ std::string render_report_html(const ReportInputs& in) {
     h << "<img alt=\"" << escape_html(alt) << "\" src=\"data:" << mime << ";base64," << base64(bytes) << "\">";
   };
   h << "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>" << escape_html(in.title)
-    << "</title>\n<style>body{font-family:'DejaVu Sans',sans-serif;margin:24px;color:#222;max-width:1100px}"
+    << "</title>\n<style>body{font-family:'DejaVu Sans',sans-serif;margin:24px;color:#222;max-width:1240px}"
        "h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:28px}"
        "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}"
        "th{background:#f4f4f4}td.l,th.l{text-align:left}.plots img{margin:4px}.grid{display:inline-block;"

@@ -1,6 +1,7 @@
 // Runs the batchcam executable as a user would and checks exit codes and messages.
 
 #include "batchcam/train/checkpoint.h"
+#include "support/process.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -20,30 +21,15 @@
 #include <vector>
 
 namespace {
-struct Result {
-  int code;
-  std::string out;  // stdout and stderr together
-};
+using Result = batchcam::test_support::CommandResult;
+using batchcam::test_support::read_text;
 
 // Runs the CLI with `args`, with `env` ("NAME=value ...") set for it.
 Result run(const std::string& args, const std::string& env = "") {
-  const std::string cmd = env + (env.empty() ? "" : " ") + std::string(BATCHCAM_CLI) + " " + args + " 2>&1";
-  Result r{-1, ""};
-  FILE* pipe = ::popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  std::array<char, 4096> buf{};
-  while (std::fgets(buf.data(), buf.size(), pipe)) r.out += buf.data();
-  const int status = ::pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return batchcam::test_support::run_shell(env + (env.empty() ? "" : " ") + std::string(BATCHCAM_CLI) + " " + args);
 }
 
 void write_text(const std::string& path, const std::string& content) { std::ofstream(path) << content; }
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
 
 // Starts the CLI in the background with its output in `log`; returns its pid.
 pid_t spawn(const std::vector<std::string>& args, const std::string& log) {

@@ -3,6 +3,7 @@
 
 #include "batchcam/eval/report.h"
 #include "batchcam/io/image.h"
+#include "support/process.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -19,28 +20,13 @@
 namespace fs = std::filesystem;
 
 namespace {
-struct Result {
-  int code;
-  std::string out;
-};
+using Result = batchcam::test_support::CommandResult;
 
-Result shell(const std::string& cmd) {
-  Result r{-1, ""};
-  FILE* pipe = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (!pipe) return r;
-  std::array<char, 4096> buf{};
-  while (std::fgets(buf.data(), buf.size(), pipe)) r.out += buf.data();
-  const int status = ::pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+Result shell(const std::string& cmd) { return batchcam::test_support::run_shell(cmd); }
 
 Result cli(const std::string& args) { return shell(std::string(BATCHCAM_CLI) + " " + args); }
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
+std::string read_text(const fs::path& path) { return batchcam::test_support::read_text(path.string()); }
 
 const fs::path& scratch() {
   static const fs::path root = fs::temp_directory_path() / ("batchcam-report-" + std::to_string(::getpid()));
