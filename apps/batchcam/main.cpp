@@ -6,6 +6,7 @@
 #include "batchcam/cam/grad_cam.h"
 #include "batchcam/data/shapes.h"
 #include "batchcam/eval/evaluate.h"
+#include "batchcam/eval/pictures.h"
 #include "batchcam/eval/report.h"
 #include "batchcam/io/image.h"
 #include "batchcam/io/png.h"

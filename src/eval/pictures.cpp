@@ -39,6 +39,19 @@ torch::Tensor prototype_strip(const torch::Tensor& prototypes, int64_t zoom) {
   return grid({row});
 }
 
+torch::Tensor explanation_panels(const torch::Tensor& gray, const torch::Tensor& map, int64_t zoom) {
+  const auto g = gray.detach().cpu().to(torch::kFloat32), m = map.detach().cpu().to(torch::kFloat32);
+  return grid({{zoomed(gray_rgb(g), zoom), zoomed(io::heat_colors(m), zoom), zoomed(io::overlay(g, m), zoom),
+                zoomed(gray_rgb(m * g), zoom)}});
+}
+
+torch::Tensor stack_rows(const std::vector<torch::Tensor>& rows) {
+  TORCH_CHECK(!rows.empty(), "stack_rows: no rows");
+  std::vector<std::vector<torch::Tensor>> tiles;
+  for (const auto& row : rows) tiles.push_back({row});
+  return grid(tiles);
+}
+
 torch::Tensor cam_examples(models::CamModel& model, const data::Dataset& dataset, const data::Normalization& norm,
                            int64_t zoom) {
   std::vector<int64_t> picks;

@@ -23,16 +23,6 @@ namespace batchcam::eval {
 namespace fs = std::filesystem;
 
 namespace {
-constexpr int64_t kGap = 2;
-
-torch::Tensor zoomed(const torch::Tensor& rgb, int64_t zoom) {
-  return rgb.repeat_interleave(zoom, 0).repeat_interleave(zoom, 1);
-}
-
-torch::Tensor gray_rgb(const torch::Tensor& gray) {
-  return (gray.clamp(0.0, 1.0) * 255).round().to(torch::kUInt8).unsqueeze(-1).expand({-1, -1, 3}).contiguous();
-}
-
 std::string base64(const std::string& bytes) {
   std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0');
   const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
@@ -88,28 +78,6 @@ cairo_status_t append_to_string(void* closure, const unsigned char* data, unsign
 const double kPalette[][3] = {{0.00, 0.45, 0.70}, {0.90, 0.62, 0.00}, {0.00, 0.62, 0.45},
                               {0.80, 0.47, 0.65}, {0.34, 0.71, 0.91}, {0.84, 0.37, 0.00}};
 }  // namespace
-
-torch::Tensor stack_rows(const std::vector<torch::Tensor>& rows) {
-  TORCH_CHECK(!rows.empty(), "stack_rows: no rows");
-  std::vector<torch::Tensor> parts;
-  for (size_t i = 0; i < rows.size(); ++i) {
-    if (i > 0) parts.push_back(torch::full({kGap, rows[i].size(1), 3}, 255, torch::kUInt8));
-    parts.push_back(rows[i]);
-  }
-  return torch::cat(parts, 0);
-}
-
-torch::Tensor explanation_panels(const torch::Tensor& gray, const torch::Tensor& map, int64_t zoom) {
-  const auto g = gray.detach().cpu().to(torch::kFloat32), m = map.detach().cpu().to(torch::kFloat32);
-  const std::vector<torch::Tensor> panels = {gray_rgb(g), io::heat_colors(m), io::overlay(g, m), gray_rgb(m * g)};
-  std::vector<torch::Tensor> parts;
-  for (size_t i = 0; i < panels.size(); ++i) {
-    const auto z = zoomed(panels[i], zoom);
-    if (i > 0) parts.push_back(torch::full({z.size(0), kGap, 3}, 255, torch::kUInt8));
-    parts.push_back(z);
-  }
-  return torch::cat(parts, 1);
-}
 
 std::vector<std::pair<std::string, std::string>> class_grids(models::CamModel& model, const data::Dataset& dataset,
                                                              const data::Normalization& norm, int64_t per_class) {

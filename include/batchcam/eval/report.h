@@ -15,15 +15,6 @@
 
 namespace batchcam::eval {
 
-/// The four panels of one explanation, each scaled up `zoom` times, side by side with
-/// 2 px gaps: the image (unit gray [H, W]), the CAM map [H, W] in [0, 1] as a heat map,
-/// the overlay, and the reconstruction map * image (method spec, section 7).
-/// -> [zoom*H, 4*(zoom*W+2)-2, 3] uint8.
-torch::Tensor explanation_panels(const torch::Tensor& gray, const torch::Tensor& map, int64_t zoom = 4);
-
-/// Stacks rows (each [h, w, 3] uint8 of equal width) with 2 px white gaps.
-torch::Tensor stack_rows(const std::vector<torch::Tensor>& rows);
-
 /// For each class, up to `per_class` test images of that class (the first ones) as rows
 /// of explanation_panels for the true class -> {class name, PNG bytes}.
 std::vector<std::pair<std::string, std::string>> class_grids(models::CamModel& model, const data::Dataset& dataset,
