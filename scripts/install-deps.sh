@@ -21,7 +21,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
 )
 if [[ ${1:-} == --test ]]; then
-  packages+=(python3-torch python3-torchvision
+  packages+=(python3                   # scripts/study.py and its test (standard library only)
+             python3-torch python3-torchvision
              clang libclang-rt-14-dev   # libFuzzer smoke run of the IDX parser
              chromium)                  # opens the HTML report headless in a test
 fi

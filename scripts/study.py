@@ -1,0 +1,397 @@
+#!/usr/bin/env python3
+"""Runs a study and writes its report.
+
+A study file (see studies/) lists tables; each table is a grid of `batchcam train` runs made
+from one preset in configs/ (plus the table's overrides), one run per row and seed. This
+script runs every run that has no result yet (a run cut short is resumed from its last.pt),
+then writes one Markdown file from the runs' eval.json, metrics.jsonl and config.json: the
+tables (mean and standard deviation over seeds), a comparison with CE only, and the choice
+of defaults the study file asks for. No number in the report is typed by hand.
+
+usage: scripts/study.py STUDY.json [--only ID[,ID...]] [--report-only] [--dry-run]
+                                   [--bin PATH] [--threads N]
+Standard library only (python3 of Debian 12).
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Row shorthands of a grid: the lambdas of each loss combination.
+LOSSES = {"ce": (False, False), "proto": (True, False), "batch": (False, True), "both": (True, True)}
+LOSS_LABELS = {"ce": "CE only", "proto": "+ Prototype Loss", "batch": "+ Batch-CAM Loss", "both": "+ both"}
+
+# Columns: key -> (header, digits, better: +1 higher, -1 lower, 0 neither).
+COLUMNS = {
+    "accuracy": ("test acc %", 2, +1),
+    "decoy_share": ("CAM mass on decoy", 3, -1),
+    "decoy_pointing": ("pointing at decoy", 3, -1),
+    "object_share": ("CAM mass on object", 3, +1),
+    "proto_l1": ("CAM-proto L1", 3, -1),
+    "proto_l2": ("CAM-proto L2", 3, -1),
+    "proto_ssim": ("CAM-proto SSIM", 3, +1),
+    "input_ssim": ("CAM-input SSIM", 3, +1),
+    "deletion": ("deletion AUC", 3, -1),
+    "insertion": ("insertion AUC", 3, +1),
+    "seconds": ("train s/epoch", 1, -1),
+    "ms_per_image": ("ms/img", 3, -1),
+    "ms_per_image_cam": ("ms/img + CAM", 3, -1),
+}
+DEFAULT_COLUMNS = ["accuracy", "proto_l1", "proto_l2", "proto_ssim", "input_ssim", "deletion", "insertion",
+                   "seconds", "ms_per_image", "ms_per_image_cam"]
+# Keys of config.json that do not change what a run computes.
+IGNORED_KEYS = {"out_dir", "run_name", "data_dir", "threads"}
+
+
+class StudyError(Exception):
+    pass
+
+
+def load_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise StudyError(f"{path}: {e}")
+
+
+def shared_data_dir(dataset):
+    """../shared/data/<files> beside the checkout when present (else batchcam's default)."""
+    files = {"mnist": "mnist", "decoy-mnist": "mnist", "fashion-mnist": "fashion-mnist",
+             "decoy-fashion": "fashion-mnist"}.get(dataset)
+    if files is None:
+        return None
+    path = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", files))
+    return path if os.path.isdir(path) else None
+
+
+def expand_rows(table, preset):
+    """The table's rows: {name, label, distance, set}; a grid expands to loss x distance."""
+    rows = []
+    grid = table.get("grid")
+    if grid:
+        lam_p = preset.get("lambda_proto") or 1.0
+        lam_b = preset.get("lambda_batch") or 1.0
+        for loss in grid["losses"]:
+            if loss not in LOSSES:
+                raise StudyError(f"table {table['id']}: unknown loss '{loss}' (expected one of {', '.join(LOSSES)})")
+            proto, batch = LOSSES[loss]
+            settings = {"lambda_proto": lam_p if proto else 0.0, "lambda_batch": lam_b if batch else 0.0}
+            if loss == "ce":
+                rows.append({"name": "ce", "label": LOSS_LABELS[loss], "distance": "-", "set": settings})
+                continue
+            for d in grid["distances"]:
+                rows.append({"name": f"{loss}-{d}", "label": LOSS_LABELS[loss], "distance": d,
+                             "set": dict(settings, distance_proto=d, distance_batch=d)})
+    for row in table.get("rows", []):
+        rows.append({"name": row["name"], "label": row.get("label", row["name"]),
+                     "distance": row.get("distance", "-"), "set": row.get("set", {})})
+    names = [r["name"] for r in rows]
+    if len(set(names)) != len(names):
+        raise StudyError(f"table {table['id']}: two rows share a name")
+    return rows
+
+
+def run_config(study, table, preset, row, seed):
+    config = dict(preset)
+    config.update(table.get("set", {}))
+    config.update(row["set"])
+    config["seed"] = seed
+    config["out_dir"] = os.path.join(ROOT, study["runs"], table["id"])
+    config["run_name"] = f"{row['name']}-s{seed}"
+    if "data_dir" not in config:
+        data_dir = shared_data_dir(config["dataset"])
+        if data_dir:
+            config["data_dir"] = data_dir
+    return config
+
+
+def same_run(requested, saved):
+    """Whether a saved config.json computes what `requested` asks for."""
+    for key, value in requested.items():
+        if key in IGNORED_KEYS:
+            continue
+        if key not in saved or saved[key] != value:
+            if isinstance(value, (int, float)) and isinstance(saved.get(key), (int, float)) \
+                    and abs(saved[key] - value) <= 1e-12 * max(1.0, abs(value)):
+                continue
+            return False
+    return True
+
+
+def plan(study, only):
+    """Every run of the study: (table, row, seed, config, run_dir)."""
+    runs = []
+    for table in study["tables"]:
+        if only and table["id"] not in only:
+            continue
+        preset = load_json(os.path.join(ROOT, table["preset"]))
+        for row in expand_rows(table, preset):
+            for seed in table["seeds"]:
+                config = run_config(study, table, preset, row, seed)
+                runs.append((table, row, seed, config, os.path.join(config["out_dir"], config["run_name"])))
+    return runs
+
+
+def finished(config, run_dir):
+    """Whether run_dir holds the results of the run `config` asks for."""
+    return os.path.isfile(os.path.join(run_dir, "eval.json")) and \
+        same_run(config, load_json(os.path.join(run_dir, "config.json")))
+
+
+def execute(runs, binary, threads):
+    todo = [r for r in runs if not finished(r[3], r[4])]
+    print(f"study: {len(runs) - len(todo)} of {len(runs)} runs done, {len(todo)} to run", flush=True)
+    for i, (table, row, seed, config, run_dir) in enumerate(todo, 1):
+        saved = os.path.join(run_dir, "config.json")
+        resume = os.path.isfile(os.path.join(run_dir, "last.pt")) and os.path.isfile(saved) \
+            and same_run(config, load_json(saved)) and not os.path.isfile(os.path.join(run_dir, "eval.json"))
+        extra = ["--threads", str(threads)] if threads else []
+        if resume:
+            command = [binary, "train", "--resume", run_dir, "--quiet"] + extra
+        else:
+            if os.path.isdir(run_dir):
+                shutil.rmtree(run_dir)
+            os.makedirs(config["out_dir"], exist_ok=True)
+            request = os.path.join(config["out_dir"], f".{config['run_name']}.request.json")
+            with open(request, "w") as f:
+                json.dump(config, f, indent=2)
+            command = [binary, "train", "--config", request, "--quiet"] + extra
+        print(f"study: [{i}/{len(todo)}] {table['id']} {row['name']} seed {seed}"
+              f"{' (resumed)' if resume else ''}", flush=True)
+        start = time.monotonic()
+        result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if result.returncode != 0:
+            raise StudyError(f"{' '.join(command)} exited {result.returncode}: {result.stderr.strip()}")
+        accuracy = load_json(os.path.join(run_dir, "eval.json"))["accuracy"]
+        print(f"study:   {time.monotonic() - start:.0f} s, test accuracy {100 * accuracy:.2f}%", flush=True)
+
+
+def measurements(run_dir):
+    e = load_json(os.path.join(run_dir, "eval.json"))
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        epochs = [json.loads(line) for line in f if line.strip()]
+    return {
+        "accuracy": 100 * e["accuracy"],
+        "decoy_share": e["decoy"]["cam_mass_share"],
+        "decoy_pointing": e["decoy"]["pointing_game"],
+        "object_share": e["object"]["cam_mass_share"],
+        "proto_l1": e["prototype_reconstruction"]["l1"],
+        "proto_l2": e["prototype_reconstruction"]["l2"],
+        "proto_ssim": e["prototype_reconstruction"]["ssim"],
+        "input_ssim": e["input_reconstruction"]["ssim"],
+        "deletion": e["faithfulness"]["deletion_auc"],
+        "insertion": e["faithfulness"]["insertion_auc"],
+        "seconds": statistics.mean(m["seconds"] for m in epochs),
+        "ms_per_image": e["timing"]["ms_per_image"],
+        "ms_per_image_cam": e["timing"]["ms_per_image_with_cam"],
+    }
+
+
+def values(results, key):
+    """The finite, defined values of one column (batchcam writes -1 where a mask is absent)."""
+    return [r[key] for r in results if r[key] is not None and r[key] >= 0]
+
+
+def mean(results, key):
+    v = values(results, key)
+    return statistics.mean(v) if v else None
+
+
+def cell(results, key):
+    v = values(results, key)
+    digits = COLUMNS[key][1]
+    if not v:
+        return "-"
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{statistics.mean(v):.{digits}f} ± {statistics.stdev(v):.{digits}f}"
+
+
+def collect(study, only=None):
+    """{table id: (table, [(row, [measurements per finished seed])], a config)}."""
+    tables = {}
+    for table, row, seed, config, run_dir in plan(study, only):
+        entry = tables.setdefault(table["id"], (table, [], None))
+        rows = entry[1]
+        if not rows or rows[-1][0]["name"] != row["name"]:
+            rows.append((row, []))
+        if finished(config, run_dir):
+            rows[-1][1].append(measurements(run_dir))
+            tables[table["id"]] = (table, rows, load_json(os.path.join(run_dir, "config.json")))
+    return tables
+
+
+def columns_of(table, rows):
+    columns = table.get("columns")
+    if columns:
+        return columns
+    columns = list(DEFAULT_COLUMNS)
+    every = [r for _, rs in rows for r in rs]
+    for extra in ("decoy_pointing", "decoy_share", "object_share"):
+        if values(every, extra):
+            columns.insert(1, extra)
+    return columns
+
+
+def comparison(rows):
+    """Lines comparing each Batch-CAM row with CE only (difference of means, in spreads)."""
+    base = next((rs for row, rs in rows if row["name"] == "ce" and rs), None)
+    if base is None:
+        return []
+    lines = []
+    for row, rs in rows:
+        if row["name"] == "ce" or not rs:
+            continue
+        parts = []
+        for key in ("accuracy", "proto_ssim", "input_ssim", "deletion", "insertion"):
+            a, b = mean(rs, key), mean(base, key)
+            if a is None or b is None:
+                continue
+            unit = " pt" if key == "accuracy" else ""
+            digits = COLUMNS[key][1]
+            parts.append(f"{COLUMNS[key][0]} {a - b:+.{digits}f}{unit}")
+        lines.append(f"- `{row['name']}` vs `ce`: " + ", ".join(parts))
+    return lines
+
+
+def choose(decision, tables):
+    """One choice of defaults: among the candidate rows (the decision's `rows`, else every row
+    but CE only present in all its tables) whose mean accuracy stays within
+    `accuracy_tolerance` points of CE only, the best mean rank over the decision's metrics
+    (rank 1 = best in that table and metric)."""
+    ids = decision["tables"]
+    if any(t not in tables for t in ids):
+        return ["Pending: not every table of this decision has results yet."]
+    row_sets = [{row["name"]: rs for row, rs in tables[t][1] if rs} for t in ids]
+    candidates = set(decision.get("rows") or set.intersection(*(set(rows) - {"ce"} for rows in row_sets)))
+    if any(name not in rows for rows in row_sets for name in candidates):
+        return ["Pending: not every candidate row has results yet."]
+    metrics = decision["metrics"]
+    tolerance = decision["accuracy_tolerance"]
+    ranks = {name: [] for name in candidates}
+    eligible = set(candidates)
+    for rows in row_sets:
+        ce = mean(rows["ce"], "accuracy") if "ce" in rows else None
+        for name in candidates:
+            if ce is not None and mean(rows[name], "accuracy") < ce - tolerance:
+                eligible.discard(name)
+        for key in metrics:
+            sign = COLUMNS[key][2]
+            for position, name in enumerate(sorted(candidates, key=lambda n: -sign * mean(rows[n], key)), 1):
+                ranks[name].append(position)
+    lines = [f"Rule: candidates {', '.join(f'`{n}`' for n in sorted(candidates))} in "
+             f"{', '.join(f'`{t}`' for t in ids)}. A row is eligible when its mean test accuracy is at most "
+             f"{tolerance} points below CE only's in each table. Each row is ranked per table and metric "
+             f"({', '.join(COLUMNS[m][0] for m in metrics)}; 1 = best); the eligible row with the lowest mean "
+             f"rank wins.", "", "| row | eligible | mean rank |", "|---|---|---|"]
+    order = sorted(candidates, key=lambda n: (n not in eligible, statistics.mean(ranks[n]), n))
+    for name in order:
+        lines.append(f"| {name} | {'yes' if name in eligible else 'no'} | {statistics.mean(ranks[name]):.2f} |")
+    winner = next((n for n in order if n in eligible), None)
+    lines += ["", f"**Chosen: `{winner}`.**" if winner else "**No row is eligible.**"]
+    return lines
+
+
+def machine():
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{platform.machine()}, {model or 'unknown CPU'}, {os.cpu_count()} CPU cores, {platform.system()}"
+
+
+def report(study, path_of_study, tables):
+    rel = os.path.relpath(path_of_study, ROOT)
+    out = [f"# {study['title']}", "",
+           f"Regenerate everything below: `scripts/study.py {rel}` (runs what is missing, then rewrites this "
+           f"file; `--only TABLE` runs one table, `--report-only` only rewrites). Runs: `{study['runs']}/`. "
+           f"Machine: {machine()}. Every number comes from the runs' eval.json, metrics.jsonl and config.json.",
+           ""]
+    out += study.get("preamble", [])
+    for tid, (table, rows, config) in tables.items():
+        out += ["", f"## {table['title']}", ""]
+        if config is None:
+            out += ["Pending: no run of this table has finished.", ""]
+            out += table.get("text", [])
+            continue
+        seeds = sorted({s for s in table["seeds"]})
+        done = sum(len(rs) for _, rs in rows)
+        total = len(rows) * len(seeds)
+        out += [f"Table `{tid}`, regenerate: `scripts/study.py {rel} --only {tid}`. Preset `{table['preset']}` "
+                f"with {json.dumps(table.get('set', {}))}: dataset {config['dataset']}, model {config['model']}, "
+                f"{config['epochs']} epochs, batch {config['batch_size']}, {config['optimizer']} lr {config['lr']}, "
+                f"{config['schedule']} schedule. Budget: {table['budget']}. Seeds {seeds}; "
+                f"mean ± standard deviation over seeds ({done} of {total} runs finished).", ""]
+        columns = columns_of(table, rows)
+        out.append("| row | loss | distance | " + " | ".join(COLUMNS[c][0] for c in columns) + " | seeds |")
+        out.append("|---|---|---|" + "---|" * len(columns) + "---|")
+        for row, rs in rows:
+            out.append(f"| {row['name']} | {row['label']} | {row['distance']} | "
+                       + " | ".join(cell(rs, c) if rs else "pending" for c in columns) + f" | {len(rs)} |")
+        lines = comparison(rows)
+        if lines:
+            out += ["", "Difference of means against CE only:", ""] + lines
+        if table.get("text"):
+            out += [""] + table["text"]
+    if study.get("decisions"):
+        out += ["", "## Defaults"]
+        for decision in study["decisions"]:
+            out += ["", f"### {decision['title']}", ""] + decision.get("text", []) + [""] + choose(decision, tables)
+    out += ["", "## Columns", ""] + study.get("glossary", [])
+    return "\n".join(out) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Run a batchcam study and write its report.")
+    parser.add_argument("study", help="study file (JSON), e.g. studies/results.json")
+    parser.add_argument("--only", default="", help="comma-separated table ids to run (the report keeps every table)")
+    parser.add_argument("--report-only", action="store_true", help="run nothing, only rewrite the report")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs still to do and exit")
+    parser.add_argument("--bin", default=os.path.join(ROOT, "build", "batchcam"), help="the batchcam executable")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads per run (0 = every core)")
+    parser.add_argument("--output", help="write the report here instead of the study's output")
+    args = parser.parse_args()
+    try:
+        study = load_json(args.study)
+        for key in ("title", "output", "runs", "tables"):
+            if key not in study:
+                raise StudyError(f"{args.study}: missing key '{key}'")
+        only = {t for t in args.only.split(",") if t}
+        unknown = only - {t["id"] for t in study["tables"]}
+        if unknown:
+            raise StudyError(f"--only: no table {', '.join(sorted(unknown))} in {args.study}")
+        runs = plan(study, only)
+        if args.dry_run:
+            for table, row, seed, config, run_dir in runs:
+                state = "done" if finished(config, run_dir) else "to run"
+                print(f"{table['id']} {row['name']} seed {seed}: {state}")
+            return 0
+        if not args.report_only:
+            if not os.access(args.bin, os.X_OK):
+                raise StudyError(f"{args.bin}: no batchcam executable (build it: scripts/dev build)")
+            execute(runs, args.bin, args.threads)
+        output = args.output or os.path.join(ROOT, study["output"])
+        text = report(study, os.path.abspath(args.study), collect(study))
+        temp = output + ".tmp"
+        with open(temp, "w") as f:
+            f.write(text)
+        os.replace(temp, output)
+        print(f"study: wrote {os.path.relpath(output)}")
+        return 0
+    except StudyError as e:
+        print(f"study: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Tests of scripts/study.py against the real batchcam executable on a tiny shapes study:
+the runs it makes, the report it writes from them, and that finished runs are not redone.
+
+usage: study_test.py BATCHCAM_EXECUTABLE
+"""
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STUDY_SCRIPT = os.path.join(ROOT, "scripts", "study.py")
+BATCHCAM = None
+
+
+class StudyTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="batchcam-study-")
+        with open(os.path.join(cls.dir, "preset.json"), "w") as f:
+            json.dump({"dataset": "shapes", "model": "simple-cnn", "train_size": 256, "test_size": 64,
+                       "epochs": 1, "batch_size": 32, "lambda_proto": 0.5, "lambda_batch": 0.5}, f)
+        cls.study = {
+            "title": "Tiny study",
+            "output": os.path.join(cls.dir, "results.md"),
+            "runs": os.path.relpath(os.path.join(cls.dir, "runs"), ROOT),
+            "tables": [{
+                "id": "tiny", "title": "Tiny table", "preset": os.path.join(cls.dir, "preset.json"),
+                "set": {"image_size": 24}, "budget": "256 images, 1 epoch",
+                "grid": {"losses": ["ce", "both"], "distances": ["l1"]},
+                "rows": [{"name": "proto-heavy", "label": "+ Prototype Loss x2", "distance": "l2",
+                          "set": {"lambda_proto": 1.0, "lambda_batch": 0.0, "distance_proto": "l2"}}],
+                "seeds": [0, 1],
+            }],
+            "decisions": [{"title": "Loss", "tables": ["tiny"], "metrics": ["proto_ssim", "insertion"],
+                           "accuracy_tolerance": 100}],
+        }
+        cls.study_path = os.path.join(cls.dir, "study.json")
+        with open(cls.study_path, "w") as f:
+            json.dump(cls.study, f)
+        cls.first = cls.run_study()
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.dir)
+
+    @classmethod
+    def run_study(cls, *extra):
+        result = subprocess.run([sys.executable, STUDY_SCRIPT, cls.study_path, "--bin", BATCHCAM, *extra],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise AssertionError(f"study.py failed ({result.returncode}): {result.stderr}")
+        return result.stdout
+
+    def run_dir(self, name):
+        return os.path.join(self.dir, "runs", "tiny", name)
+
+    def config(self, name):
+        with open(os.path.join(self.run_dir(name), "config.json")) as f:
+            return json.load(f)
+
+    def test_every_row_and_seed_ran_with_the_preset_the_overrides_and_the_row(self):
+        self.assertIn("6 to run", self.first)
+        ce, both, heavy = self.config("ce-s0"), self.config("both-l1-s1"), self.config("proto-heavy-s0")
+        self.assertEqual((ce["lambda_proto"], ce["lambda_batch"]), (0.0, 0.0))
+        # A grid row keeps the preset's lambdas.
+        self.assertEqual((both["lambda_proto"], both["lambda_batch"], both["distance_batch"]), (0.5, 0.5, "l1"))
+        self.assertEqual(both["seed"], 1)
+        self.assertEqual((heavy["lambda_proto"], heavy["distance_proto"]), (1.0, "l2"))
+        for c in (ce, both, heavy):
+            self.assertEqual((c["image_size"], c["train_size"], c["batch_size"]), (24, 256, 32))
+
+    def test_report_cells_are_the_mean_and_spread_of_the_runs(self):
+        with open(self.study["output"]) as f:
+            text = f.read()
+        accuracies = []
+        for seed in (0, 1):
+            with open(os.path.join(self.run_dir(f"both-l1-s{seed}"), "eval.json")) as f:
+                accuracies.append(100 * json.load(f)["accuracy"])
+        expected = f"{statistics.mean(accuracies):.2f} ± {statistics.stdev(accuracies):.2f}"
+        row = next(line for line in text.splitlines() if line.startswith("| both-l1 |"))
+        self.assertEqual(row.split(" | ")[3], expected)
+        self.assertIn("| proto-heavy | + Prototype Loss x2 | l2 |", text)
+        self.assertIn("- `both-l1` vs `ce`: test acc %", text)
+        self.assertIn("**Chosen: `", text)
+        self.assertNotIn("pending", text)
+
+    def test_finished_runs_are_kept_and_a_changed_table_reruns_only_what_changed(self):
+        second = self.run_study()
+        self.assertIn("6 of 6 runs done, 0 to run", second)
+        changed = json.loads(json.dumps(self.study))
+        changed["tables"][0]["rows"][0]["set"]["lambda_proto"] = 2.0
+        path = os.path.join(self.dir, "changed.json")
+        with open(path, "w") as f:
+            json.dump(changed, f)
+        result = subprocess.run([sys.executable, STUDY_SCRIPT, path, "--bin", BATCHCAM, "--dry-run"],
+                                capture_output=True, text=True, check=True)
+        # --dry-run reports runs by whether their results exist for the config asked for.
+        self.assertIn("tiny proto-heavy seed 0: to run", result.stdout)
+        self.assertIn("tiny ce seed 0: done", result.stdout)
+
+    def test_bad_study_files_fail_with_one_line_naming_the_problem(self):
+        bad = os.path.join(self.dir, "bad.json")
+        with open(bad, "w") as f:
+            f.write('{"title": "x"')
+        result = subprocess.run([sys.executable, STUDY_SCRIPT, bad, "--bin", BATCHCAM], capture_output=True, text=True)
+        self.assertEqual(result.returncode, 1)
+        self.assertTrue(result.stderr.startswith(f"study: error: {bad}:"), result.stderr)
+        result = subprocess.run([sys.executable, STUDY_SCRIPT, self.study_path, "--only", "nope"],
+                                capture_output=True, text=True)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("--only: no table nope", result.stderr)
+
+
+class ChooseTest(unittest.TestCase):
+    """The defaults rule on made-up measurements (no runs)."""
+
+    @staticmethod
+    def table(rows):
+        return ({"id": "t"}, [({"name": name}, [dict(m) for m in ms]) for name, ms in rows.items()], {})
+
+    def test_the_best_mean_rank_among_rows_that_keep_accuracy_wins(self):
+        sys.path.insert(0, os.path.join(ROOT, "scripts"))
+        import study
+        rows = {
+            "ce": [{"accuracy": 99.0, "proto_ssim": 0.1, "deletion": 0.3}],
+            # Best explanations but 1 point less accurate than CE only: not eligible.
+            "a": [{"accuracy": 98.0, "proto_ssim": 0.9, "deletion": 0.1}],
+            # Ranks: proto_ssim 2, deletion 3 -> 2.5.
+            "b": [{"accuracy": 98.9, "proto_ssim": 0.8, "deletion": 0.25}],
+            # Ranks: proto_ssim 3, deletion 2 -> 2.5; ties are broken by name.
+            "c": [{"accuracy": 99.1, "proto_ssim": 0.5, "deletion": 0.2}, {"accuracy": 98.9, "proto_ssim": 0.5,
+                                                                          "deletion": 0.2}],
+        }
+        decision = {"tables": ["t"], "metrics": ["proto_ssim", "deletion"], "accuracy_tolerance": 0.3}
+        lines = study.choose(decision, {"t": self.table(rows)})
+        self.assertIn("| a | no | 1.00 |", lines)
+        self.assertIn("| b | yes | 2.50 |", lines)
+        self.assertIn("| c | yes | 2.50 |", lines)
+        self.assertEqual(lines[-1], "**Chosen: `b`.**")
+        decision["accuracy_tolerance"] = 2
+        self.assertEqual(study.choose(decision, {"t": self.table(rows)})[-1], "**Chosen: `a`.**")
+        self.assertEqual(study.choose(decision, {})[0], "Pending: not every table of this decision has results yet.")
+
+
+if __name__ == "__main__":
+    BATCHCAM = sys.argv.pop(1)
+    unittest.main()
