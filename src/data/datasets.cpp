@@ -104,6 +104,7 @@ Dataset first_n(const Dataset& d, int64_t n) {
   out.labels = d.labels.narrow(0, 0, n).clone();
   if (d.object_masks.defined()) out.object_masks = d.object_masks.narrow(0, 0, n).clone();
   if (d.decoy_masks.defined()) out.decoy_masks = d.decoy_masks.narrow(0, 0, n).clone();
+  if (d.decoy_labels.defined()) out.decoy_labels = d.decoy_labels.narrow(0, 0, n).clone();
   return out;
 }
 
@@ -355,9 +356,12 @@ void add_decoy(Dataset& d, bool random_class, uint64_t seed) {
   auto labels = d.labels.accessor<int64_t, 1>();
   d.decoy_masks = torch::zeros({n, h, w}, torch::kBool);
   auto masks = d.decoy_masks.accessor<bool, 3>();
+  d.decoy_labels = torch::empty({n}, torch::kInt64);
+  auto codes = d.decoy_labels.accessor<int64_t, 1>();
   for (int64_t i = 0; i < n; ++i) {
     const auto corner = rng.below(4);
     const int64_t code = random_class ? static_cast<int64_t>(rng.below(static_cast<uint64_t>(k))) : labels[i];
+    codes[i] = code;
     const auto shade = static_cast<uint8_t>(spurious_shade(code));
     const int64_t top = corner < 2 ? 0 : h - side, left = corner % 2 == 0 ? 0 : w - side;
     for (int64_t y = top; y < top + side; ++y) {

@@ -85,10 +85,12 @@ Dataset generate_shapes(int64_t count, int64_t image_size, uint64_t seed, Spurio
   auto labels = torch::empty({count}, torch::kInt64);
   auto objects = torch::zeros({count, s, s}, torch::kBool);
   auto decoys = torch::zeros({count, s, s}, torch::kBool);
+  auto decoy_labels = torch::zeros({count}, torch::kInt64);
   auto img = images.accessor<uint8_t, 4>();
   auto lab = labels.accessor<int64_t, 1>();
   auto obj = objects.accessor<bool, 3>();
   auto dec = decoys.accessor<bool, 3>();
+  auto dec_label = decoy_labels.accessor<int64_t, 1>();
 
   Rng rng(seed);
   const double max_angle = 15.0 * kPi / 180.0;  // small enough to keep plus/x and square/diamond apart
@@ -114,6 +116,7 @@ Dataset generate_shapes(int64_t count, int64_t image_size, uint64_t seed, Spurio
     }
     if (cue != SpuriousCue::none) {
       const int64_t code = cue == SpuriousCue::class_coded ? label : static_cast<int64_t>(rng.below(n_classes));
+      dec_label[n] = code;
       const int64_t k = spurious_patch_size(s);
       const uint64_t corner = rng.below(4);
       const int64_t top = (corner & 1U) ? s - k : 0;
@@ -131,7 +134,10 @@ Dataset generate_shapes(int64_t count, int64_t image_size, uint64_t seed, Spurio
   d.images = images;
   d.labels = labels;
   d.object_masks = objects;
-  if (cue != SpuriousCue::none) d.decoy_masks = decoys;
+  if (cue != SpuriousCue::none) {
+    d.decoy_masks = decoys;
+    d.decoy_labels = decoy_labels;
+  }
   d.class_names = shapes_class_names();
   return d;
 }

@@ -47,6 +47,8 @@ EvalMetrics evaluation_pass(models::CamModel& model, const data::Dataset& datase
   EvalMetrics m;
   double loss = 0, correct = 0, l1 = 0, l2 = 0, ssim = 0, object = 0, decoy = 0;
   double in_l1 = 0, in_l2 = 0, in_ssim = 0, object_hits = 0, decoy_hits = 0;
+  double decoy_predicted = 0, decoy_predicted_hits = 0;
+  std::vector<torch::Tensor> all_predicted;
   const int64_t k = dataset.num_classes();
   auto confusion = torch::zeros({k * k}, torch::kInt64);
   const auto options = cam::GradCamOptions().output_size({dataset.height(), dataset.width()});
@@ -87,6 +89,15 @@ EvalMetrics evaluation_pass(models::CamModel& model, const data::Dataset& datase
                 .item<double>();
     const auto predicted = logits.argmax(1);
     correct += predicted.eq(b.y).sum().item<double>();
+    if (full && dataset.decoy_masks.defined()) {
+      // Where the model looked for the class it chose (the true class's CAM above hides a
+      // decoy that decided against the label).
+      const auto maps = cam::grad_cam(model, b.x, predicted, options).cam.maps.detach();
+      const auto masks = dataset.decoy_masks.index_select(0, b.index);
+      decoy_predicted += mass_share(maps, masks).sum().item<double>();
+      decoy_predicted_hits += pointing_game(maps, masks).sum().item<double>();
+      all_predicted.push_back(predicted);
+    }
     confusion.index_add_(0, b.y * k + predicted, torch::ones_like(predicted));
   }
   const double n = static_cast<double>(dataset.size());
@@ -107,7 +118,14 @@ EvalMetrics evaluation_pass(models::CamModel& model, const data::Dataset& datase
     full->input_l2 = in_l2 / n;
     full->input_ssim = in_ssim / n;
     if (dataset.object_masks.defined()) full->object_pointing = object_hits / n;
-    if (dataset.decoy_masks.defined()) full->decoy_pointing = decoy_hits / n;
+    if (dataset.decoy_masks.defined()) {
+      full->decoy_pointing = decoy_hits / n;
+      full->decoy_share_predicted = decoy_predicted / n;
+      full->decoy_pointing_predicted = decoy_predicted_hits / n;
+    }
+    if (dataset.decoy_labels.defined() && !all_predicted.empty()) {
+      full->decoy_following = decoy_following(torch::cat(all_predicted), dataset.labels, dataset.decoy_labels);
+    }
     const auto c = confusion.view({k, k});
     full->confusion.assign(static_cast<size_t>(k), std::vector<int64_t>(static_cast<size_t>(k)));
     for (int64_t t = 0; t < k; ++t) {
@@ -127,6 +145,7 @@ data::Dataset first_images(const data::Dataset& d, int64_t n) {
   out.labels = d.labels.narrow(0, 0, n);
   out.object_masks = torch::Tensor();
   out.decoy_masks = torch::Tensor();
+  out.decoy_labels = torch::Tensor();
   return out;
 }
 
@@ -145,6 +164,17 @@ torch::Tensor pointing_game(const torch::Tensor& maps, const torch::Tensor& mask
               masks.sizes(), " must both be [B, H, W]");
   const auto peak = maps.flatten(1).argmax(1, true);
   return masks.flatten(1).gather(1, peak).squeeze(1);
+}
+
+double decoy_following(const torch::Tensor& predicted, const torch::Tensor& labels, const torch::Tensor& decoy_labels) {
+  TORCH_CHECK(predicted.sizes() == labels.sizes() && labels.sizes() == decoy_labels.sizes(),
+              "decoy_following: predicted ", predicted.sizes(), ", labels ", labels.sizes(), " and decoy labels ",
+              decoy_labels.sizes(), " must match");
+  const auto misleading = decoy_labels.ne(labels);
+  const auto count = misleading.sum().item<int64_t>();
+  if (count == 0) return -1.0;
+  return static_cast<double>(predicted.eq(decoy_labels).logical_and(misleading).sum().item<int64_t>()) /
+         static_cast<double>(count);
 }
 
 std::pair<torch::Tensor, torch::Tensor> deletion_insertion_curves(
@@ -277,7 +307,12 @@ nlohmann::json to_json(const EvalReport& r) {
           {"prototype_reconstruction", {{"l1", m.proto_l1}, {"l2", m.proto_l2}, {"ssim", m.proto_ssim}}},
           {"input_reconstruction", {{"l1", r.input_l1}, {"l2", r.input_l2}, {"ssim", r.input_ssim}}},
           {"object", {{"cam_mass_share", m.object_share}, {"pointing_game", r.object_pointing}}},
-          {"decoy", {{"cam_mass_share", m.decoy_share}, {"pointing_game", r.decoy_pointing}}},
+          {"decoy",
+           {{"cam_mass_share", m.decoy_share},
+            {"pointing_game", r.decoy_pointing},
+            {"predicted_class_cam_mass_share", r.decoy_share_predicted},
+            {"predicted_class_pointing_game", r.decoy_pointing_predicted},
+            {"follows_decoy", r.decoy_following}}},
           {"faithfulness",
            {{"deletion_auc", r.deletion_auc},
             {"insertion_auc", r.insertion_auc},
@@ -307,6 +342,10 @@ std::string format_report(const EvalReport& r) {
   row("CAM vs input      L1 / L2 / SSIM", num(r.input_l1) + " / " + num(r.input_l2) + " / " + num(r.input_ssim));
   if (m.object_share >= 0) row("object: CAM mass share / pointing", num(m.object_share) + " / " + num(r.object_pointing));
   if (m.decoy_share >= 0) row("decoy:  CAM mass share / pointing", num(m.decoy_share) + " / " + num(r.decoy_pointing));
+  if (r.decoy_share_predicted >= 0) {
+    row("decoy, predicted class: share / pointing", num(r.decoy_share_predicted) + " / " + num(r.decoy_pointing_predicted));
+  }
+  if (r.decoy_following >= 0) row("decoy decides (pred. = decoy's class)", num(r.decoy_following));
   if (r.deletion_auc >= 0) {
     row("deletion AUC (lower is better)", num(r.deletion_auc));
     row("insertion AUC (higher is better)", num(r.insertion_auc));

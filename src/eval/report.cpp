@@ -239,6 +239,12 @@ std::string render_report_html(const ReportInputs& in) {
       fixed(get("object", "cam_mass_share"), 4) + " / " + fixed(get("object", "pointing_game"), 4));
   row("decoy: CAM mass share / pointing game",
       fixed(get("decoy", "cam_mass_share"), 4) + " / " + fixed(get("decoy", "pointing_game"), 4));
+  const auto& decoy = e.at("decoy");  // the predicted-class keys are absent from older eval.json
+  row("decoy, CAM of the predicted class: mass share / pointing game",
+      fixed(decoy.value("predicted_class_cam_mass_share", -1.0), 4) + " / " +
+          fixed(decoy.value("predicted_class_pointing_game", -1.0), 4));
+  row("decoy decides: predicted as the decoy's class where it misleads",
+      fixed(decoy.value("follows_decoy", -1.0), 4));
   const auto& f = e.at("faithfulness");
   row("deletion AUC (lower is better)", fixed(f.at("deletion_auc").get<double>(), 4));
   row("insertion AUC (higher is better)", fixed(f.at("insertion_auc").get<double>(), 4));

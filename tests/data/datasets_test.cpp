@@ -185,6 +185,8 @@ TEST(Decoy, SwatchShadeAndCornerFollowTheRule) {
     EXPECT_EQ(d.images[i][0].masked_select(mask.logical_not()).sum().item<int64_t>(), 0) << "nothing else drawn";
     const auto test_shade = test.images[i][0].masked_select(test.decoy_masks[i]);
     EXPECT_EQ((255 - test_shade[0].item<int64_t>()) % 25, 0) << "a class shade";
+    EXPECT_EQ(test_shade[0].item<int64_t>(), 255 - 25 * test.decoy_labels[i].item<int64_t>()) << "decoy_labels";
+    EXPECT_EQ(d.decoy_labels[i].item<int64_t>(), y) << "training decoys encode the label";
     test_shade_differs += test_shade[0].item<int64_t>() != 255 - 25 * y;
   }
   EXPECT_EQ(corners.size(), 4u) << "all four corners are used";

@@ -66,6 +66,7 @@ TEST(Shapes, SpuriousPatchEncodesTheClassInTrainingOnly) {
   for (int64_t n = 0; n < test.size(); ++n) {
     const auto shade = test.images[n][0].masked_select(test.decoy_masks[n])[0].item<int64_t>();
     EXPECT_EQ((255 - shade) % 25, 0);
+    EXPECT_EQ(shade, spurious_shade(test.decoy_labels[n].item<int64_t>())) << "decoy_labels name the shade's class";
     agree += shade == spurious_shade(test.labels[n].item<int64_t>());
   }
   EXPECT_LT(agree, 50);  // random codes agree with the label about 1 time in 10

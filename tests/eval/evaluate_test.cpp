@@ -57,6 +57,17 @@ TEST(PointingGame, PeakInsideTheMaskHits) {
   EXPECT_TRUE(hits[1].item<bool>());
 }
 
+TEST(DecoyFollowing, CountsPredictionsOfTheDecoysClassWhereItDisagreesWithTheLabel) {
+  const auto labels = torch::tensor({0, 1, 2, 3, 4, 5}, torch::kInt64);
+  const auto decoys = torch::tensor({0, 2, 3, 1, 0, 5}, torch::kInt64);  // misleading at 1, 2, 3, 4
+  // Predicted the decoy's class at 1 and 3, the label at 2, a third class at 4.
+  const auto predicted = torch::tensor({0, 2, 2, 1, 7, 5}, torch::kInt64);
+  EXPECT_DOUBLE_EQ(eval::decoy_following(predicted, labels, decoys), 0.5);
+  EXPECT_DOUBLE_EQ(eval::decoy_following(decoys, labels, decoys), 1.0) << "a model that only reads the decoy";
+  EXPECT_DOUBLE_EQ(eval::decoy_following(labels, labels, decoys), 0.0) << "a perfect model";
+  EXPECT_DOUBLE_EQ(eval::decoy_following(labels, labels, labels), -1.0) << "no misleading decoy";
+}
+
 namespace {
 // A toy model whose class-0 probability is the fraction s of the 4 evidence pixels (the
 // top-left 2 x 2 of a 4 x 4 image) still equal to 1: logits (log s, log(1 - s)).
@@ -121,6 +132,14 @@ TEST(EvaluateFull, IsStableForAFixedModelAndLeavesItUnchanged) {
   EXPECT_GE(a.deletion_auc, 0.0);
   EXPECT_LE(a.insertion_auc, 1.0);
   EXPECT_GE(a.decoy_pointing, 0.0);
+  EXPECT_GE(a.decoy_share_predicted, 0.0);
+  EXPECT_LE(a.decoy_share_predicted, 1.0);
+  EXPECT_GE(a.decoy_pointing_predicted, 0.0);
+  EXPECT_GE(a.decoy_following, 0.0);
+  EXPECT_LE(a.decoy_following, 1.0);
+  // The predicted-class CAM is the true-class CAM wherever the prediction is right, so on
+  // an untrained model (mostly wrong) they differ but stay in range; the JSON carries both.
+  EXPECT_EQ(ja.at("decoy").at("follows_decoy").get<double>(), a.decoy_following);
   EXPECT_GT(a.ms_per_image_with_cam, 0.0);
   const auto table = eval::format_report(a);
   EXPECT_NE(table.find("deletion AUC"), std::string::npos) << table;

@@ -15,6 +15,7 @@ struct Dataset {
   torch::Tensor labels;        ///< [N] int64 in [0, num_classes)
   torch::Tensor object_masks;  ///< [N, H, W] bool, the figure; undefined when unknown
   torch::Tensor decoy_masks;   ///< [N, H, W] bool, the spurious cue; undefined when none
+  torch::Tensor decoy_labels;  ///< [N] int64, the class the cue's shade encodes; undefined when none
   std::vector<std::string> class_names;
 
   int64_t size() const { return images.defined() ? images.size(0) : 0; }

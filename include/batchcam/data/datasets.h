@@ -55,7 +55,8 @@ std::string sha256_file(const std::string& path);
 
 /// The DecoyMNIST construction (Ross et al. 2017): a square swatch of side
 /// spurious_patch_size (4 at 28 px) in a random corner, of shade 255 - 25 * y, or with
-/// `random_class` the shade of a random class (the test set's rule). Sets decoy_masks.
+/// `random_class` the shade of a random class (the test set's rule). Sets decoy_masks and
+/// decoy_labels.
 void add_decoy(Dataset& dataset, bool random_class, uint64_t seed);
 
 /// One CIFAR-10 binary batch file (records of 1 label byte + 3 x 32 x 32 pixels).

@@ -41,6 +41,12 @@ EvalMetrics evaluate(models::CamModel& model, const data::Dataset& dataset, cons
 /// lies inside the mask. maps [B, H, W], masks [B, H, W] bool -> [B] bool.
 torch::Tensor pointing_game(const torch::Tensor& maps, const torch::Tensor& masks);
 
+/// How often the decoy decides: among samples whose decoy encodes another class than their
+/// label (decoy_labels != labels), the share predicted as the decoy's class. A model that
+/// ignores the decoy scores about its error rate / (K - 1); one that only reads it scores 1.
+/// -1 when no sample's decoy disagrees with its label.
+double decoy_following(const torch::Tensor& predicted, const torch::Tensor& labels, const torch::Tensor& decoy_labels);
+
 /// Deletion and insertion curves (Petsiuk et al. 2018). Pixels are ranked by `maps`
 /// [B, H, W] (highest first, ties in row-major order); at step k of `steps`, the first
 /// k/steps of them are replaced by `baseline` [B, C, H, W] (deletion) or taken from `x`
@@ -78,6 +84,9 @@ struct EvalReport {
   std::vector<std::vector<int64_t>> confusion;  ///< [true class][predicted class]
   double input_l1 = 0.0, input_l2 = 0.0, input_ssim = 0.0;  ///< CAM vs the input (unit gray)
   double object_pointing = -1.0, decoy_pointing = -1.0;    ///< -1 without masks
+  /// The decoy seen from the decision: CAM mass share and pointing game of the Grad-CAM for
+  /// the predicted class, and decoy_following(); -1 without decoys.
+  double decoy_share_predicted = -1.0, decoy_pointing_predicted = -1.0, decoy_following = -1.0;
   int64_t faithfulness_count = 0, faithfulness_steps = 0;
   double deletion_auc = -1.0, insertion_auc = -1.0;  ///< -1 when skipped
   std::string faithfulness_baseline = "black image (pixel value 0)";
