@@ -14,8 +14,9 @@ print(f"Measured by `{command}` on {platform.machine()} with {data['threads']} t
       f"at {data['image']}, {data['repetitions']} interleaved repetitions after {data['warmup']} warm-up rounds; "
       "median [min-max] ms per batch.\n")
 print("| model | CE step ms | CE + Batch-CAM step ms | step ratio (goal <= 1.15) | peak-memory ratio (goal <= 1.3) "
-      "| batched Grad-CAM img/s | per-sample Grad-CAM img/s | batched / per-sample (goal >= 20) |")
-print("|---|---|---|---|---|---|---|---|")
+      "| batched Grad-CAM img/s | per-sample Grad-CAM img/s | batched / per-sample (goal >= 20) "
+      "| per-image Grad-CAM img/s | batched / per-image |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 
 
 def cell(s):
@@ -26,8 +27,10 @@ for name, m in data["models"].items():
     mem = f"{m['memory']['ratio']:.2f}" if "memory" in m else "-"
     per = f"{m['gradcam_per_sample_images_per_s']:.0f}" if "gradcam_per_sample_images_per_s" in m else "-"
     speed = f"{m['gradcam_speedup']:.1f}" if "gradcam_speedup" in m else "-"
+    image = f"{m['gradcam_per_image_images_per_s']:.0f}" if "gradcam_per_image_images_per_s" in m else "-"
+    image_speed = f"{m['gradcam_speedup_per_image']:.1f}" if "gradcam_speedup_per_image" in m else "-"
     print(f"| {name} | {cell(m['ce'])} | {cell(m['batchcam'])} | {m['step_ratio']:.3f} | {mem} | "
-          f"{m['gradcam_batched_images_per_s']:.0f} | {per} | {speed} |")
+          f"{m['gradcam_batched_images_per_s']:.0f} | {per} | {speed} | {image} | {image_speed} |")
 
 if any("python" in m for m in data["models"].values()):
     version = next(m["python"]["torch"] for m in data["models"].values() if "python" in m)

@@ -31,8 +31,11 @@ LOSS_LABELS = {"ce": "CE only", "proto": "+ Prototype Loss", "batch": "+ Batch-C
 # Columns: key -> (header, digits, better: +1 higher, -1 lower, 0 neither).
 COLUMNS = {
     "accuracy": ("test acc %", 2, +1),
-    "decoy_share": ("CAM mass on decoy", 3, -1),
-    "decoy_pointing": ("pointing at decoy", 3, -1),
+    "follows_decoy": ("decoy decides", 3, -1),
+    "decoy_share_predicted": ("CAM (pred.) mass on decoy", 3, -1),
+    "decoy_pointing_predicted": ("CAM (pred.) points at decoy", 3, -1),
+    "decoy_share": ("CAM (true) mass on decoy", 3, -1),
+    "decoy_pointing": ("CAM (true) points at decoy", 3, -1),
     "object_share": ("CAM mass on object", 3, +1),
     "proto_l1": ("CAM-proto L1", 3, -1),
     "proto_l2": ("CAM-proto L2", 3, -1),
@@ -107,10 +110,16 @@ def run_config(study, table, preset, row, seed):
     config["out_dir"] = os.path.join(ROOT, study["runs"], table["id"])
     config["run_name"] = f"{row['name']}-s{seed}"
     if "data_dir" not in config:
-        data_dir = shared_data_dir(config["dataset"])
+        data_dir = shared_data_dir(config.get("dataset", "shapes"))
         if data_dir:
             config["data_dir"] = data_dir
     return config
+
+
+def distance_label(config):
+    """The distance(s) of the losses a run has switched on, for a row that does not name one."""
+    used = [config.get(f"distance_{loss}", "l1") for loss in ("proto", "batch") if config.get(f"lambda_{loss}", 1.0) > 0]
+    return "/".join(dict.fromkeys(used)) or "-"
 
 
 def same_run(requested, saved):
@@ -132,10 +141,11 @@ def plan(study, only):
     for table in study["tables"]:
         if only and table["id"] not in only:
             continue
-        preset = load_json(os.path.join(ROOT, table["preset"]))
+        preset = load_json(os.path.join(ROOT, table["preset"])) if "preset" in table else {}
         for row in expand_rows(table, preset):
             for seed in table["seeds"]:
                 config = run_config(study, table, preset, row, seed)
+                row["distance"] = row["distance"] if row["distance"] != "-" else distance_label(config)
                 runs.append((table, row, seed, config, os.path.join(config["out_dir"], config["run_name"])))
     return runs
 
@@ -180,6 +190,9 @@ def measurements(run_dir):
         epochs = [json.loads(line) for line in f if line.strip()]
     return {
         "accuracy": 100 * e["accuracy"],
+        "follows_decoy": e["decoy"].get("follows_decoy", -1),
+        "decoy_share_predicted": e["decoy"].get("predicted_class_cam_mass_share", -1),
+        "decoy_pointing_predicted": e["decoy"].get("predicted_class_pointing_game", -1),
         "decoy_share": e["decoy"]["cam_mass_share"],
         "decoy_pointing": e["decoy"]["pointing_game"],
         "object_share": e["object"]["cam_mass_share"],
@@ -235,7 +248,8 @@ def columns_of(table, rows):
         return columns
     columns = list(DEFAULT_COLUMNS)
     every = [r for _, rs in rows for r in rs]
-    for extra in ("decoy_pointing", "decoy_share", "object_share"):
+    for extra in ("decoy_pointing", "decoy_share", "decoy_pointing_predicted", "decoy_share_predicted",
+                  "follows_decoy", "object_share"):
         if values(every, extra):
             columns.insert(1, extra)
     return columns
@@ -268,11 +282,11 @@ def choose(decision, tables):
     `accuracy_tolerance` points of CE only, the best mean rank over the decision's metrics
     (rank 1 = best in that table and metric)."""
     ids = decision["tables"]
-    if any(t not in tables for t in ids):
+    if any(t not in tables or tables[t][2] is None for t in ids):
         return ["Pending: not every table of this decision has results yet."]
     row_sets = [{row["name"]: rs for row, rs in tables[t][1] if rs} for t in ids]
     candidates = set(decision.get("rows") or set.intersection(*(set(rows) - {"ce"} for rows in row_sets)))
-    if any(name not in rows for rows in row_sets for name in candidates):
+    if not candidates or any(name not in rows for rows in row_sets for name in candidates):
         return ["Pending: not every candidate row has results yet."]
     metrics = decision["metrics"]
     tolerance = decision["accuracy_tolerance"]
@@ -300,6 +314,29 @@ def choose(decision, tables):
     return lines
 
 
+def copy_pictures(study, table, rows, output):
+    """The CAM samples (samples.png: image, Grad-CAM, overlay for one test image per class) of the
+    first seed of each row the table names in `pictures`, copied beside the report; Markdown lines."""
+    names = table.get("pictures", [])
+    seed = table["seeds"][0]
+    found = [(row, os.path.join(ROOT, study["runs"], table["id"], f"{row['name']}-s{seed}", "samples.png"))
+             for row, _ in rows if row["name"] in names]
+    found = [(row, path) for row, path in found if os.path.isfile(path)]
+    if not found:
+        return []
+    folder = os.path.splitext(output)[0]
+    os.makedirs(folder, exist_ok=True)
+    links = []
+    for row, path in found:
+        name = f"{table['id']}-{row['name']}-s{seed}.png"
+        shutil.copyfile(path, os.path.join(folder, name))
+        links.append(f"![{row['name']} seed {seed}]({os.path.basename(folder)}/{name})")
+    return [f"Test images with their Grad-CAM and overlay (seed {seed}; columns: "
+            + ", ".join(f"`{row['name']}`" for row, _ in found) + "):", "",
+            "| " + " | ".join(row["name"] for row, _ in found) + " |", "|" + "---|" * len(found),
+            "| " + " | ".join(links) + " |"]
+
+
 def machine():
     model = ""
     try:
@@ -310,7 +347,7 @@ def machine():
     return f"{platform.machine()}, {model or 'unknown CPU'}, {os.cpu_count()} CPU cores, {platform.system()}"
 
 
-def report(study, path_of_study, tables):
+def report(study, path_of_study, tables, output):
     rel = os.path.relpath(path_of_study, ROOT)
     out = [f"# {study['title']}", "",
            f"Regenerate everything below: `scripts/study.py {rel}` (runs what is missing, then rewrites this "
@@ -327,7 +364,8 @@ def report(study, path_of_study, tables):
         seeds = sorted({s for s in table["seeds"]})
         done = sum(len(rs) for _, rs in rows)
         total = len(rows) * len(seeds)
-        out += [f"Table `{tid}`, regenerate: `scripts/study.py {rel} --only {tid}`. Preset `{table['preset']}` "
+        base = f"preset `{table['preset']}`" if "preset" in table else "the defaults of `batchcam train`"
+        out += [f"Table `{tid}`, regenerate: `scripts/study.py {rel} --only {tid}`. Runs: {base} "
                 f"with {json.dumps(table.get('set', {}))}: dataset {config['dataset']}, model {config['model']}, "
                 f"{config['epochs']} epochs, batch {config['batch_size']}, {config['optimizer']} lr {config['lr']}, "
                 f"{config['schedule']} schedule. Budget: {table['budget']}. Seeds {seeds}; "
@@ -338,6 +376,9 @@ def report(study, path_of_study, tables):
         for row, rs in rows:
             out.append(f"| {row['name']} | {row['label']} | {row['distance']} | "
                        + " | ".join(cell(rs, c) if rs else "pending" for c in columns) + f" | {len(rs)} |")
+        pictures = copy_pictures(study, table, rows, output)
+        if pictures:
+            out += [""] + pictures
         lines = comparison(rows)
         if lines:
             out += ["", "Difference of means against CE only:", ""] + lines
@@ -381,7 +422,7 @@ def main():
                 raise StudyError(f"{args.bin}: no batchcam executable (build it: scripts/dev build)")
             execute(runs, args.bin, args.threads)
         output = args.output or os.path.join(ROOT, study["output"])
-        text = report(study, os.path.abspath(args.study), collect(study))
+        text = report(study, os.path.abspath(args.study), collect(study), output)
         temp = output + ".tmp"
         with open(temp, "w") as f:
             f.write(text)
