@@ -255,8 +255,22 @@ def columns_of(table, rows):
     return columns
 
 
+def difference(a, b, key):
+    """Mean of a minus mean of b, and whether it is clear: more than twice its standard error
+    (Welch); None where either side has fewer than 2 runs."""
+    va, vb = values(a, key), values(b, key)
+    if not va or not vb:
+        return None, None
+    diff = statistics.mean(va) - statistics.mean(vb)
+    if len(va) < 2 or len(vb) < 2:
+        return diff, None
+    error = (statistics.variance(va) / len(va) + statistics.variance(vb) / len(vb)) ** 0.5
+    return diff, abs(diff) > 2 * error
+
+
 def comparison(rows):
-    """Lines comparing each Batch-CAM row with CE only (difference of means, in spreads)."""
+    """Lines comparing each Batch-CAM row with CE only: difference of means, marked clear when
+    it exceeds twice its standard error, else within noise."""
     base = next((rs for row, rs in rows if row["name"] == "ce" and rs), None)
     if base is None:
         return []
@@ -265,13 +279,13 @@ def comparison(rows):
         if row["name"] == "ce" or not rs:
             continue
         parts = []
-        for key in ("accuracy", "proto_ssim", "input_ssim", "deletion", "insertion"):
-            a, b = mean(rs, key), mean(base, key)
-            if a is None or b is None:
+        for key in ("accuracy", "follows_decoy", "proto_ssim", "input_ssim", "deletion", "insertion", "seconds"):
+            diff, clear = difference(rs, base, key)
+            if diff is None:
                 continue
             unit = " pt" if key == "accuracy" else ""
-            digits = COLUMNS[key][1]
-            parts.append(f"{COLUMNS[key][0]} {a - b:+.{digits}f}{unit}")
+            verdict = {True: "", False: " (within noise)", None: ""}[clear]
+            parts.append(f"{COLUMNS[key][0]} {diff:+.{COLUMNS[key][1]}f}{unit}{verdict}")
         lines.append(f"- `{row['name']}` vs `ce`: " + ", ".join(parts))
     return lines
 
@@ -381,7 +395,8 @@ def report(study, path_of_study, tables, output):
             out += [""] + pictures
         lines = comparison(rows)
         if lines:
-            out += ["", "Difference of means against CE only:", ""] + lines
+            out += ["", "Difference of means against CE only (\"within noise\": less than twice the standard error "
+                    "of the difference over seeds):", ""] + lines
         if table.get("text"):
             out += [""] + table["text"]
     if study.get("decisions"):

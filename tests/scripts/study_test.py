@@ -147,6 +147,18 @@ class ChooseTest(unittest.TestCase):
         self.assertEqual(study.choose(decision, {"t": self.table(rows)})[-1], "**Chosen: `a`.**")
         self.assertEqual(study.choose(decision, {})[0], "Pending: not every table of this decision has results yet.")
 
+    def test_a_difference_is_clear_only_beyond_twice_its_standard_error(self):
+        sys.path.insert(0, os.path.join(ROOT, "scripts"))
+        import study
+        a = [{"accuracy": v} for v in (1.0, 2.0, 3.0)]  # mean 2, variance 1
+        b = [{"accuracy": v} for v in (0.0, 1.0, 2.0)]  # mean 1, variance 1
+        # Standard error sqrt(1/3 + 1/3) = 0.816: a difference of 1 is within noise, of 2 clear.
+        self.assertEqual(study.difference(a, b, "accuracy"), (1.0, False))
+        c = [{"accuracy": v} for v in (3.0, 4.0, 5.0)]
+        self.assertEqual(study.difference(c, b, "accuracy"), (3.0, True))
+        self.assertEqual(study.difference(a[2:], b, "accuracy"), (2.0, None), "one run: no verdict")
+        self.assertEqual(study.difference([{"accuracy": -1}], b, "accuracy"), (None, None), "-1 means not measured")
+
 
 if __name__ == "__main__":
     BATCHCAM = sys.argv.pop(1)
