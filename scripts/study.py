@@ -156,8 +156,9 @@ def finished(config, run_dir):
         same_run(config, load_json(os.path.join(run_dir, "config.json")))
 
 
-def execute(runs, binary, threads):
-    todo = [r for r in runs if not finished(r[3], r[4])]
+def execute(runs, binary, threads, only):
+    # A table that `needs` something this machine may lack (a GPU) runs only when --only names it.
+    todo = [r for r in runs if not finished(r[3], r[4]) and ("needs" not in r[0] or r[0]["id"] in only)]
     print(f"study: {len(runs) - len(todo)} of {len(runs)} runs done, {len(todo)} to run", flush=True)
     for i, (table, row, seed, config, run_dir) in enumerate(todo, 1):
         saved = os.path.join(run_dir, "config.json")
@@ -372,7 +373,10 @@ def report(study, path_of_study, tables, output):
     for tid, (table, rows, config) in tables.items():
         out += ["", f"## {table['title']}", ""]
         if config is None:
-            out += ["Pending: no run of this table has finished.", ""]
+            needs = f" It needs {table['needs']}, so a plain run of the study skips it." if "needs" in table else ""
+            out += [f"Pending: no run of this table has finished.{needs} Run it with "
+                    f"`scripts/study.py {rel} --only {tid}`. Runs: preset `{table.get('preset', 'defaults')}` with "
+                    f"{json.dumps(table.get('set', {}))}; budget: {table['budget']}; seeds {table['seeds']}.", ""]
             out += table.get("text", [])
             continue
         seeds = sorted({s for s in table["seeds"]})
@@ -430,12 +434,14 @@ def main():
         if args.dry_run:
             for table, row, seed, config, run_dir in runs:
                 state = "done" if finished(config, run_dir) else "to run"
+                if state != "done" and "needs" in table and table["id"] not in only:
+                    state = "skipped (needs " + table["needs"].split(",")[0] + "; name it with --only)"
                 print(f"{table['id']} {row['name']} seed {seed}: {state}")
             return 0
         if not args.report_only:
             if not os.access(args.bin, os.X_OK):
                 raise StudyError(f"{args.bin}: no batchcam executable (build it: scripts/dev build)")
-            execute(runs, args.bin, args.threads)
+            execute(runs, args.bin, args.threads, only)
         output = args.output or os.path.join(ROOT, study["output"])
         text = report(study, os.path.abspath(args.study), collect(study), output)
         temp = output + ".tmp"

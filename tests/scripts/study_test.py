@@ -36,6 +36,9 @@ class StudyTest(unittest.TestCase):
                 "rows": [{"name": "proto-heavy", "label": "+ Prototype Loss x2", "distance": "l2",
                           "set": {"lambda_proto": 1.0, "lambda_batch": 0.0, "distance_proto": "l2"}}],
                 "seeds": [0, 1],
+            }, {
+                "id": "big", "title": "Big table", "preset": os.path.join(cls.dir, "preset.json"),
+                "budget": "more than this machine has", "needs": "a GPU", "rows": [{"name": "ce"}], "seeds": [0],
             }],
             "decisions": [{"title": "Loss", "tables": ["tiny"], "metrics": ["proto_ssim", "insertion"],
                            "accuracy_tolerance": 100}],
@@ -88,7 +91,11 @@ class StudyTest(unittest.TestCase):
         self.assertIn("| proto-heavy | + Prototype Loss x2 | l2 |", text)
         self.assertIn("- `both-l1` vs `ce`: test acc %", text)
         self.assertIn("**Chosen: `", text)
-        self.assertNotIn("pending", text)
+        self.assertNotIn("| pending", text)
+        # A table that needs what this machine lacks is not run, and the report says how to run it.
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "runs", "big")))
+        self.assertIn("Pending: no run of this table has finished. It needs a GPU", text)
+        self.assertIn("--only big`", text)
 
     def test_finished_runs_are_kept_and_a_changed_table_reruns_only_what_changed(self):
         second = self.run_study()
