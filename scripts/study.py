@@ -293,9 +293,10 @@ def comparison(rows):
 
 def choose(decision, tables):
     """One choice of defaults: among the candidate rows (the decision's `rows`, else every row
-    but CE only present in all its tables) whose mean accuracy stays within
-    `accuracy_tolerance` points of CE only, the best mean rank over the decision's metrics
-    (rank 1 = best in that table and metric)."""
+    but CE only present in all its tables) whose accuracy is not clearly below CE only's in
+    any table (a drop of at most `accuracy_tolerance` points, or one within twice its standard
+    error over seeds), the best mean rank over the decision's metrics (rank 1 = best in that
+    table and metric)."""
     ids = decision["tables"]
     if any(t not in tables or tables[t][2] is None for t in ids):
         return ["Pending: not every table of this decision has results yet."]
@@ -308,17 +309,18 @@ def choose(decision, tables):
     ranks = {name: [] for name in candidates}
     eligible = set(candidates)
     for rows in row_sets:
-        ce = mean(rows["ce"], "accuracy") if "ce" in rows else None
         for name in candidates:
-            if ce is not None and mean(rows[name], "accuracy") < ce - tolerance:
+            drop, clear = difference(rows[name], rows["ce"], "accuracy") if "ce" in rows else (None, None)
+            if drop is not None and drop < -tolerance and clear is not False:
                 eligible.discard(name)
         for key in metrics:
             sign = COLUMNS[key][2]
             for position, name in enumerate(sorted(candidates, key=lambda n: -sign * mean(rows[n], key)), 1):
                 ranks[name].append(position)
     lines = [f"Rule: candidates {', '.join(f'`{n}`' for n in sorted(candidates))} in "
-             f"{', '.join(f'`{t}`' for t in ids)}. A row is eligible when its mean test accuracy is at most "
-             f"{tolerance} points below CE only's in each table. Each row is ranked per table and metric "
+             f"{', '.join(f'`{t}`' for t in ids)}. A row is eligible when its test accuracy is not clearly below "
+             f"CE only's in any of these tables: the drop of the mean is at most {tolerance} points, or within twice "
+             f"its standard error over seeds. Each row is ranked per table and metric "
              f"({', '.join(COLUMNS[m][0] for m in metrics)}; 1 = best); the eligible row with the lowest mean "
              f"rank wins.", "", "| row | eligible | mean rank |", "|---|---|---|"]
     order = sorted(candidates, key=lambda n: (n not in eligible, statistics.mean(ranks[n]), n))

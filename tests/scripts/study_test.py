@@ -150,6 +150,12 @@ class ChooseTest(unittest.TestCase):
         self.assertIn("| b | yes | 2.50 |", lines)
         self.assertIn("| c | yes | 2.50 |", lines)
         self.assertEqual(lines[-1], "**Chosen: `b`.**")
+        # A larger drop that is within noise over seeds does not rule a row out.
+        noisy = dict(rows, ce=[{"accuracy": 99.0, "proto_ssim": 0.1, "deletion": 0.3},
+                               {"accuracy": 97.0, "proto_ssim": 0.1, "deletion": 0.3}],
+                     a=[{"accuracy": 98.0, "proto_ssim": 0.9, "deletion": 0.1},
+                        {"accuracy": 96.0, "proto_ssim": 0.9, "deletion": 0.1}])
+        self.assertEqual(study.choose(decision, {"t": self.table(noisy)})[-1], "**Chosen: `a`.**")
         decision["accuracy_tolerance"] = 2
         self.assertEqual(study.choose(decision, {"t": self.table(rows)})[-1], "**Chosen: `a`.**")
         self.assertEqual(study.choose(decision, {})[0], "Pending: not every table of this decision has results yet.")
