@@ -285,9 +285,11 @@ def comparison(rows):
             if diff is None:
                 continue
             unit = " pt" if key == "accuracy" else ""
-            verdict = {True: "", False: " (within noise)", None: ""}[clear]
+            verdict = " (within noise)" if clear is False else ""
             parts.append(f"{COLUMNS[key][0]} {diff:+.{COLUMNS[key][1]}f}{unit}{verdict}")
         lines.append(f"- `{row['name']}` vs `ce`: " + ", ".join(parts))
+    if any(len(rs) < 2 for _, rs in rows if rs):
+        lines.append("- One seed: these differences carry no noise estimate.")
     return lines
 
 
