@@ -158,8 +158,12 @@ def finished(config, run_dir):
 
 def execute(runs, binary, threads, only):
     # A table that `needs` something this machine may lack (a GPU) runs only when --only names it.
-    todo = [r for r in runs if not finished(r[3], r[4]) and ("needs" not in r[0] or r[0]["id"] in only)]
-    print(f"study: {len(runs) - len(todo)} of {len(runs)} runs done, {len(todo)} to run", flush=True)
+    runnable = [r for r in runs if "needs" not in r[0] or r[0]["id"] in only]
+    todo = [r for r in runnable if not finished(r[3], r[4])]
+    skipped = len(runs) - len(runnable)
+    print(f"study: {len(runnable) - len(todo)} of {len(runnable)} runs done, {len(todo)} to run"
+          + (f"; {skipped} skipped (their tables need what a plain run does not assume)" if skipped else ""),
+          flush=True)
     for i, (table, row, seed, config, run_dir) in enumerate(todo, 1):
         saved = os.path.join(run_dir, "config.json")
         resume = os.path.isfile(os.path.join(run_dir, "last.pt")) and os.path.isfile(saved) \
