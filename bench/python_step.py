@@ -8,12 +8,13 @@ Grad-CAM with one autograd.grad call (create_graph for training), ReLU, bilinear
 upsampling, per-sample min-max; Prototype and Batch-CAM losses with the L1 distance;
 Adam (lr 1e-3). Batches of 128 at 1x28x28, 10 classes.
 
-usage: python_step.py --model simple-cnn --threads 2 --repetitions 10 --warmup 2
+usage: python_step.py --model simple-cnn --threads 2 --repetitions 10 --warmup 2 [--profile OPS.txt]
 prints one JSON object: median and all times in ms per batch for "ce", "batchcam",
-"gradcam" (batched, explanation only).
+"gradcam" (batched, explanation only), and the minor page faults of each repetition.
 """
 import argparse
 import json
+import resource
 import statistics
 import time
 
@@ -153,14 +154,21 @@ def main():
     p.add_argument("--repetitions", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--channels-last", action="store_true",
+                   help="keep activations in channels-last (NHWC) memory, as batchcam does")
+    p.add_argument("--profile", metavar="FILE",
+                   help="also write torch.profiler's operator table (self CPU time) of each piece of work here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     k = 10
     model = MODELS[args.model]()
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randn(args.batch, 1, 28, 28)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     y = torch.arange(args.batch) % k
     prototypes = torch.rand(k, 28, 28)
 
@@ -193,13 +201,25 @@ def main():
         for f in work.values():
             f()
     times = {name: [] for name in work}
+    faults = {name: [] for name in work}
     for _ in range(args.repetitions):  # interleaved, like the C++ side
         for name, f in work.items():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
             f()
             times[name].append(1e3 * (time.perf_counter() - start))
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    if args.profile:  # after the timed rounds, so that the profiler's overhead does not touch them
+        with open(args.profile, "w") as out:
+            for name, f in work.items():
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                    for _ in range(args.repetitions):
+                        f()
+                out.write(f"== {args.model} {name}: {args.repetitions} repetitions, {args.threads} threads\n")
+                out.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25) + "\n")
     print(json.dumps({"model": args.model, "threads": torch.get_num_threads(), "torch": torch.__version__,
-                      "median_ms": {n: statistics.median(t) for n, t in times.items()}, "ms": times}))
+                      "median_ms": {n: statistics.median(t) for n, t in times.items()}, "ms": times,
+                      "page_faults": faults}))
 
 
 if __name__ == "__main__":
