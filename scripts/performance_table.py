@@ -42,15 +42,15 @@ if any("python" in m for m in data["models"].values()):
     version = next(m["python"]["torch"] for m in data["models"].values() if "python" in m)
     print(f"\nAgainst PyTorch {version} in Python (bench/python_step.py, same threads), median ms per batch and "
           "C++ / Python (goal <= 1.0; <= 0.8 for SimpleCNN). \"Plain\": Python as a PyTorch user runs it; "
-          "\"same malloc\": Python with the allocator settings of the batchcam executable "
-          "(MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824), which leaves only the front ends "
-          "to differ:\n")
+          "\"same settings\": Python with the settings of the batchcam executable (MALLOC_MMAP_THRESHOLD_=33554432 "
+          "MALLOC_TRIM_THRESHOLD_=1073741824, `--channels-last`), which leaves only the front ends to differ:\n")
     print("| model | Python CE | Python CE + Batch-CAM | Python Grad-CAM | C++/Python CE | C++/Python Batch-CAM "
           "| C++/Python Grad-CAM |")
     print("|---|---|---|---|---|---|---|")
     for name, m in data["models"].items():
         for key, ratio_key, label in (("python", "cpp_over_python", "plain"),
-                                      ("python_same_malloc", "cpp_over_python_same_malloc", "same malloc")):
+                                      ("python_same_settings", "cpp_over_python_same_settings", "same settings"),
+                                      ("python_same_malloc", "cpp_over_python_same_malloc", "same malloc only")):
             if key not in m:
                 continue
             p, r = m[key]["median_ms"], m[ratio_key]
