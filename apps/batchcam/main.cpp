@@ -413,8 +413,8 @@ int run_export(const std::string& checkpoint, const std::string& format, const s
 
 // Tensors of a training step are megabytes each. By default glibc serves such blocks with
 // mmap and returns them to the system when freed, so every step faults the same memory in
-// again and the kernel zero-fills it (SimpleCNN: about 11,000 page faults per step of batch
-// 128, ResNet-18 about 106,000; docs/performance.md). Served from the heap and kept there,
+// again and the kernel zero-fills it (batch 128: about 11,000 page faults per SimpleCNN step,
+// 75,000 or more per ResNet-18 step; docs/performance.md). Served from the heap and kept there,
 // freed blocks are reused without a fault. The cost: the process keeps its peak heap.
 void keep_freed_memory_in_process() {
 #ifdef __GLIBC__
