@@ -2,6 +2,7 @@
 // every ratio is formed from numbers of the same run.
 
 #include "bench.h"
+#include "malloc_settings.h"
 
 #include "batchcam/cam/grad_cam.h"
 #include "batchcam/data/datasets.h"
@@ -40,22 +41,19 @@ long minor_page_faults() {
   return usage.ru_minflt;
 }
 
+double median_of(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
+}
+
 struct Stats {
   std::vector<double> ms;
   std::vector<double> page_faults;  ///< minor page faults of each repetition (the kernel zero-fills fresh pages)
-  double median() const {
-    auto v = ms;
-    std::sort(v.begin(), v.end());
-    const size_t n = v.size();
-    return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
-  }
+  double median() const { return median_of(ms); }
   double min() const { return *std::min_element(ms.begin(), ms.end()); }
   double max() const { return *std::max_element(ms.begin(), ms.end()); }
-  double median_page_faults() const {
-    auto v = page_faults;
-    std::sort(v.begin(), v.end());
-    return v.empty() ? 0.0 : v[v.size() / 2];
-  }
+  double median_page_faults() const { return median_of(page_faults); }
   nlohmann::json json() const {
     return {{"median_ms", median()}, {"min_ms", min()},          {"max_ms", max()},
             {"ms", ms},              {"page_faults", page_faults}, {"median_page_faults", median_page_faults()}};
@@ -263,22 +261,23 @@ int run_bench(const BenchArgs& a, const std::string& self_path) {
                               {"gradcam", stats["gradcam_batched"].median() / m.at("gradcam").get<double>()}};
       };
       const auto py = python_run("", "");
-      const auto py_same = python_run("MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 ",
+      const auto py_same = python_run(fmt::format("MALLOC_MMAP_THRESHOLD_={} MALLOC_TRIM_THRESHOLD_={} ",
+                                                  kMmapThresholdBytes, kTrimThresholdBytes),
                                       " --channels-last");
       r["python"] = py;
       r["python_same_settings"] = py_same;
       r["cpp_over_python"] = ratios(py);
       r["cpp_over_python_same_settings"] = ratios(py_same);
-      for (const auto& [label, p] : {std::pair{"Python (torch " + py.at("torch").get<std::string>() + ")", &py},
-                                     std::pair{std::string("Python, batchcam's settings"), &py_same}}) {
-        const auto& m = p->at("median_ms");
-        const auto q = ratios(*p);
+      const auto print_python = [&](const std::string& label, const nlohmann::json& p, const nlohmann::json& q) {
+        const auto& m = p.at("median_ms");
         std::cout << fmt::format("{:<18} {}: CE {:.1f} ms, CE+Batch-CAM {:.1f} ms, Grad-CAM {:.1f} ms; "
                                  "C++/Python: {:.3f}, {:.3f}, {:.3f}\n",
                                  "", label, m.at("ce").get<double>(), m.at("batchcam").get<double>(),
                                  m.at("gradcam").get<double>(), q.at("ce").get<double>(),
                                  q.at("batchcam").get<double>(), q.at("gradcam").get<double>());
-      }
+      };
+      print_python("Python (torch " + py.at("torch").get<std::string>() + ")", py, r["cpp_over_python"]);
+      print_python("Python, batchcam's settings", py_same, r["cpp_over_python_same_settings"]);
     }
     results["models"][name] = r;
   }

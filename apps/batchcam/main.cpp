@@ -2,6 +2,7 @@
 // 0 success, 1 runtime failure (files, training), 2 bad usage (flags, config values).
 
 #include "bench.h"
+#include "malloc_settings.h"
 
 #include "batchcam/cam/grad_cam.h"
 #include "batchcam/data/shapes.h"
@@ -21,9 +22,6 @@
 #include <torch/torch.h>
 
 #include <unistd.h>
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
 
 #include <algorithm>
 #include <csignal>
@@ -409,18 +407,6 @@ int run_export(const std::string& checkpoint, const std::string& format, const s
   if (format == "state-dict") batchcam::train::export_state_dict(*ck.model, out);
   std::cout << "wrote " << out << " (" << format << " of " << ck.spec.name << ")\n";
   return 0;
-}
-
-// Tensors of a training step are megabytes each. By default glibc serves such blocks with
-// mmap and returns them to the system when freed, so every step faults the same memory in
-// again and the kernel zero-fills it (batch 128: about 11,000 page faults per SimpleCNN step,
-// 75,000 or more per ResNet-18 step; docs/performance.md). Served from the heap and kept there,
-// freed blocks are reused without a fault. The cost: the process keeps its peak heap.
-void keep_freed_memory_in_process() {
-#ifdef __GLIBC__
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest allowed threshold on 64-bit
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-#endif
 }
 
 }  // namespace
