@@ -5,6 +5,7 @@
 #include "malloc_settings.h"
 
 #include "batchcam/cam/grad_cam.h"
+#include "batchcam/core/runtime.h"
 #include "batchcam/data/datasets.h"
 #include "batchcam/data/shapes.h"
 #include "batchcam/losses/cam_losses.h"
@@ -19,6 +20,7 @@
 #include <torch/torch.h>
 
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -61,32 +63,37 @@ struct Stats {
   std::string text() const { return fmt::format("{:.1f} [{:.1f}-{:.1f}]", median(), min(), max()); }
 };
 
-struct Setup {
-  batchcam::data::Dataset dataset = batchcam::data::generate_shapes(kBatch, 28, 1, batchcam::data::SpuriousCue::none, 0.08);
-  batchcam::data::Normalization norm = batchcam::data::Normalization::fit(dataset.images);
-  batchcam::data::Batch batch = batchcam::data::BatchIterator(dataset, norm, kBatch, false, 0, false).get(0);
-  torch::Tensor prototypes = batchcam::losses::image_prototypes(dataset.images, dataset.labels, 10);
+// The bench's work runs as `batchcam train` runs it: a Trainer's step on a batch of 128
+// shapes images at 28 px, with the run's defaults except the losses of `variant`:
+// "ce" (CE only), "batchcam" (the default: Prototype Loss, L1, lambda 1) or "batchcam_both"
+// (both losses, L1, lambda 1; the variant bench/python_step.py runs).
+struct StepTrainer {
+  batchcam::data::DatasetSplits splits;
+  std::unique_ptr<batchcam::train::Trainer> trainer;
+  batchcam::data::Batch batch;
+
+  StepTrainer(const std::string& model, const std::string& variant, const BenchArgs& a, torch::Device device) {
+    batchcam::train::TrainConfig c;
+    c.model = model;
+    c.train_size = kBatch;
+    c.test_size = 16;
+    c.batch_size = kBatch;
+    c.epochs = 1000000;  // any number of steps on the same batch, at a constant learning rate
+    c.precision = batchcam::core::parse_precision(a.precision);
+    c.lambda_proto = variant == "ce" ? 0.0 : 1.0;
+    c.lambda_batch = variant == "batchcam_both" ? 1.0 : 0.0;
+    splits = batchcam::train::load_dataset(c);
+    trainer = std::make_unique<batchcam::train::Trainer>(c, splits, device);
+    batchcam::data::BatchIterator batches(splits.train, trainer->normalization(), kBatch, false, 0, false);
+    batches.set_device(device);
+    batch = batches.get(0);
+  }
+  // One step, then a read of the running loss: the timing includes the device's work.
+  void step() {
+    trainer->step(batch);
+    (void)trainer->read_progress();
+  }
 };
-
-batchcam::models::CamModelPtr make_model(const std::string& name) {
-  torch::manual_seed(0);
-  return batchcam::models::make_model({name, 1, 10, 28, ""});
-}
-
-// The step of `batchcam train` with its defaults: CE, or CE + both losses (L1, lambda 1).
-std::function<void()> train_step(batchcam::models::CamModel& model, torch::optim::Optimizer& opt, const Setup& s,
-                                 bool batch_cam) {
-  batchcam::train::CamLossConfig config;
-  config.distance_proto = config.distance_batch = batchcam::losses::Distance::l1;
-  if (batch_cam) config.lambda_proto = config.lambda_batch = 1.0;
-  return [&model, &opt, &s, config] {
-    opt.zero_grad();
-    auto l = batchcam::train::compute_losses(model, s.batch, s.prototypes, 10, config);
-    l.total.backward();
-    opt.step();
-    (void)l.total.item<double>();
-  };
-}
 
 long peak_rss_kib() {
   rusage usage{};
@@ -121,14 +128,10 @@ int64_t peak_tensor_bytes(const std::function<void()>& f) {
 }
 
 // In a fresh process: build everything, note the peak RSS, run 3 steps, report the growth.
-int memory_probe(const std::string& model_name, const std::string& variant) {
-  Setup s;
-  auto model = make_model(model_name);
-  model->train();
-  torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(1e-3));
-  const auto step = train_step(*model, opt, s, variant == "batchcam");
+int memory_probe(const BenchArgs& a, const std::string& model_name, const std::string& variant) {
+  StepTrainer t(model_name, variant, a, batchcam::core::resolve_device(a.device));
   const long before = peak_rss_kib();
-  for (int i = 0; i < 3; ++i) step();
+  for (int i = 0; i < 3; ++i) t.step();
   std::cout << (peak_rss_kib() - before) << "\n";
   return 0;
 }
@@ -163,43 +166,96 @@ std::map<std::string, Stats> interleaved(const std::vector<std::pair<std::string
   return stats;
 }
 
+// The training loop's own cost: one epoch of the loop that `batchcam train` runs (data,
+// running loss reads, callbacks) against the same steps on the same batches timed alone.
+// Fresh trainers from the same seed each time; the two are alternated `rounds` times.
+nlohmann::json loop_cost(const BenchArgs& a, torch::Device device) {
+  batchcam::train::TrainConfig c;
+  c.train_size = a.epoch_images;
+  c.test_size = 16;
+  c.epochs = 1;
+  c.precision = batchcam::core::parse_precision(a.precision);
+  const auto splits = batchcam::train::load_dataset(c);
+  const int64_t rounds = std::clamp<int64_t>(a.repetitions, 1, 3);
+  std::vector<double> alone, loop;
+  int64_t steps = 0;
+  for (int64_t r = 0; r < rounds; ++r) {
+    {
+      batchcam::train::Trainer t(c, splits, device);
+      batchcam::data::BatchIterator batches(splits.train, t.normalization(), c.batch_size, true, c.seed, true);
+      batches.set_epoch(1);
+      batches.set_device(device);
+      std::vector<batchcam::data::Batch> all;
+      for (int64_t i = 0; i < batches.size(); ++i) all.push_back(batches.get(i));
+      steps = static_cast<int64_t>(all.size());
+      const auto start = Clock::now();
+      for (const auto& b : all) t.step(b);
+      (void)t.read_progress();
+      alone.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+    }
+    {
+      batchcam::train::Trainer t(c, splits, device);
+      const auto start = Clock::now();
+      t.run_epoch();
+      loop.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+    }
+  }
+  const double ratio = median_of(loop) / median_of(alone);
+  std::cout << fmt::format("\ntraining loop: one epoch of {} images ({} steps, SimpleCNN, default Batch-CAM): loop {:.2f} s, "
+                           "the same steps alone {:.2f} s (medians of {}); loop / steps {:.3f}\n",
+                           a.epoch_images, steps, median_of(loop), median_of(alone), rounds, ratio);
+  return {{"images", a.epoch_images}, {"steps", steps}, {"loop_seconds", loop}, {"steps_alone_seconds", alone},
+          {"ratio", ratio}};
+}
+
 }  // namespace
 
 int run_bench(const BenchArgs& a, const std::string& self_path) {
-  const int threads = static_cast<int>(a.threads > 0 ? a.threads : std::max(1u, std::thread::hardware_concurrency()));
-  torch::set_num_threads(threads);
-  if (a.probe.size() == 2) return memory_probe(a.probe[0], a.probe[1]);
+  const auto device = batchcam::core::resolve_device(a.device);
+  batchcam::core::require_supported(batchcam::core::parse_precision(a.precision), device);
+  const int64_t threads = a.threads;
+  if (a.probe.size() == 2) return memory_probe(a, a.probe[0], a.probe[1]);
 
   nlohmann::json results = {{"threads", threads}, {"batch", kBatch}, {"image", "1x28x28"},
+                            {"device", batchcam::core::device_name(device)}, {"precision", a.precision},
                             {"repetitions", a.repetitions}, {"warmup", a.warmup}, {"models", nlohmann::json::object()}};
-  std::cout << fmt::format("batchcam bench: batch {} at 1x28x28, {} threads, {} interleaved repetitions after {} "
-                           "warm-up; median [min-max] ms per batch\n\n",
-                           kBatch, threads, a.repetitions, a.warmup);
+  std::cout << fmt::format("batchcam bench: batch {} at 1x28x28 on {} ({}), {} CPU threads, {} interleaved repetitions "
+                           "after {} warm-up; median [min-max] ms per batch\n"
+                           "step: a training step with the default Batch-CAM (Prototype Loss, L1) or CE only\n\n",
+                           kBatch, batchcam::core::device_name(device), a.precision, threads, a.repetitions, a.warmup);
   std::cout << fmt::format("{:<18} {:>22} {:>22} {:>7} {:>8} {:>14} {:>14} {:>8} {:>14} {:>8}\n", "model",
                            "CE step", "CE+Batch-CAM step", "ratio", "tensors", "batched CAM", "per-sample CAM",
                            "speedup", "per-image CAM", "speedup");
-  const Setup s;
   for (const auto& name : a.models) {
-    auto model = make_model(name);
-    model->train();
-    torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(1e-3));
-    auto explainer = make_model(name);
+    StepTrainer ce(name, "ce", a, device), cam(name, "batchcam", a, device);
+    std::unique_ptr<StepTrainer> both;
+    if (a.compare_python) both = std::make_unique<StepTrainer>(name, "batchcam_both", a, device);
+    // An explainer in eval mode with the same initial weights.
+    auto explainer = batchcam::core::with_cpu_seed(0, [&] {
+      return batchcam::models::make_model({name, 1, 10, 28, ""});
+    });
+    explainer->to(device);
     explainer->eval();
+    const auto& batch = cam.batch;
     const auto options = batchcam::cam::GradCamOptions().output_size({28, 28});
+    const auto wait = [](const torch::Tensor& t) { (void)t.sum().item<double>(); };
     std::vector<std::pair<std::string, std::function<void()>>> work = {
-        {"ce", train_step(*model, opt, s, false)},
-        {"batchcam", train_step(*model, opt, s, true)},
-        {"gradcam_batched", [&] { (void)batchcam::cam::grad_cam(*explainer, s.batch.x, s.batch.y, options); }}};
+        {"ce", [&] { ce.step(); }},
+        {"batchcam", [&] { cam.step(); }},
+        {"gradcam_batched", [&] { wait(batchcam::cam::grad_cam(*explainer, batch.x, batch.y, options).cam.maps); }}};
+    if (both) work.emplace_back("batchcam_both", [&] { both->step(); });
     if (a.per_sample) {
       // The old method two ways: one backward per image after a shared batched forward, and
       // the plain loop of an explanation library (forward and backward of each image alone).
       work.emplace_back("gradcam_per_sample",
-                        [&] { (void)batchcam::cam::grad_cam_per_sample(*explainer, s.batch.x, s.batch.y, options); });
+                        [&] { wait(batchcam::cam::grad_cam_per_sample(*explainer, batch.x, batch.y, options).maps); });
       work.emplace_back("gradcam_per_image", [&] {
+        torch::Tensor last;
         for (int64_t i = 0; i < kBatch; ++i) {
-          (void)batchcam::cam::grad_cam(*explainer, s.batch.x.slice(0, i, i + 1), s.batch.y.slice(0, i, i + 1),
-                                        options);
+          last = batchcam::cam::grad_cam(*explainer, batch.x.slice(0, i, i + 1), batch.y.slice(0, i, i + 1), options)
+                     .cam.maps;
         }
+        wait(last);
       });
     }
     auto stats = interleaved(work, a.warmup, a.repetitions);
@@ -207,6 +263,7 @@ int run_bench(const BenchArgs& a, const std::string& self_path) {
     for (const auto& [key, st] : stats) r[key] = st.json();
     const double ratio = stats["batchcam"].median() / stats["ce"].median();
     r["step_ratio"] = ratio;
+    r["step_ms"] = {{"ce", stats["ce"].median()}, {"batchcam", stats["batchcam"].median()}};
     // After the warm-up (the optimiser's state exists), so both peaks are of a steady step.
     const double ce_bytes = static_cast<double>(peak_tensor_bytes(work[0].second));
     const double cam_bytes = static_cast<double>(peak_tensor_bytes(work[1].second));
@@ -215,8 +272,8 @@ int run_bench(const BenchArgs& a, const std::string& self_path) {
     std::string memory = "-";
     if (a.memory) {
       const auto probe = [&](const char* variant) {
-        return std::stod(run_capture(fmt::format("'{}' bench --threads {} --memory-probe {} {}", self_path, threads,
-                                                 name, variant)));
+        return std::stod(run_capture(fmt::format("'{}' bench --threads {} --device {} --precision {} --memory-probe {} {}",
+                                                 self_path, threads, a.device, a.precision, name, variant)));
       };
       const double ce_kib = probe("ce"), cam_kib = probe("batchcam");
       r["memory"] = {{"ce_step_peak_growth_kib", ce_kib}, {"batchcam_step_peak_growth_kib", cam_kib},
@@ -257,7 +314,7 @@ int run_bench(const BenchArgs& a, const std::string& self_path) {
       const auto ratios = [&](const nlohmann::json& py) {
         const auto& m = py.at("median_ms");
         return nlohmann::json{{"ce", stats["ce"].median() / m.at("ce").get<double>()},
-                              {"batchcam", stats["batchcam"].median() / m.at("batchcam").get<double>()},
+                              {"batchcam", stats["batchcam_both"].median() / m.at("batchcam").get<double>()},
                               {"gradcam", stats["gradcam_batched"].median() / m.at("gradcam").get<double>()}};
       };
       const auto py = python_run("", "");
@@ -303,6 +360,8 @@ int run_bench(const BenchArgs& a, const std::string& self_path) {
                              kBatch, plain_ips, shift_ips);
   }
 
+  if (a.epoch_images > 0) results["training_loop"] = loop_cost(a, device);
+
   if (!a.mnist_dir.empty()) {
     for (const bool cam : {false, true}) {
       batchcam::train::TrainConfig c;
@@ -310,6 +369,8 @@ int run_bench(const BenchArgs& a, const std::string& self_path) {
       c.data_dir = a.mnist_dir;
       c.epochs = 1;
       c.threads = threads;
+      c.device = a.device;
+      c.precision = batchcam::core::parse_precision(a.precision);
       c.out_dir = (std::filesystem::temp_directory_path() / "batchcam-bench").string();
       c.run_name = fmt::format("epoch-{}-{}", cam ? "batchcam" : "ce", ::getpid());
       if (!cam) c.lambda_proto = c.lambda_batch = 0.0;

@@ -7,7 +7,12 @@
 
 struct BenchArgs {
   std::vector<std::string> models = {"simple-cnn", "resnet18", "convnext-v2-atto"};
-  int64_t repetitions = 10, warmup = 2, threads = 0;
+  int64_t repetitions = 10, warmup = 2, threads = 0;  ///< threads: as set by the CLI
+  std::string device = "auto";  ///< where the steps run (core::resolve_device)
+  std::string precision = "fp32";
+  /// Training images of the epoch whose `batchcam train` loop is timed against the sum of
+  /// the same steps timed alone (0 = skip).
+  int64_t epoch_images = 12800;
   bool per_sample = true;        ///< time the per-sample Grad-CAM (slow for deep heads)
   bool memory = true;            ///< peak memory of each step, from child processes
   bool compare_python = false;   ///< run bench/python_step.py with the same settings

@@ -5,6 +5,8 @@
 #include "malloc_settings.h"
 
 #include "batchcam/cam/grad_cam.h"
+#include "batchcam/core/runtime.h"
+#include "batchcam/data/datasets.h"
 #include "batchcam/data/shapes.h"
 #include "batchcam/eval/evaluate.h"
 #include "batchcam/eval/pictures.h"
@@ -20,6 +22,7 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include <unistd.h>
 
@@ -40,10 +43,22 @@ constexpr int kExitUsage = 2;
 // True while a progress bar line is on the terminal without its newline.
 bool progress_line_open = false;
 
+// An option whose values are an enum's names (one list, shared with config files).
+template <typename E>
+CLI::Option* add_enum_option(CLI::App& cmd, const std::string& flag, E& value, const std::string& help) {
+  const std::string field = flag.substr(2);
+  return cmd
+      .add_option_function<std::string>(
+          flag, [&value, field](const std::string& v) { value = batchcam::train::parse<E>(v, field); }, help)
+      ->check(CLI::IsMember(batchcam::train::names<E>()))
+      ->default_str(batchcam::train::to_string(value));
+}
+
+const std::string kDeviceHelp = "Device: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N";
+
 void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
-  cmd.add_option("--dataset", c.dataset, "Dataset")
-      ->check(CLI::IsMember({"shapes", "mnist", "fashion-mnist", "decoy-mnist", "decoy-fashion", "cifar10", "folder"}))
-      ->group("Data");
+  using namespace batchcam::train;
+  cmd.add_option("--dataset", c.dataset, "Dataset")->check(CLI::IsMember(batchcam::data::dataset_names()))->group("Data");
   cmd.add_option("--data-dir", c.data_dir,
                  "Directory of the dataset's files (default: data/<dataset>; MNIST-type files are downloaded there when missing)")
       ->group("Data");
@@ -54,21 +69,21 @@ void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
   cmd.add_option("--image-size", c.image_size, "Image side in pixels (shapes: generated; folder: resized to)")
       ->check(CLI::Range(16, 512))->group("Data");
   cmd.add_flag("--spurious,!--no-spurious", c.spurious, "Add a class-coded corner patch in training (shapes)")->group("Data");
-  cmd.add_option("--augment", c.augment, "Training augmentation: none, shift (random shift), shift-flip (+ horizontal flip)")
-      ->check(CLI::IsMember({"none", "shift", "shift-flip"}))->group("Data");
+  add_enum_option(cmd, "--augment", c.augment, "Training augmentation: none, shift (random shift), shift-flip (+ horizontal flip)")
+      ->group("Data");
 
   cmd.add_option("--model", c.model, "Model (see 'batchcam models')")->check(CLI::IsMember(batchcam::models::model_names()))->group("Model");
   cmd.add_option("--target-layer", c.target_layer, "Stage whose output feeds Grad-CAM (default: the last)")->group("Model");
 
   cmd.add_option("--epochs", c.epochs, "Training epochs")->check(CLI::Range(1, 100000))->group("Optimisation");
   cmd.add_option("--batch-size", c.batch_size, "Images per batch")->check(CLI::Range(2, 1000000))->group("Optimisation");
-  cmd.add_option("--optimizer", c.optimizer, "Optimiser")->check(CLI::IsMember({"sgd", "adam", "adamw"}))->group("Optimisation");
+  add_enum_option(cmd, "--optimizer", c.optimizer, "Optimiser")->group("Optimisation");
   cmd.add_option("--lr", c.lr, "Peak learning rate")->check(CLI::PositiveNumber)->group("Optimisation");
   cmd.add_option("--momentum", c.momentum, "SGD momentum")->check(CLI::Range(0.0, 0.999999))->group("Optimisation");
   cmd.add_flag("--nesterov,!--no-nesterov", c.nesterov, "Nesterov momentum (sgd)")->group("Optimisation");
   cmd.add_option("--weight-decay", c.weight_decay, "Weight decay (decoupled for adamw)")->check(CLI::NonNegativeNumber)->group("Optimisation");
-  cmd.add_option("--schedule", c.schedule, "Learning-rate schedule: constant, step, cosine or onecycle")
-      ->check(CLI::IsMember({"constant", "step", "cosine", "onecycle"}))->group("Optimisation");
+  add_enum_option(cmd, "--schedule", c.schedule, "Learning-rate schedule: constant, step, cosine or onecycle")
+      ->group("Optimisation");
   cmd.add_option("--warmup-epochs", c.warmup_epochs, "Epochs of linear learning-rate warm-up")
       ->check(CLI::Range(0, 100000))->group("Optimisation");
   cmd.add_option("--step-size", c.step_size, "Step schedule: epochs between decays")->check(CLI::Range(1, 100000))->group("Optimisation");
@@ -78,27 +93,45 @@ void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
   cmd.add_option("--label-smoothing", c.label_smoothing, "Label smoothing of the cross-entropy")
       ->check(CLI::Range(0.0, 0.999))->group("Optimisation");
   cmd.add_option("--seed", c.seed, "Random seed (data, initialisation, order)")->group("Optimisation");
-  cmd.add_option("--threads", c.threads, "CPU threads, 0 = every core")->check(CLI::Range(0, 1024))->group("Optimisation");
+  cmd.add_option("--threads", c.threads,
+                 "CPU threads, 0 = what the process may use (OMP_NUM_THREADS, else the CPU affinity and cgroup quota)")
+      ->check(CLI::Range(0, 1024))->group("Device");
+  cmd.add_option("--device", c.device, kDeviceHelp)->group("Device");
+  add_enum_option(cmd, "--precision", c.precision,
+                  "Forward pass precision: fp32, bf16 (autocast; CPU or CUDA) or fp16 (autocast with loss scaling; CUDA)")
+      ->group("Device");
+  cmd.add_option("--max-skipped-steps", c.max_skipped_steps,
+                 "fp16: steps in a row with non-finite gradients (skipped) that stop the run")
+      ->check(CLI::Range(1, 1000000))->group("Device");
 
   cmd.add_option("--lambda-proto", c.lambda_proto, "Weight of the Prototype Loss")->check(CLI::NonNegativeNumber)->group("Batch-CAM");
   cmd.add_option("--lambda-batch", c.lambda_batch, "Weight of the Batch-CAM Loss")->check(CLI::NonNegativeNumber)->group("Batch-CAM");
   auto* both = cmd.add_option_function<std::string>(
-      "--distance", [&c](const std::string& d) { c.distance_proto = c.distance_batch = d; },
+      "--distance",
+      [&c](const std::string& d) { c.distance_proto = c.distance_batch = parse<batchcam::losses::Distance>(d, "distance"); },
       "Distance for both losses: l1, l2 or ssim (sets the two options below; default: their defaults)");
-  both->check(CLI::IsMember({"l1", "l2", "ssim"}))->group("Batch-CAM");
-  cmd.add_option("--distance-proto", c.distance_proto, "Distance of the Prototype Loss")
-      ->check(CLI::IsMember({"l1", "l2", "ssim"}))->group("Batch-CAM");
-  cmd.add_option("--distance-batch", c.distance_batch, "Distance of the Batch-CAM Loss")
-      ->check(CLI::IsMember({"l1", "l2", "ssim"}))->group("Batch-CAM");
-  cmd.add_option("--prototype", c.prototype, "Class prototypes: image (class-average image) or cam-ema")
-      ->check(CLI::IsMember({"image", "cam-ema"}))->group("Batch-CAM");
-  cmd.add_option("--batch-target", c.batch_target, "In-batch prototypes: attached (in the graph) or detached")
-      ->check(CLI::IsMember({"attached", "detached"}))->group("Batch-CAM");
+  both->check(CLI::IsMember(names<batchcam::losses::Distance>()))->group("Batch-CAM");
+  add_enum_option(cmd, "--distance-proto", c.distance_proto, "Distance of the Prototype Loss")->group("Batch-CAM");
+  add_enum_option(cmd, "--distance-batch", c.distance_batch, "Distance of the Batch-CAM Loss")->group("Batch-CAM");
+  add_enum_option(cmd, "--prototype", c.prototype, "Class prototypes: image (class-average image) or cam-ema")
+      ->group("Batch-CAM");
+  add_enum_option(cmd, "--batch-target", c.batch_target, "In-batch prototypes: attached (in the graph) or detached")
+      ->group("Batch-CAM");
   cmd.add_option("--cam-warmup-epochs", c.cam_warmup_epochs, "Epochs of CE only before the CAM losses start")
       ->check(CLI::Range(0, 100000))->group("Batch-CAM");
 
   cmd.add_option("--out-dir", c.out_dir, "Directory for run directories")->group("Output");
   cmd.add_option("--run-name", c.run_name, "Run directory name (default: <dataset>-<model>-<time>)")->group("Output");
+  cmd.add_option("--log-every", c.log_every,
+                 "Steps between reads of the running loss from the device (progress and the non-finite check)")
+      ->check(CLI::Range(1, 1000000))->group("Output");
+}
+
+// The CLI owns the process's thread count: --threads, or what the process may use.
+int64_t set_threads(int64_t requested) {
+  const int64_t threads = requested > 0 ? requested : batchcam::core::usable_cpu_count();
+  torch::set_num_threads(static_cast<int>(threads));
+  return threads;
 }
 
 std::string clock_text(double seconds) {
@@ -179,12 +212,15 @@ void install_stop_handlers() {
   sigaction(SIGTERM, &action, nullptr);
 }
 
-// Runs a fresh training (`resume_dir` empty) or continues the run in `resume_dir`.
-int run_train(const batchcam::train::TrainConfig& config, const std::string& resume_dir, bool quiet) {
+// Runs a fresh training (`resume_dir` empty) or continues the run in `resume_dir`, on
+// `device` ("" = the run's own for a resumed run).
+int run_train(const batchcam::train::TrainConfig& config, const std::string& resume_dir, const std::string& device,
+              bool quiet) {
+  const int64_t threads = set_threads(config.threads);
   Progress progress{quiet};
   batchcam::train::TrainCallbacks callbacks;
   callbacks.on_start = [&](const std::string& dir) {
-    if (!quiet) spdlog::info("run directory: {}", dir);
+    if (!quiet) spdlog::info("run directory: {} ({} CPU thread{})", dir, threads, threads == 1 ? "" : "s");
   };
   callbacks.on_step = [&](const batchcam::train::StepInfo& s) { progress.step(s); };
   callbacks.on_epoch = [&](const batchcam::train::EpochMetrics& m) {
@@ -196,7 +232,7 @@ int run_train(const batchcam::train::TrainConfig& config, const std::string& res
   callbacks.should_stop = [] { return stop_signal != 0; };
   install_stop_handlers();
   const auto result = resume_dir.empty() ? batchcam::train::train(config, callbacks)
-                                         : batchcam::train::resume(resume_dir, callbacks, config.threads);
+                                         : batchcam::train::resume(resume_dir, callbacks, {device});
   if (result.interrupted) {
     if (progress_line_open) std::cerr << "\n";
     std::cerr << fmt::format("batchcam: {} at epoch {}, step {}: saved {}; continue with: batchcam train --resume {}\n",
@@ -206,7 +242,7 @@ int run_train(const batchcam::train::TrainConfig& config, const std::string& res
   }
   const auto& last = result.history.back();
   std::cout << "\nTrained " << config.model << " on " << config.dataset << " for " << last.epoch << " epochs in "
-            << fmt::format("{:.1f}", result.train_seconds) << " s.\n"
+            << fmt::format("{:.1f}", result.train_seconds) << " s on " << result.device << ".\n"
             << "  test accuracy          " << fmt::format("{:.2f}%", 100 * last.test.accuracy) << "\n"
             << "  CAM-prototype SSIM     " << fmt::format("{:.3f}", last.test.proto_ssim) << "\n"
             << "  run directory          " << result.run_dir << "\n"
@@ -249,11 +285,12 @@ struct Evaluated {
 };
 
 Evaluated load_evaluated(const std::string& target, const std::string& dataset, const std::string& data_dir,
-                         int64_t test_size) {
+                         int64_t test_size, const torch::Device& device) {
   Evaluated e;
   const bool is_dir = std::filesystem::is_directory(target);
   e.run_dir = is_dir ? target : "";
-  e.ck = batchcam::train::load_checkpoint(is_dir ? (std::filesystem::path(target) / "last.pt").string() : target);
+  e.ck = batchcam::train::load_checkpoint(is_dir ? (std::filesystem::path(target) / "last.pt").string() : target,
+                                          device);
   auto config = e.ck.config;
   if (!dataset.empty() && dataset != config.dataset) {
     config.dataset = dataset;
@@ -277,13 +314,13 @@ Evaluated load_evaluated(const std::string& target, const std::string& dataset, 
 }
 
 struct EvalArgs {
-  std::string target, dataset, data_dir, out;
+  std::string target, dataset, data_dir, out, device = "auto";
   int64_t test_size = 0, faithfulness_count = 1000, randomization_count = 256;
   bool json = false;
 };
 
 int run_eval(const EvalArgs& a) {
-  auto e = load_evaluated(a.target, a.dataset, a.data_dir, a.test_size);
+  auto e = load_evaluated(a.target, a.dataset, a.data_dir, a.test_size, batchcam::core::resolve_device(a.device));
   batchcam::eval::EvalOptions options;
   options.faithfulness_count = a.faithfulness_count;
   options.randomization_count = a.randomization_count;
@@ -296,7 +333,7 @@ int run_eval(const EvalArgs& a) {
 }
 
 struct ExplainArgs {
-  std::string checkpoint, dataset, data_dir, out = "explanations", target;
+  std::string checkpoint, dataset, data_dir, out = "explanations", target, device = "auto";
   std::vector<std::string> images;
   int64_t count = 16;
 };
@@ -307,8 +344,9 @@ int run_explain(const ExplainArgs& a) {
   Evaluated e;
   Dataset inputs;
   std::vector<std::string> sources;
+  const auto device = batchcam::core::resolve_device(a.device);
   if (!a.images.empty()) {
-    e.ck = batchcam::train::load_checkpoint(a.checkpoint);
+    e.ck = batchcam::train::load_checkpoint(a.checkpoint, device);
     const auto& spec = e.ck.spec;
     std::vector<torch::Tensor> pixels;
     for (const auto& file : a.images) {
@@ -327,7 +365,7 @@ int run_explain(const ExplainArgs& a) {
     inputs.class_names = e.ck.config.dataset == "shapes" ? batchcam::data::shapes_class_names()
                                                          : std::vector<std::string>();
   } else {
-    e = load_evaluated(a.checkpoint, a.dataset, a.data_dir, 0);
+    e = load_evaluated(a.checkpoint, a.dataset, a.data_dir, 0, device);
     const int64_t n = std::min<int64_t>(a.count, e.splits.test.size());
     inputs = e.splits.test;
     inputs.images = inputs.images.narrow(0, 0, n);
@@ -353,19 +391,23 @@ int run_explain(const ExplainArgs& a) {
     }
   }
   model.eval();
-  const auto x = norm.apply(inputs.images);
+  const auto x = norm.apply(inputs.images.to(device));
   torch::Tensor logits;
   {
     torch::NoGradGuard no_grad;
     logits = model.forward(x);
   }
-  const auto predicted = logits.argmax(1);
-  const auto targets = fixed_target >= 0 ? torch::full_like(predicted, fixed_target) : predicted;
-  const auto maps = batchcam::cam::grad_cam(model, x, targets,
+  const auto predicted_on_device = logits.argmax(1);
+  const auto targets_on_device =
+      fixed_target >= 0 ? torch::full_like(predicted_on_device, fixed_target) : predicted_on_device;
+  const auto maps = batchcam::cam::grad_cam(model, x, targets_on_device,
                                             batchcam::cam::GradCamOptions().output_size({x.size(2), x.size(3)}))
-                        .cam.maps;
-  const auto probabilities = torch::softmax(logits, 1);
-  const auto gray = norm.to_unit_gray(x);
+                        .cam.maps.detach()
+                        .cpu();
+  const auto probabilities = torch::softmax(logits, 1).cpu();
+  const auto predicted = predicted_on_device.cpu();
+  const auto targets = targets_on_device.cpu();
+  const auto gray = norm.to_unit_gray(x).cpu();
   fs::create_directories(fs::path(a.out) / "images");
   std::string csv = "index,source,label,predicted,target,target_probability,cam_mean,cam_peak_y,cam_peak_x,"
                     "cam_mass_top_decile\n";
@@ -395,8 +437,8 @@ int run_explain(const ExplainArgs& a) {
   return 0;
 }
 
-int run_report(const std::string& run_dir) {
-  auto e = load_evaluated(run_dir, "", "", 0);
+int run_report(const std::string& run_dir, const std::string& device) {
+  auto e = load_evaluated(run_dir, "", "", 0, batchcam::core::resolve_device(device));
   batchcam::eval::write_run_report(run_dir, *e.ck.model, e.splits.test, e.ck.normalization, e.ck.prototypes);
   std::cout << "wrote " << (std::filesystem::path(run_dir) / "report.html").string() << " and eval.json\n";
   return 0;
@@ -410,6 +452,18 @@ int run_export(const std::string& checkpoint, const std::string& format, const s
 }
 
 }  // namespace
+
+// What `batchcam env` prints: the runtime a bug report needs.
+int run_env() {
+  std::cout << fmt::format("batchcam    0.1.0\nLibTorch    {}\nCUDA        {}\nCPU threads {} (what this process may use: "
+                           "OMP_NUM_THREADS, else the CPU affinity and the cgroup quota)\n",
+                           TORCH_VERSION,
+                           torch::cuda::is_available()
+                               ? fmt::format("{} device(s)", torch::cuda::device_count())
+                               : std::string("not available"),
+                           batchcam::core::usable_cpu_count());
+  return 0;
+}
 
 int main(int argc, char** argv) {
   keep_freed_memory_in_process();
@@ -431,6 +485,7 @@ int main(int argc, char** argv) {
   add_train_options(*train, config);
   bool quiet = false;
   train->add_flag("-q,--quiet", quiet, "Print only the final summary and errors")->group("Output");
+  auto* env = app.add_subcommand("env", "Print the versions, CUDA devices and the CPU threads this process may use");
   auto* models = app.add_subcommand("models", "List models, parameter counts and target layers");
   auto* exporter = app.add_subcommand("export", "Export a checkpoint's weights for other tools");
   std::string export_checkpoint, export_format = "state-dict", export_out;
@@ -445,7 +500,7 @@ int main(int argc, char** argv) {
   evaluator->add_option("target", eval_args.target, "Run directory (its last.pt) or checkpoint file")->required()
       ->check(CLI::ExistingPath);
   evaluator->add_option("--dataset", eval_args.dataset, "Evaluate on this dataset instead of the run's (e.g. decoy-mnist)")
-      ->check(CLI::IsMember({"shapes", "mnist", "fashion-mnist", "decoy-mnist", "decoy-fashion", "cifar10", "folder"}));
+      ->check(CLI::IsMember(batchcam::data::dataset_names()));
   evaluator->add_option("--data-dir", eval_args.data_dir, "Directory of the dataset's files");
   evaluator->add_option("--test-size", eval_args.test_size, "First N test images (0 = the run's test set)")
       ->check(CLI::Range(0, 10000000));
@@ -455,6 +510,7 @@ int main(int argc, char** argv) {
                         "Images for the parameter-randomisation check (0 = skip)")->check(CLI::Range(0, 100000));
   evaluator->add_flag("--json", eval_args.json, "Print JSON instead of the table");
   evaluator->add_option("--out", eval_args.out, "Also write the JSON to this file");
+  evaluator->add_option("--device", eval_args.device, kDeviceHelp);
 
   auto* explainer = app.add_subcommand("explain", "Write CAM pictures (image, CAM, overlay, reconstruction) and CAM statistics");
   ExplainArgs explain_args;
@@ -464,15 +520,18 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   explainer->add_option("--dataset", explain_args.dataset, "Explain test images of this dataset (default: the run's)")
       ->excludes(images_opt)
-      ->check(CLI::IsMember({"shapes", "mnist", "fashion-mnist", "decoy-mnist", "decoy-fashion", "cifar10", "folder"}));
+      ->check(CLI::IsMember(batchcam::data::dataset_names()));
   explainer->add_option("--data-dir", explain_args.data_dir, "Directory of the dataset's files")->excludes(images_opt);
   explainer->add_option("--count", explain_args.count, "Number of test images")->check(CLI::Range(1, 100000));
   explainer->add_option("--target", explain_args.target, "Class to explain, index or name (default: the predicted class)");
   explainer->add_option("--out", explain_args.out, "Output directory");
+  explainer->add_option("--device", explain_args.device, kDeviceHelp);
 
   auto* reporter = app.add_subcommand("report", "Evaluate a run and write its report.html (train does this at the end)");
   std::string report_dir;
   reporter->add_option("run_dir", report_dir, "Run directory")->required()->check(CLI::ExistingDirectory);
+  std::string report_device = "auto";
+  reporter->add_option("--device", report_device, kDeviceHelp);
 
   auto* bencher = app.add_subcommand("bench", "Measure step overhead, Grad-CAM speed, memory and the data pipeline");
   BenchArgs bench_args;
@@ -481,7 +540,14 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember(batchcam::models::model_names()));
   bencher->add_option("--repetitions", bench_args.repetitions, "Timed repetitions (interleaved)")->check(CLI::Range(1, 10000));
   bencher->add_option("--warmup", bench_args.warmup, "Untimed repetitions first")->check(CLI::Range(0, 10000));
-  bencher->add_option("--threads", bench_args.threads, "CPU threads, 0 = every core")->check(CLI::Range(0, 1024));
+  bencher->add_option("--threads", bench_args.threads, "CPU threads, 0 = what the process may use")
+      ->check(CLI::Range(0, 1024));
+  bencher->add_option("--device", bench_args.device, kDeviceHelp);
+  bencher->add_option("--precision", bench_args.precision, "Precision of the training steps: fp32, bf16 or fp16")
+      ->check(CLI::IsMember(batchcam::core::precision_names()));
+  bencher->add_option("--epoch-images", bench_args.epoch_images,
+                      "Training images of the epoch timed against its steps (the training loop's own cost)")
+      ->check(CLI::Range(0, 10000000));
   bencher->add_flag("--per-sample,!--no-per-sample", bench_args.per_sample, "Also time per-sample Grad-CAM");
   bencher->add_flag("--memory,!--no-memory", bench_args.memory, "Measure peak memory per step (child processes)");
   bencher->add_flag("--compare-python", bench_args.compare_python, "Run the same work in PyTorch (Python) and print the ratios");
@@ -509,24 +575,41 @@ int main(int argc, char** argv) {
     if (train->parsed() && !resume_dir.empty()) {
       for (const auto* opt : train->get_options()) {
         const auto name = opt->get_name();
-        if (opt->count() > 0 && name != "--resume" && name != "--quiet" && name != "--threads") {
+        if (opt->count() > 0 && name != "--resume" && name != "--quiet" && name != "--threads" && name != "--device") {
           throw std::invalid_argument("--resume continues a run with its saved configuration; " + name +
-                                      " cannot be combined with it (only --threads and --quiet can)");
+                                      " cannot be combined with it (only --threads, --device and --quiet can)");
         }
       }
-      return run_train(config, resume_dir, quiet);
+      const bool device_given = train->get_option("--device")->count() > 0;
+      if (train->get_option("--threads")->count() == 0) {
+        // The run's own thread count, so that a resumed CPU run ends with the same weights.
+        const auto last = (std::filesystem::path(resume_dir) / "last.pt").string();
+        if (std::filesystem::exists(last)) config.threads = batchcam::train::load_checkpoint(last).config.threads;
+      }
+      return run_train(config, resume_dir, device_given ? config.device : "", quiet);
     }
-    if (train->parsed()) return run_train(resolve_config(*train, config, config_file), "", quiet);
+    if (train->parsed()) return run_train(resolve_config(*train, config, config_file), "", "", quiet);
+    if (env->parsed()) return run_env();
     if (models->parsed()) return run_models();
-    if (evaluator->parsed()) return run_eval(eval_args);
+    if (evaluator->parsed()) {
+      set_threads(0);
+      return run_eval(eval_args);
+    }
     if (explainer->parsed()) {
+      set_threads(0);
       if (std::filesystem::is_directory(explain_args.checkpoint) && !explain_args.images.empty()) {
         explain_args.checkpoint = (std::filesystem::path(explain_args.checkpoint) / "last.pt").string();
       }
       return run_explain(explain_args);
     }
-    if (reporter->parsed()) return run_report(report_dir);
-    if (bencher->parsed()) return run_bench(bench_args, std::filesystem::read_symlink("/proc/self/exe").string());
+    if (reporter->parsed()) {
+      set_threads(0);
+      return run_report(report_dir, report_device);
+    }
+    if (bencher->parsed()) {
+      bench_args.threads = set_threads(bench_args.threads);
+      return run_bench(bench_args, std::filesystem::read_symlink("/proc/self/exe").string());
+    }
     if (exporter->parsed()) return run_export(export_checkpoint, export_format, export_out);
     std::cout << app.help();
     return 0;

@@ -1,5 +1,7 @@
 #include "batchcam/cam/grad_cam.h"
 
+#include "batchcam/core/runtime.h"
+
 #include <torch/torch.h>
 
 #include <stdexcept>
@@ -8,12 +10,12 @@ namespace batchcam::cam {
 
 namespace {
 
-void check_targets(const torch::Tensor& targets, int64_t batch, int64_t classes) {
+void check_targets(const torch::Tensor& targets, int64_t batch, int64_t classes, bool check_range = true) {
   TORCH_CHECK(targets.defined() && targets.dim() == 1 && targets.size(0) == batch,
               "grad_cam: need one target per sample, shape [", batch, "], got ",
               targets.defined() ? targets.sizes() : torch::IntArrayRef{});
   TORCH_CHECK(targets.scalar_type() == torch::kLong, "grad_cam: targets must be int64, got ", targets.scalar_type());
-  if (batch > 0) {
+  if (check_range && batch > 0) {
     TORCH_CHECK(targets.min().item<int64_t>() >= 0 && targets.max().item<int64_t>() < classes,
                 "grad_cam: targets must lie in [0, ", classes, ")");
   }
@@ -24,8 +26,12 @@ void check_targets(const torch::Tensor& targets, int64_t batch, int64_t classes)
 CamResult cam_from_gradients(const torch::Tensor& a, const torch::Tensor& g, const GradCamOptions& options) {
   // Without create_graph the maps are explanations, constants for any optimiser.
   torch::AutoGradMode grad_mode(options.create_graph());
-  const auto alpha = g.mean({2, 3}, /*keepdim=*/true);  // [B, D, 1, 1]
-  auto raw = torch::relu((alpha * a).sum(1));          // [B, h, w]
+  // The maps are at least fp32 whatever precision the forward pass ran in (bf16 and fp16
+  // features are promoted; fp32 and fp64 stay as they are).
+  core::AutocastScope no_autocast(a.device().type(), core::Precision::fp32);
+  const auto dtype = torch::promote_types(a.scalar_type(), torch::kFloat32);
+  const auto alpha = g.to(dtype).mean({2, 3}, /*keepdim=*/true);  // [B, D, 1, 1]
+  auto raw = torch::relu((alpha * a.to(dtype)).sum(1));           // [B, h, w]
   auto up = raw;
   if (!options.output_size().empty()) {
     TORCH_CHECK(options.output_size().size() == 2, "grad_cam: output_size must be {H, W}");
@@ -57,7 +63,7 @@ CamResult grad_cam(const torch::Tensor& features, const torch::Tensor& logits, c
   TORCH_CHECK(features.requires_grad() && logits.requires_grad(),
               "grad_cam: features and logits must be in the autograd graph (compute them with gradients "
               "enabled, outside NoGradGuard)");
-  check_targets(targets, logits.size(0), logits.size(1));
+  check_targets(targets, logits.size(0), logits.size(1), options.check_targets());
   // s = sum_i z[i, t_i]; because z[i] depends on A[i] only, dS/dA[i] = dz[i, t_i]/dA[i].
   const auto score = logits.gather(1, targets.unsqueeze(1)).sum();
   const auto grads = torch::autograd::grad({score}, {features}, /*grad_outputs=*/{},

@@ -26,10 +26,12 @@ Normalization Normalization::fit(const torch::Tensor& images) {
 torch::Tensor Normalization::apply(const torch::Tensor& images) const {
   TORCH_CHECK(images.dim() == 4 && images.size(1) == static_cast<int64_t>(mean.size()),
               "Normalization::apply expects [B, ", mean.size(), ", H, W], got ", images.sizes());
-  const auto opts = torch::TensorOptions().dtype(torch::kFloat32);
-  const auto m = torch::tensor(std::vector<double>(mean), opts).view({1, -1, 1, 1});
-  const auto s = torch::tensor(std::vector<double>(std), opts).view({1, -1, 1, 1});
-  return images.to(torch::kFloat32).div_(255.0).sub_(m).div_(s);
+  // Per channel with scalars, so that images on any device need no copy of the statistics.
+  auto x = images.to(torch::kFloat32).div_(255.0);
+  for (size_t c = 0; c < mean.size(); ++c) {
+    x.select(1, static_cast<int64_t>(c)).sub_(static_cast<float>(mean[c])).div_(static_cast<float>(std[c]));
+  }
+  return x;
 }
 
 torch::Tensor Normalization::to_unit_gray(const torch::Tensor& x) const {
@@ -84,8 +86,16 @@ Batch BatchIterator::get(int64_t i) const {
     images = shift_and_flip(images, torch::tensor(dy), torch::tensor(dx),
                             torch::from_blob(flip.data(), {n}, torch::kUInt8).to(torch::kBool));
   }
-  b.x = norm_.apply(images);
   b.y = dataset_->labels.index_select(0, index);
+  if (device_.is_cuda()) {
+    // Page-locked memory lets the copies run asynchronously, overlapping the previous step.
+    images = images.pin_memory().to(device_, /*non_blocking=*/true);
+    b.y = b.y.pin_memory().to(device_, /*non_blocking=*/true);
+  } else if (!device_.is_cpu()) {
+    images = images.to(device_);
+    b.y = b.y.to(device_);
+  }
+  b.x = norm_.apply(images);
   return b;
 }
 

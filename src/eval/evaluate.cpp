@@ -1,6 +1,7 @@
 #include "batchcam/eval/evaluate.h"
 
 #include "batchcam/cam/grad_cam.h"
+#include "batchcam/core/runtime.h"
 #include "batchcam/losses/distances.h"
 
 #include <torch/torch.h>
@@ -43,34 +44,37 @@ EvalMetrics evaluation_pass(models::CamModel& model, const data::Dataset& datase
                             const torch::Tensor& prototypes, int64_t batch_size, EvalReport* full) {
   const bool was_training = model.is_training();
   model.eval();
+  const auto device = core::module_device(model);
   data::BatchIterator batches(dataset, norm, batch_size, /*shuffle=*/false, 0, /*drop_last=*/false);
+  batches.set_device(device);
+  const auto protos = prototypes.defined() ? prototypes.to(device) : prototypes;
   EvalMetrics m;
   double loss = 0, correct = 0, l1 = 0, l2 = 0, ssim = 0, object = 0, decoy = 0;
   double in_l1 = 0, in_l2 = 0, in_ssim = 0, object_hits = 0, decoy_hits = 0;
   double decoy_predicted = 0, decoy_predicted_hits = 0;
   std::vector<torch::Tensor> all_predicted;
   const int64_t k = dataset.num_classes();
-  auto confusion = torch::zeros({k * k}, torch::kInt64);
+  auto confusion = torch::zeros({k * k}, torch::TensorOptions().dtype(torch::kInt64).device(device));
   const auto options = cam::GradCamOptions().output_size({dataset.height(), dataset.width()});
   for (int64_t i = 0; i < batches.size(); ++i) {
     const auto b = batches.get(i);
     torch::Tensor logits;
-    if (prototypes.defined()) {
+    if (protos.defined()) {
       const auto out = cam::grad_cam(model, b.x, b.y, options);
       logits = out.logits.detach();
       torch::NoGradGuard no_grad;
       const auto maps = out.cam.maps.detach();
-      const auto target = prototypes.index_select(0, b.y);
+      const auto target = protos.index_select(0, b.y);
       l1 += losses::distance(losses::Distance::l1, maps, target).sum().item<double>();
       l2 += losses::distance(losses::Distance::l2, maps, target).sum().item<double>();
       ssim += losses::ssim(maps, target).sum().item<double>();
       if (dataset.object_masks.defined()) {
-        const auto masks = dataset.object_masks.index_select(0, b.index);
+        const auto masks = dataset.object_masks.index_select(0, b.index).to(device);
         object += mass_share(maps, masks).sum().item<double>();
         object_hits += pointing_game(maps, masks).sum().item<double>();
       }
       if (dataset.decoy_masks.defined()) {
-        const auto masks = dataset.decoy_masks.index_select(0, b.index);
+        const auto masks = dataset.decoy_masks.index_select(0, b.index).to(device);
         decoy += mass_share(maps, masks).sum().item<double>();
         decoy_hits += pointing_game(maps, masks).sum().item<double>();
       }
@@ -93,10 +97,10 @@ EvalMetrics evaluation_pass(models::CamModel& model, const data::Dataset& datase
       // Where the model looked for the class it chose (the true class's CAM above hides a
       // decoy that decided against the label).
       const auto maps = cam::grad_cam(model, b.x, predicted, options).cam.maps.detach();
-      const auto masks = dataset.decoy_masks.index_select(0, b.index);
+      const auto masks = dataset.decoy_masks.index_select(0, b.index).to(device);
       decoy_predicted += mass_share(maps, masks).sum().item<double>();
       decoy_predicted_hits += pointing_game(maps, masks).sum().item<double>();
-      all_predicted.push_back(predicted);
+      all_predicted.push_back(predicted.cpu());
     }
     confusion.index_add_(0, b.y * k + predicted, torch::ones_like(predicted));
   }
@@ -126,7 +130,7 @@ EvalMetrics evaluation_pass(models::CamModel& model, const data::Dataset& datase
     if (dataset.decoy_labels.defined() && !all_predicted.empty()) {
       full->decoy_following = decoy_following(torch::cat(all_predicted), dataset.labels, dataset.decoy_labels);
     }
-    const auto c = confusion.view({k, k});
+    const auto c = confusion.view({k, k}).cpu();
     full->confusion.assign(static_cast<size_t>(k), std::vector<int64_t>(static_cast<size_t>(k)));
     for (int64_t t = 0; t < k; ++t) {
       const auto row_total = c[t].sum().item<int64_t>();
@@ -213,15 +217,17 @@ EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, 
   const bool was_training = model.is_training();
   model.eval();
   const auto forward = [&](const torch::Tensor& input) { return model.forward(input); };
+  const auto device = core::module_device(model);
 
   if (options.faithfulness_count > 0) {
     const auto subset = first_images(dataset, options.faithfulness_count);
     data::BatchIterator batches(subset, norm, options.batch_size, false, 0, false);
+    batches.set_device(device);
     double deletion = 0, insertion = 0;
     for (int64_t i = 0; i < batches.size(); ++i) {
       const auto b = batches.get(i);
       const auto maps = cams_for(model, b.x, b.y);
-      const auto baseline = norm.apply(torch::zeros_like(subset.images.narrow(0, 0, 1))).expand_as(b.x);
+      const auto baseline = norm.apply(torch::zeros_like(subset.images.narrow(0, 0, 1)).to(device)).expand_as(b.x);
       const auto [del, ins] =
           deletion_insertion_curves(forward, b.x, b.y, maps, baseline, options.faithfulness_steps);
       deletion += curve_auc(del).sum().item<double>();
@@ -235,7 +241,9 @@ EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, 
 
   if (options.randomization_count > 0) {
     const auto subset = first_images(dataset, options.randomization_count);
-    const auto all = data::BatchIterator(subset, norm, subset.size(), false, 0, false).get(0);
+    data::BatchIterator whole(subset, norm, subset.size(), false, 0, false);
+    whole.set_device(device);
+    const auto all = whole.get(0);
     const auto trained = cams_for(model, all.x, all.y);
     // Re-initialise from the output down (cascading), with a fixed seed so the report is
     // repeatable; the weights and the global random state are restored afterwards.
@@ -252,7 +260,11 @@ EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, 
       {
         torch::NoGradGuard no_grad;
         for (auto p : params) {
-          if (p.dim() >= 2) torch::nn::init::kaiming_uniform_(p, std::sqrt(5.0));  // LibTorch's default init
+          if (p.dim() < 2) continue;
+          // Drawn on the CPU, so that every device gets the same weights.
+          auto w = torch::empty(p.sizes());
+          torch::nn::init::kaiming_uniform_(w, std::sqrt(5.0));  // LibTorch's default init
+          p.copy_(w);
         }
       }
       const auto randomized = cams_for(model, all.x, all.y);
@@ -274,17 +286,20 @@ EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, 
   if (options.timing) {
     const auto subset = first_images(dataset, 512);
     data::BatchIterator batches(subset, norm, std::min<int64_t>(options.batch_size, 128), false, 0, false);
-    const auto time_per_image = [&](const std::function<void(const data::Batch&)>& work) {
+    batches.set_device(device);
+    const auto time_per_image = [&](const std::function<torch::Tensor(const data::Batch&)>& work) {
       work(batches.get(0));  // warm-up
       const auto start = Clock::now();
-      for (int64_t i = 0; i < batches.size(); ++i) work(batches.get(i));
+      torch::Tensor last;
+      for (int64_t i = 0; i < batches.size(); ++i) last = work(batches.get(i));
+      (void)last.sum().item<double>();  // waits for an accelerator to finish
       return 1e3 * std::chrono::duration<double>(Clock::now() - start).count() / static_cast<double>(subset.size());
     };
     r.ms_per_image = time_per_image([&](const data::Batch& b) {
       torch::NoGradGuard no_grad;
-      model.forward(b.x);
+      return model.forward(b.x);
     });
-    r.ms_per_image_with_cam = time_per_image([&](const data::Batch& b) { cams_for(model, b.x, b.y); });
+    r.ms_per_image_with_cam = time_per_image([&](const data::Batch& b) { return cams_for(model, b.x, b.y); });
   }
   model.train(was_training);
   return r;

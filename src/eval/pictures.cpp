@@ -3,6 +3,8 @@
 #include "batchcam/cam/grad_cam.h"
 #include "batchcam/io/png.h"
 
+#include "batchcam/core/runtime.h"
+
 #include <torch/torch.h>
 
 namespace batchcam::eval {
@@ -61,16 +63,18 @@ torch::Tensor cam_examples(models::CamModel& model, const data::Dataset& dataset
   }
   TORCH_CHECK(!picks.empty(), "cam_examples: the dataset is empty");
   const auto index = torch::tensor(picks, torch::kLong);
-  const auto x = norm.apply(dataset.images.index_select(0, index));
+  const auto device = core::module_device(model);
+  const auto x = norm.apply(dataset.images.index_select(0, index).to(device));
   const bool was_training = model.is_training();
   model.eval();
-  const auto out = cam::grad_cam(model, x, dataset.labels.index_select(0, index),
+  const auto out = cam::grad_cam(model, x, dataset.labels.index_select(0, index).to(device),
                                  cam::GradCamOptions().output_size({x.size(2), x.size(3)}));
   model.train(was_training);
-  const auto gray = norm.to_unit_gray(x);
+  const auto gray = norm.to_unit_gray(x).cpu();
+  const auto maps = out.cam.maps.detach().cpu();
   std::vector<std::vector<torch::Tensor>> rows;
   for (int64_t i = 0; i < index.size(0); ++i) {
-    const auto map = out.cam.maps[i];
+    const auto map = maps[i];
     rows.push_back({zoomed(gray_rgb(gray[i]), zoom), zoomed(io::heat_colors(map), zoom),
                     zoomed(io::overlay(gray[i], map), zoom)});
   }

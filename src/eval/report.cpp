@@ -8,6 +8,8 @@
 #include <cairo-svg.h>
 #include <cairo.h>
 #include <openssl/evp.h>
+#include "batchcam/core/runtime.h"
+
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -88,11 +90,13 @@ std::vector<std::pair<std::string, std::string>> class_grids(models::CamModel& m
     const auto where = dataset.labels.eq(k).nonzero().flatten();
     if (where.numel() == 0) continue;
     const auto index = where.narrow(0, 0, std::min<int64_t>(per_class, where.numel()));
-    const auto x = norm.apply(dataset.images.index_select(0, index));
-    const auto maps = cam::grad_cam(model, x, dataset.labels.index_select(0, index),
+    const auto device = core::module_device(model);
+    const auto x = norm.apply(dataset.images.index_select(0, index).to(device));
+    const auto maps = cam::grad_cam(model, x, dataset.labels.index_select(0, index).to(device),
                                     cam::GradCamOptions().output_size({x.size(2), x.size(3)}))
-                          .cam.maps;
-    const auto gray = norm.to_unit_gray(x);
+                          .cam.maps.detach()
+                          .cpu();
+    const auto gray = norm.to_unit_gray(x).cpu();
     std::vector<torch::Tensor> rows;
     for (int64_t i = 0; i < index.numel(); ++i) rows.push_back(explanation_panels(gray[i], maps[i], 3));
     grids.emplace_back(dataset.class_names.at(static_cast<size_t>(k)), io::encode_png(stack_rows(rows)));

@@ -17,11 +17,12 @@ void check_pair(const torch::Tensor& a, const torch::Tensor& b, const char* what
               b.sizes());
 }
 
-void check_maps_targets(const torch::Tensor& maps, const torch::Tensor& targets, int64_t num_classes, const char* what) {
+void check_maps_targets(const torch::Tensor& maps, const torch::Tensor& targets, int64_t num_classes, const char* what,
+                        bool check_range) {
   TORCH_CHECK(maps.dim() == 3, what, ": maps must be [B, H, W], got ", maps.sizes());
   TORCH_CHECK(targets.dim() == 1 && targets.size(0) == maps.size(0) && targets.scalar_type() == torch::kLong, what,
               ": need one int64 target per map, got ", targets.sizes());
-  if (targets.numel() > 0) {
+  if (check_range && targets.numel() > 0) {
     TORCH_CHECK(targets.min().item<int64_t>() >= 0 && targets.max().item<int64_t>() < num_classes, what,
                 ": targets must lie in [0, ", num_classes, ")");
   }
@@ -44,12 +45,12 @@ std::string to_string(Distance d) {
   return "?";
 }
 
-torch::Tensor ssim_window(int64_t h, int64_t w, const SsimOptions& o, torch::ScalarType dtype) {
+torch::Tensor ssim_window(int64_t h, int64_t w, const SsimOptions& o, torch::ScalarType dtype, torch::Device device) {
   int64_t side = std::min({o.window, h, w});
   if (side % 2 == 0) side -= 1;
   TORCH_CHECK(side >= 1, "ssim: maps of ", h, "x", w, " are too small");
   const double sigma = o.sigma * static_cast<double>(side) / static_cast<double>(o.window);
-  auto x = torch::arange(side, torch::TensorOptions().dtype(torch::kDouble)) - static_cast<double>(side / 2);
+  auto x = torch::arange(side, torch::TensorOptions().dtype(torch::kDouble).device(device)) - static_cast<double>(side / 2);
   auto g = torch::exp(-(x * x) / (2.0 * sigma * sigma));
   g = g / g.sum();
   return torch::outer(g, g).to(dtype);
@@ -57,7 +58,7 @@ torch::Tensor ssim_window(int64_t h, int64_t w, const SsimOptions& o, torch::Sca
 
 torch::Tensor ssim(const torch::Tensor& a, const torch::Tensor& b, const SsimOptions& o) {
   check_pair(a, b, "ssim");
-  const auto win = ssim_window(a.size(1), a.size(2), o, a.scalar_type()).to(a.device()).unsqueeze(0).unsqueeze(0);
+  const auto win = ssim_window(a.size(1), a.size(2), o, a.scalar_type(), a.device()).unsqueeze(0).unsqueeze(0);
   const auto filter = [&](const torch::Tensor& t) { return torch::conv2d(t.unsqueeze(1), win); };  // valid windows
   const auto mu_a = filter(a), mu_b = filter(b);
   const auto var_a = filter(a * a) - mu_a * mu_a;
@@ -98,8 +99,8 @@ torch::Tensor image_prototypes(const torch::Tensor& images, const torch::Tensor&
 }
 
 std::pair<torch::Tensor, torch::Tensor> batch_prototypes(const torch::Tensor& maps, const torch::Tensor& labels,
-                                                         int64_t num_classes) {
-  check_maps_targets(maps, labels, num_classes, "batch_prototypes");
+                                                         int64_t num_classes, bool check_targets) {
+  check_maps_targets(maps, labels, num_classes, "batch_prototypes", check_targets);
   const auto onehot = torch::one_hot(labels, num_classes).to(maps.scalar_type());  // [B, K]
   const auto counts = onehot.sum(0);                                                // [K]
   const auto sums = onehot.t().matmul(maps.flatten(1));                             // [K, HW]
@@ -108,17 +109,18 @@ std::pair<torch::Tensor, torch::Tensor> batch_prototypes(const torch::Tensor& ma
 }
 
 torch::Tensor ema_prototypes(const torch::Tensor& prototypes, const torch::Tensor& maps, const torch::Tensor& labels,
-                             double momentum) {
+                             double momentum, bool check_targets) {
   TORCH_CHECK(momentum >= 0.0 && momentum <= 1.0, "ema_prototypes: momentum must be in [0, 1], got ", momentum);
   torch::NoGradGuard no_grad;
-  const auto [q, counts] = batch_prototypes(maps.detach().to(prototypes.scalar_type()), labels, prototypes.size(0));
+  const auto [q, counts] = batch_prototypes(maps.detach().to(prototypes.scalar_type()), labels, prototypes.size(0),
+                                            check_targets);
   const auto present = (counts > 0).view({-1, 1, 1});
   return torch::where(present, momentum * prototypes + (1.0 - momentum) * q, prototypes);
 }
 
 torch::Tensor prototype_loss(const torch::Tensor& maps, const torch::Tensor& targets, const torch::Tensor& prototypes,
-                             Distance d) {
-  check_maps_targets(maps, targets, prototypes.size(0), "prototype_loss");
+                             Distance d, bool check_targets) {
+  check_maps_targets(maps, targets, prototypes.size(0), "prototype_loss", check_targets);
   TORCH_CHECK(prototypes.dim() == 3 && prototypes.size(1) == maps.size(1) && prototypes.size(2) == maps.size(2),
               "prototype_loss: prototypes must be [K, ", maps.size(1), ", ", maps.size(2), "], got ", prototypes.sizes());
   const auto target_maps = prototypes.to(maps.options()).index_select(0, targets);
@@ -126,8 +128,8 @@ torch::Tensor prototype_loss(const torch::Tensor& maps, const torch::Tensor& tar
 }
 
 torch::Tensor batch_cam_loss(const torch::Tensor& maps, const torch::Tensor& targets, int64_t num_classes, Distance d,
-                             bool detach_target) {
-  auto [q, counts] = batch_prototypes(maps, targets, num_classes);
+                             bool detach_target, bool check_targets) {
+  auto [q, counts] = batch_prototypes(maps, targets, num_classes, check_targets);
   if (detach_target) q = q.detach();
   const auto per_sample = distance(d, maps, q.index_select(0, targets));  // [B]
   const auto counted = (counts.index_select(0, targets) > 1).to(maps.scalar_type());

@@ -82,7 +82,9 @@ void save_checkpoint(const std::string& path, models::CamModel& model, const mod
   archive.write("epoch", c10::IValue(epoch));
   archive.write("step", c10::IValue(state.step));
   archive.write("progress", c10::IValue(state.progress));
-  if (state.rng_state.defined()) archive.write("rng_state", state.rng_state);
+  if (state.rng.cpu.defined()) archive.write("rng_state", state.rng.cpu);
+  if (state.rng.cuda.defined()) archive.write("cuda_rng_state", state.rng.cuda);
+  if (state.scaler_state.defined()) archive.write("scaler_state", state.scaler_state);
   if (state.optimizer) {
     torch::serialize::OutputArchive optimizer_archive;
     state.optimizer->save(optimizer_archive);
@@ -103,7 +105,7 @@ void save_checkpoint(const std::string& path, models::CamModel& model, const mod
   commit_temp(tmp, path);
 }
 
-Checkpoint load_checkpoint(const std::string& path) {
+Checkpoint load_checkpoint(const std::string& path, torch::Device device) {
   if (!std::filesystem::is_regular_file(path)) throw std::runtime_error(path + ": no such checkpoint file");
   torch::serialize::InputArchive archive;
   try {
@@ -132,8 +134,10 @@ Checkpoint load_checkpoint(const std::string& path) {
     c10::IValue step, progress;
     if (archive.try_read("step", step)) ck.step = step.toInt();
     if (archive.try_read("progress", progress)) ck.progress = progress.toStringRef();
-    torch::Tensor rng;
-    if (archive.try_read("rng_state", rng)) ck.rng_state = rng;
+    torch::Tensor rng, cuda_rng, scaler;
+    if (archive.try_read("rng_state", rng)) ck.rng.cpu = rng;
+    if (archive.try_read("cuda_rng_state", cuda_rng)) ck.rng.cuda = cuda_rng;
+    if (archive.try_read("scaler_state", scaler)) ck.scaler_state = scaler;
     torch::serialize::InputArchive optimizer_archive;
     ck.has_optimizer = archive.try_read("optimizer", optimizer_archive);
     torch::Tensor mean, stdev, protos;
@@ -161,13 +165,14 @@ Checkpoint load_checkpoint(const std::string& path) {
     throw std::runtime_error(path + ": invalid checkpoint (" + msg + ")");
   }
   ck.model->eval();
+  ck.model->to(device);
   return ck;
 }
 
-void restore_optimizer(const std::string& path, torch::optim::Optimizer& optimizer) {
+void restore_optimizer(const std::string& path, torch::optim::Optimizer& optimizer, torch::Device device) {
   try {
     torch::serialize::InputArchive archive, optimizer_archive;
-    archive.load_from(path);
+    archive.load_from(path, device);
     archive.read("optimizer", optimizer_archive);
     optimizer.load(optimizer_archive);
   } catch (const std::exception& e) {

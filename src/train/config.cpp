@@ -1,10 +1,39 @@
 #include "batchcam/train/config.h"
 
+#include "batchcam/data/datasets.h"
+
+#include <algorithm>
 #include <functional>
 #include <map>
 #include <stdexcept>
 
 namespace batchcam::train {
+
+template <> const std::vector<std::string>& names<OptimizerKind>() {
+  static const std::vector<std::string> n = {"sgd", "adam", "adamw"};
+  return n;
+}
+template <> const std::vector<std::string>& names<Schedule>() {
+  static const std::vector<std::string> n = {"constant", "step", "cosine", "onecycle"};
+  return n;
+}
+template <> const std::vector<std::string>& names<PrototypeKind>() {
+  static const std::vector<std::string> n = {"image", "cam-ema"};
+  return n;
+}
+template <> const std::vector<std::string>& names<BatchTarget>() {
+  static const std::vector<std::string> n = {"attached", "detached"};
+  return n;
+}
+template <> const std::vector<std::string>& names<Augment>() {
+  static const std::vector<std::string> n = {"none", "shift", "shift-flip"};
+  return n;
+}
+template <> const std::vector<std::string>& names<losses::Distance>() {
+  static const std::vector<std::string> n = {"l1", "l2", "ssim"};
+  return n;
+}
+template <> const std::vector<std::string>& names<core::Precision>() { return core::precision_names(); }
 
 namespace {
 // One table drives serialisation both ways, so a new field cannot be forgotten in one of them.
@@ -34,6 +63,9 @@ void for_each_field(TrainConfig& c, F&& f) {
   f("label_smoothing", c.label_smoothing);
   f("seed", c.seed);
   f("threads", c.threads);
+  f("device", c.device);
+  f("precision", c.precision);
+  f("max_skipped_steps", c.max_skipped_steps);
   f("lambda_proto", c.lambda_proto);
   f("lambda_batch", c.lambda_batch);
   f("distance_proto", c.distance_proto);
@@ -43,60 +75,61 @@ void for_each_field(TrainConfig& c, F&& f) {
   f("cam_warmup_epochs", c.cam_warmup_epochs);
   f("out_dir", c.out_dir);
   f("run_name", c.run_name);
+  f("log_every", c.log_every);
 }
 
 void require(bool ok, const std::string& field, const std::string& expected) {
   if (!ok) throw std::invalid_argument("config: '" + field + "' must be " + expected);
 }
-
-void require_one_of(const std::string& value, const std::string& field, std::initializer_list<const char*> options) {
-  std::string list;
-  for (const char* o : options) {
-    if (value == o) return;
-    list += (list.empty() ? "" : " | ") + std::string(o);
-  }
-  throw std::invalid_argument("config: '" + field + "' must be " + list + ", got '" + value + "'");
-}
 }  // namespace
 
 void TrainConfig::validate() const {
-  require_one_of(dataset, "dataset",
-                 {"shapes", "mnist", "fashion-mnist", "decoy-mnist", "decoy-fashion", "cifar10", "folder"});
+  const auto datasets = data::dataset_names();
+  std::string list;
+  for (const auto& d : datasets) list += (list.empty() ? "" : " | ") + d;
+  require(std::find(datasets.begin(), datasets.end(), dataset) != datasets.end(), "dataset",
+          list + ", got '" + dataset + "'");
   require(train_size >= 0, "train_size", ">= 0 (0 = the dataset's default)");
   require(test_size >= 0, "test_size", ">= 0 (0 = the dataset's default)");
   require(dataset != "folder" || !data_dir.empty(), "data_dir", "set for dataset 'folder' (its directory)");
-  require_one_of(augment, "augment", {"none", "shift", "shift-flip"});
   const bool digits = dataset == "mnist" || dataset == "decoy-mnist";
-  require(!(digits && augment == "shift-flip"), "augment", "none or shift for digits (a flipped digit is another glyph)");
+  require(!(digits && augment == Augment::shift_flip), "augment",
+          "none or shift for digits (a flipped digit is another glyph)");
   require(image_size >= 16 && image_size <= 512, "image_size", "in [16, 512]");
   require(epochs >= 1, "epochs", ">= 1");
   require(batch_size >= 2, "batch_size", ">= 2");
-  require_one_of(optimizer, "optimizer", {"sgd", "adam", "adamw"});
   require(lr > 0.0, "lr", "> 0");
   require(momentum >= 0.0 && momentum < 1.0, "momentum", "in [0, 1)");
-  require(!(nesterov && (optimizer != "sgd" || momentum <= 0.0)), "nesterov", "false unless optimizer is sgd with momentum > 0");
+  require(!(nesterov && (optimizer != OptimizerKind::sgd || momentum <= 0.0)), "nesterov",
+          "false unless optimizer is sgd with momentum > 0");
   require(weight_decay >= 0.0, "weight_decay", ">= 0");
-  require_one_of(schedule, "schedule", {"constant", "step", "cosine", "onecycle"});
   require(warmup_epochs >= 0 && warmup_epochs < epochs, "warmup_epochs", ">= 0 and < epochs");
   require(step_size >= 1, "step_size", ">= 1");
   require(gamma > 0.0 && gamma <= 1.0, "gamma", "in (0, 1]");
   require(grad_clip >= 0.0, "grad_clip", ">= 0 (0 = off)");
   require(label_smoothing >= 0.0 && label_smoothing < 1.0, "label_smoothing", "in [0, 1)");
   require(threads >= 0, "threads", ">= 0");
+  require(device == "auto" || device == "cpu" || device == "cuda" || device.rfind("cuda:", 0) == 0, "device",
+          "auto | cpu | cuda | cuda:N, got '" + device + "'");
+  require(max_skipped_steps >= 1, "max_skipped_steps", ">= 1");
   require(lambda_proto >= 0.0, "lambda_proto", ">= 0");
   require(lambda_batch >= 0.0, "lambda_batch", ">= 0");
-  require_one_of(distance_proto, "distance_proto", {"l1", "l2", "ssim"});
-  require_one_of(distance_batch, "distance_batch", {"l1", "l2", "ssim"});
-  require_one_of(prototype, "prototype", {"image", "cam-ema"});
-  require_one_of(batch_target, "batch_target", {"attached", "detached"});
   require(cam_warmup_epochs >= 0, "cam_warmup_epochs", ">= 0");
   require(!out_dir.empty(), "out_dir", "a directory path");
+  require(log_every >= 1, "log_every", ">= 1");
 }
 
 nlohmann::json to_json(const TrainConfig& config) {
   nlohmann::json j = nlohmann::json::object();
   TrainConfig c = config;
-  for_each_field(c, [&](const char* key, auto& value) { j[key] = value; });
+  for_each_field(c, [&](const char* key, auto& value) {
+    using T = std::decay_t<decltype(value)>;
+    if constexpr (std::is_enum_v<T>) {
+      j[key] = to_string(value);
+    } else {
+      j[key] = value;
+    }
+  });
   return j;
 }
 
@@ -107,13 +140,17 @@ TrainConfig config_from_json(const nlohmann::json& j) {
   for_each_field(c, [&](const char* key, auto& value) {
     setters[key] = [&value, key](const nlohmann::json& v) {
       using T = std::decay_t<decltype(value)>;
-      const bool ok = std::is_same_v<T, bool>          ? v.is_boolean()
-                      : std::is_same_v<T, std::string> ? v.is_string()
-                      : std::is_floating_point_v<T>    ? v.is_number()
-                      : std::is_unsigned_v<T>          ? v.is_number_unsigned()
-                                                       : v.is_number_integer();
+      const bool ok = std::is_same_v<T, bool>                             ? v.is_boolean()
+                      : std::is_same_v<T, std::string> || std::is_enum_v<T> ? v.is_string()
+                      : std::is_floating_point_v<T>                       ? v.is_number()
+                      : std::is_unsigned_v<T>                             ? v.is_number_unsigned()
+                                                                          : v.is_number_integer();
       if (!ok) throw std::invalid_argument(std::string("config: '") + key + "' has the wrong type: " + v.dump());
-      value = v.get<T>();
+      if constexpr (std::is_enum_v<T>) {
+        value = parse<T>(v.get<std::string>(), key);
+      } else {
+        value = v.get<T>();
+      }
     };
   });
   for (const auto& [key, value] : j.items()) {

@@ -2,25 +2,15 @@
 
 #include "batchcam/cam/grad_cam.h"
 #include "batchcam/data/datasets.h"
-#include "batchcam/eval/pictures.h"
-#include "batchcam/eval/report.h"
-#include "batchcam/io/png.h"
 #include "batchcam/losses/cam_losses.h"
-#include "batchcam/models/registry.h"
-#include "batchcam/train/checkpoint.h"
+#include "batchcam/train/run_directory.h"
 
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
-#include <ctime>
 #include <filesystem>
-#include <fstream>
-#include <future>
-#include <memory>
 #include <stdexcept>
-#include <thread>
 
 namespace batchcam::train {
 
@@ -32,87 +22,68 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-std::string default_run_name(const TrainConfig& c) {
-  const std::time_t now = std::time(nullptr);
-  char stamp[32];
-  std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::localtime(&now));
-  return c.dataset + "-" + c.model + "-" + stamp;
-}
+// Positions in Trainer::running_.
+enum Slot : int64_t { kLoss, kCe, kProto, kBatch, kCorrect, kSeen, kBadStep, kBadTerm, kSlots };
+const char* const kTermNames[] = {"cross-entropy", "prototype", "batch-cam", "total"};
 
-// Creates the run directory and proves it is writable before any training time is spent.
-std::string prepare_run_dir(const TrainConfig& c) {
-  std::string name = c.run_name.empty() ? default_run_name(c) : c.run_name;
-  fs::path dir = fs::path(c.out_dir) / name;
-  if (c.run_name.empty()) {
-    for (int k = 2; fs::exists(dir); ++k) dir = fs::path(c.out_dir) / (name + "-" + std::to_string(k));
-  } else if (fs::exists(dir / "metrics.jsonl")) {
-    throw std::runtime_error(dir.string() + ": run directory already holds a run; choose another run name, or continue it with --resume");
+// Like torch::nn::utils::clip_grad_norm_, without reading the norm back to the host.
+void clip_gradients(const std::vector<torch::Tensor>& parameters, double max_norm) {
+  std::vector<torch::Tensor> norms;
+  for (const auto& p : parameters) {
+    if (p.grad().defined()) norms.push_back(p.grad().norm());
   }
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) throw std::runtime_error(dir.string() + ": cannot create run directory (" + ec.message() + ")");
-  const auto probe = dir / ".write-test";
-  {
-    std::ofstream out(probe);
-    out << std::string(4096, '\0');
-    out.flush();
-    if (!out) throw std::runtime_error(dir.string() + ": run directory is not writable (or the disk is full)");
+  if (norms.empty()) return;
+  const auto total = torch::stack(norms).norm();
+  const auto coefficient = (max_norm / (total + 1e-6)).clamp_max(1.0);
+  for (const auto& p : parameters) {
+    if (p.grad().defined()) p.grad().mul_(coefficient);
   }
-  fs::remove(probe, ec);
-  return dir.string();
 }
 
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainConfig& c, models::CamModel& model) {
-  if (c.optimizer == "sgd") {
-    return std::make_unique<torch::optim::SGD>(
-        model.parameters(),
-        torch::optim::SGDOptions(c.lr).momentum(c.momentum).nesterov(c.nesterov).weight_decay(c.weight_decay));
-  }
-  if (c.optimizer == "adamw") {
-    return std::make_unique<torch::optim::AdamW>(model.parameters(),
-                                                 torch::optim::AdamWOptions(c.lr).weight_decay(c.weight_decay));
-  }
-  return std::make_unique<torch::optim::Adam>(model.parameters(),
-                                              torch::optim::AdamOptions(c.lr).weight_decay(c.weight_decay));
+nlohmann::json sums_json(const torch::Tensor& running) {
+  const auto r = running.to(torch::kCPU, torch::kDouble).contiguous();
+  const double* v = r.data_ptr<double>();
+  return {{"loss", v[kLoss]}, {"ce", v[kCe]}, {"proto", v[kProto]}, {"batch", v[kBatch]},
+          {"correct", v[kCorrect]}, {"seen", v[kSeen]}};
 }
 
-void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
-  for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
+torch::Tensor running_from_json(const nlohmann::json& j) {
+  auto r = torch::zeros({kSlots}, torch::kDouble);
+  r[kLoss] = j.at("loss").get<double>();
+  r[kCe] = j.at("ce").get<double>();
+  r[kProto] = j.at("proto").get<double>();
+  r[kBatch] = j.at("batch").get<double>();
+  r[kCorrect] = j.at("correct").get<double>();
+  r[kSeen] = j.at("seen").get<double>();
+  r[kBadStep] = -1.0;
+  return r;
 }
 
-torch::Tensor cpu_rng_state() {
-  auto gen = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  return gen.get_state();
+torch::Tensor fresh_running(torch::Device device) {
+  auto r = torch::zeros({kSlots}, torch::kDouble);
+  r[kBadStep] = -1.0;
+  return r.to(device);
 }
 
-void set_cpu_rng_state(const torch::Tensor& state) {
-  auto gen = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  gen.set_state(state);
-}
+}  // namespace
 
-// Running sums of one epoch; saved in mid-epoch checkpoints so a resumed epoch reports
-// the same means as an uninterrupted one.
-struct EpochSums {
-  double loss = 0, ce = 0, proto = 0, batch = 0, correct = 0, seen = 0, seconds = 0;
-};
-
-nlohmann::json sums_json(const EpochSums& s) {
-  return {{"loss", s.loss}, {"ce", s.ce}, {"proto", s.proto}, {"batch", s.batch},
-          {"correct", s.correct}, {"seen", s.seen}, {"seconds", s.seconds}};
-}
-
-EpochSums sums_from_json(const nlohmann::json& j) {
-  EpochSums s;
-  s.loss = j.at("loss");
-  s.ce = j.at("ce");
-  s.proto = j.at("proto");
-  s.batch = j.at("batch");
-  s.correct = j.at("correct");
-  s.seen = j.at("seen");
-  s.seconds = j.at("seconds");
-  return s;
+nlohmann::json to_json(const EpochMetrics& m) {
+  return {{"epoch", m.epoch},
+          {"train_loss", m.train_loss},
+          {"train_ce", m.train_ce},
+          {"train_proto", m.train_proto},
+          {"train_batch", m.train_batch},
+          {"train_accuracy", m.train_accuracy},
+          {"lambda_proto", m.lambda_proto},
+          {"lambda_batch", m.lambda_batch},
+          {"test_loss", m.test.loss},
+          {"test_accuracy", m.test.accuracy},
+          {"test_proto_l1", m.test.proto_l1},
+          {"test_proto_l2", m.test.proto_l2},
+          {"test_proto_ssim", m.test.proto_ssim},
+          {"test_object_share", m.test.object_share},
+          {"test_decoy_share", m.test.decoy_share},
+          {"seconds", m.seconds}};
 }
 
 EpochMetrics epoch_metrics_from_json(const nlohmann::json& j) {
@@ -136,75 +107,6 @@ EpochMetrics epoch_metrics_from_json(const nlohmann::json& j) {
   return m;
 }
 
-// Returns the scalar loss term's value, or throws naming the term and the step.
-double require_finite(const torch::Tensor& t, const char* term, int64_t epoch, int64_t step) {
-  const double v = t.item<double>();
-  if (!std::isfinite(v)) {
-    throw std::runtime_error("non-finite " + std::string(term) + " loss (" + std::to_string(v) + ") at epoch " +
-                             std::to_string(epoch) + ", step " + std::to_string(step) +
-                             "; the last good checkpoint is kept");
-  }
-  return v;
-}
-
-torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels, double label_smoothing) {
-  namespace F = torch::nn::functional;
-  return F::cross_entropy(logits, labels, F::CrossEntropyFuncOptions().label_smoothing(label_smoothing));
-}
-
-}  // namespace
-
-StepLosses compute_losses(models::CamModel& model, const data::Batch& batch, const torch::Tensor& prototypes,
-                          int64_t num_classes, const CamLossConfig& config) {
-  StepLosses out;
-  const auto zero = torch::zeros({}, batch.x.options());
-  if (!config.active()) {
-    out.logits = model.forward(batch.x);
-    out.ce = cross_entropy(out.logits, batch.y, config.label_smoothing);
-    out.proto = zero;
-    out.batch = zero;
-    out.total = out.ce;
-    return out;
-  }
-  const auto cam_options =
-      cam::GradCamOptions().create_graph(true).output_size({batch.x.size(2), batch.x.size(3)});
-  auto result = cam::grad_cam(model, batch.x, batch.y, cam_options);
-  out.logits = result.logits;
-  out.maps = result.cam.maps;
-  out.ce = cross_entropy(out.logits, batch.y, config.label_smoothing);
-  out.proto = zero;
-  out.batch = zero;
-  if (config.lambda_proto > 0.0) {
-    TORCH_CHECK(prototypes.defined(), "compute_losses: lambda_proto > 0 needs prototypes");
-    out.proto = losses::prototype_loss(out.maps, batch.y, prototypes, config.distance_proto);
-  }
-  if (config.lambda_batch > 0.0) {
-    out.batch = losses::batch_cam_loss(out.maps, batch.y, num_classes, config.distance_batch,
-                                       config.detach_batch_target);
-  }
-  out.total = out.ce + config.lambda_proto * out.proto + config.lambda_batch * out.batch;
-  return out;
-}
-
-nlohmann::json to_json(const EpochMetrics& m) {
-  return {{"epoch", m.epoch},
-          {"train_loss", m.train_loss},
-          {"train_ce", m.train_ce},
-          {"train_proto", m.train_proto},
-          {"train_batch", m.train_batch},
-          {"train_accuracy", m.train_accuracy},
-          {"lambda_proto", m.lambda_proto},
-          {"lambda_batch", m.lambda_batch},
-          {"test_loss", m.test.loss},
-          {"test_accuracy", m.test.accuracy},
-          {"test_proto_l1", m.test.proto_l1},
-          {"test_proto_l2", m.test.proto_l2},
-          {"test_proto_ssim", m.test.proto_ssim},
-          {"test_object_share", m.test.object_share},
-          {"test_decoy_share", m.test.decoy_share},
-          {"seconds", m.seconds}};
-}
-
 data::DatasetSplits load_dataset(const TrainConfig& c) {
   data::DatasetOptions o;
   o.name = c.dataset;
@@ -217,201 +119,283 @@ data::DatasetSplits load_dataset(const TrainConfig& c) {
   return data::load_dataset(o);
 }
 
-double learning_rate(const TrainConfig& c, int64_t step, int64_t steps_per_epoch) {
-  constexpr double pi = 3.14159265358979323846;
-  const double t = static_cast<double>(step);
-  const double total = static_cast<double>(c.epochs * steps_per_epoch);
-  const double warm = static_cast<double>(c.warmup_epochs * steps_per_epoch);
-  const auto cosine = [&](double from, double to, double progress) {
-    return to + (from - to) * 0.5 * (1.0 + std::cos(pi * std::clamp(progress, 0.0, 1.0)));
-  };
-  if (c.schedule == "onecycle") {
-    // Rise from lr/25 to lr (over the warm-up, or the first 30% without one), then
-    // anneal to lr/25e4, both along a half cosine.
-    const double rise = warm > 0 ? warm : std::max(1.0, 0.3 * total);
-    const double start = c.lr / 25.0;
-    if (t < rise) return cosine(c.lr, start, 1.0 - t / rise);
-    return cosine(c.lr, start / 1e4, (t - rise) / std::max(1.0, total - rise));
+Trainer::Trainer(const TrainConfig& config, const data::DatasetSplits& splits, torch::Device device)
+    : config_(config), splits_(&splits), device_(device) {
+  config_.validate();
+  const auto& train_set = splits.train;
+  spec_ = {config_.model, train_set.channels(), train_set.num_classes(), train_set.height(), config_.target_layer};
+  // Initialised on the CPU from the run's seed, so the weights are the same on every device.
+  model_ = core::with_cpu_seed(config_.seed, [&] { return models::make_model(spec_); });
+  norm_ = data::Normalization::fit(train_set.images);
+  prototypes_ = losses::image_prototypes(train_set.images, train_set.labels, train_set.num_classes());
+  set_up(splits);
+}
+
+Trainer::Trainer(const Checkpoint& ck, const std::string& path, const data::DatasetSplits& splits, torch::Device device)
+    : config_(ck.config), splits_(&splits), device_(device) {
+  if (ck.progress.empty() || !ck.rng.cpu.defined() || !ck.has_optimizer) {
+    throw std::runtime_error(path + ": checkpoint has no training state to resume from");
   }
-  if (t < warm) return c.lr * (t + 1.0) / warm;
-  if (c.schedule == "step") return c.lr * std::pow(c.gamma, static_cast<double>((step / steps_per_epoch) / c.step_size));
-  if (c.schedule == "cosine") return cosine(c.lr, 0.0, (t - warm) / std::max(1.0, total - warm));
-  return c.lr;
+  config_.validate();
+  spec_ = ck.spec;
+  model_ = ck.model;
+  norm_ = ck.normalization;
+  prototypes_ = ck.prototypes.defined()
+                    ? ck.prototypes
+                    : losses::image_prototypes(splits.train.images, splits.train.labels, splits.train.num_classes());
+  set_up(splits);
+  restore_optimizer(path, *optimizer_, device_);
+  core::set_generator_state(ck.rng);
+  if (scaler_ && ck.scaler_state.defined()) scaler_->load_state(ck.scaler_state);
+  try {
+    const auto progress = nlohmann::json::parse(ck.progress);
+    for (const auto& line : progress.at("history")) history_.push_back(epoch_metrics_from_json(line));
+    best_accuracy_ = progress.at("best_accuracy");
+    train_seconds_ = progress.at("train_seconds");
+    epoch_ = ck.epoch + 1;
+    step_ = ck.step;
+    if (step_ > 0) {
+      running_ = running_from_json(progress.at("sums")).to(device_);
+      seconds_before_ = progress.at("sums").at("seconds");
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(path + ": invalid training progress in the checkpoint (" + std::string(e.what()) + ")");
+  }
+  if (step_ >= steps_) throw std::runtime_error(path + ": checkpoint step lies beyond the epoch's end");
+  if (!finished()) begin_epoch();
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::set_up(const data::DatasetSplits& splits) {
+  const auto& train_set = splits.train;
+  core::require_supported(config_.precision, device_);
+  const int64_t k = train_set.num_classes();
+  if (train_set.size() > 0) {
+    // Validated once here, so that no step has to read the labels back from the device.
+    const auto lo = train_set.labels.min().item<int64_t>(), hi = train_set.labels.max().item<int64_t>();
+    if (lo < 0 || hi >= k) {
+      throw std::runtime_error("training labels must lie in [0, " + std::to_string(k) + "), found " +
+                               std::to_string(lo) + ".." + std::to_string(hi));
+    }
+  }
+  model_->to(device_);
+  model_->train();
+  cam::require_per_sample_head(*model_);
+  prototypes_ = prototypes_.to(device_);
+
+  objective_.distance_proto = config_.distance_proto;
+  objective_.distance_batch = config_.distance_batch;
+  objective_.detach_batch_target = config_.batch_target == BatchTarget::detached;
+  objective_.label_smoothing = config_.label_smoothing;
+  objective_.precision = config_.precision;
+  objective_.check_targets = false;
+
+  optimizer_ = make_optimizer(config_, model_->parameters());
+  if (config_.precision == core::Precision::fp16) scaler_ = std::make_unique<LossScaler>(device_);
+  batches_ = std::make_unique<data::BatchIterator>(train_set, norm_, config_.batch_size, /*shuffle=*/true,
+                                                   config_.seed, /*drop_last=*/true);
+  if (config_.augment != Augment::none) {
+    batches_->set_augmentation(
+        {std::max<int64_t>(1, train_set.height() / 8), config_.augment == Augment::shift_flip});
+  }
+  batches_->set_device(device_);
+  steps_ = batches_->size();
+  if (steps_ == 0) {
+    throw std::invalid_argument("config: 'batch_size' (" + std::to_string(config_.batch_size) +
+                                ") is larger than the training set (" + std::to_string(train_set.size()) + ")");
+  }
+  running_ = fresh_running(device_);
+  if (epoch_ == 1 && step_ == 0) begin_epoch();
+}
+
+void Trainer::begin_epoch() {
+  const bool cam_on = epoch_ > config_.cam_warmup_epochs;
+  objective_.lambda_proto = cam_on ? config_.lambda_proto : 0.0;
+  objective_.lambda_batch = cam_on ? config_.lambda_batch : 0.0;
+  batches_->set_epoch(epoch_);
+  model_->train();
+  if (step_ == 0) {
+    running_ = fresh_running(device_);
+    seconds_before_ = 0;
+  }
+  epoch_start_ = Clock::now();
+  epoch_first_step_ = step_;
+}
+
+void Trainer::step(const data::Batch& batch) {
+  TORCH_CHECK(!finished(), "Trainer::step: the run is complete");
+  set_learning_rate(*optimizer_, learning_rate(config_, (epoch_ - 1) * steps_ + step_, steps_));
+  optimizer_->zero_grad();
+  auto losses_now = compute_losses(*model_, batch, prototypes_, spec_.num_classes, objective_);
+  const auto parameters = model_->parameters();
+  if (scaler_) {
+    scaler_->scale(losses_now.total).backward();
+    const auto found_inf = scaler_->unscale(parameters);
+    if (config_.grad_clip > 0.0) clip_gradients(parameters, config_.grad_clip);
+    // The one read-back of fp16 training: whether this step's gradients are usable.
+    if (found_inf.item<float>() > 0) {
+      ++skipped_in_a_row_;
+      if (skipped_in_a_row_ >= config_.max_skipped_steps) {
+        throw std::runtime_error("fp16 gradients were not finite in " + std::to_string(skipped_in_a_row_) +
+                                 " steps in a row (loss scale now " + std::to_string(scaler_->current_scale()) +
+                                 ") at epoch " + std::to_string(epoch_) + ", step " + std::to_string(step_ + 1) +
+                                 " (term: total loss); the last good checkpoint is kept");
+      }
+    } else {
+      skipped_in_a_row_ = 0;
+      optimizer_->step();
+    }
+    scaler_->update(found_inf);
+  } else {
+    losses_now.total.backward();
+    if (config_.grad_clip > 0.0) clip_gradients(parameters, config_.grad_clip);
+    optimizer_->step();
+  }
+  if (config_.prototype == PrototypeKind::cam_ema && losses_now.maps.defined()) {
+    prototypes_ = losses::ema_prototypes(prototypes_, losses_now.maps, batch.y, 0.99, /*check_targets=*/false);
+  }
+
+  // Running sums and the first non-finite term, kept on the device.
+  torch::NoGradGuard no_grad;
+  const auto terms = torch::stack({losses_now.ce, losses_now.proto, losses_now.batch, losses_now.total})
+                         .detach()
+                         .to(torch::kDouble);  // [4]: ce, proto, batch, total
+  const double n = static_cast<double>(batch.y.size(0));
+  const auto correct = losses_now.logits.argmax(1).eq(batch.y).sum().to(torch::kDouble);
+  const auto bad = terms.isfinite().logical_not();
+  const auto first_bad = (running_[kBadStep] < 0).logical_and(bad.any());
+  running_.narrow(0, kLoss, 4).add_(torch::stack({terms[3], terms[0], terms[1], terms[2]}) * n);
+  running_[kCorrect] += correct;
+  running_[kSeen] += n;
+  running_[kBadStep] = torch::where(first_bad, torch::full({}, static_cast<double>(step_ + 1), running_.options()),
+                                    running_[kBadStep]);
+  running_[kBadTerm] = torch::where(first_bad, bad.to(torch::kLong).argmax().to(torch::kDouble), running_[kBadTerm]);
+  ++step_;
+}
+
+StepInfo Trainer::read_progress() {
+  const auto r = running_.to(torch::kCPU).contiguous();
+  const double* v = r.data_ptr<double>();
+  if (v[kBadStep] >= 0) {
+    throw std::runtime_error("non-finite " + std::string(kTermNames[static_cast<int>(v[kBadTerm])]) +
+                             " loss at epoch " + std::to_string(epoch_) + ", step " +
+                             std::to_string(static_cast<int64_t>(v[kBadStep])) + "; the last good checkpoint is kept");
+  }
+  StepInfo info;
+  info.epoch = epoch_;
+  info.epochs = config_.epochs;
+  info.step = step_;
+  info.steps = steps_;
+  const double seen = std::max(v[kSeen], 1.0);
+  info.loss = v[kLoss] / seen;
+  info.ce = v[kCe] / seen;
+  info.proto = v[kProto] / seen;
+  info.batch = v[kBatch] / seen;
+  info.fresh = true;
+  last_read_ = info;
+  return info;
+}
+
+bool Trainer::run_epoch(const std::function<void(const StepInfo&)>& on_step, const std::function<bool()>& should_stop) {
+  while (step_ < steps_) {
+    step(batches_->get(step_));
+    const bool read = step_ == steps_ || step_ % config_.log_every == 0;
+    StepInfo info = read ? read_progress() : last_read_;
+    if (!read) info.fresh = false;
+    info.step = step_;
+    info.steps = steps_;
+    info.epoch = epoch_;
+    info.epochs = config_.epochs;
+    info.model = model_.get();
+    const double per_step = seconds_since(epoch_start_) / static_cast<double>(step_ - epoch_first_step_);
+    info.images_per_second = static_cast<double>(config_.batch_size) / std::max(per_step, 1e-9);
+    info.eta_seconds = per_step * static_cast<double>((config_.epochs - epoch_) * steps_ + steps_ - step_);
+    if (on_step) on_step(info);
+    if (step_ < steps_ && should_stop && should_stop()) return false;
+  }
+  return true;
+}
+
+TrainingState Trainer::training_state() {
+  read_progress();  // never save what a non-finite step produced
+  nlohmann::json history = nlohmann::json::array();
+  for (const auto& m : history_) history.push_back(to_json(m));
+  auto sums = sums_json(running_);
+  sums["seconds"] = step_ > 0 ? seconds_before_ + seconds_since(epoch_start_) : 0.0;
+  const nlohmann::json progress = {{"history", history}, {"sums", sums},
+                                   {"best_accuracy", best_accuracy_}, {"train_seconds", train_seconds_}};
+  TrainingState state;
+  state.step = step_ == steps_ ? 0 : step_;
+  state.progress = progress.dump();
+  state.optimizer = optimizer_.get();
+  state.rng = core::generator_state();
+  if (scaler_) state.scaler_state = scaler_->state();
+  return state;
+}
+
+EpochMetrics Trainer::end_epoch() {
+  TORCH_CHECK(step_ == steps_, "Trainer::end_epoch: the epoch has ", steps_ - step_, " steps left");
+  const auto progress = read_progress();
+  const auto r = running_.to(torch::kCPU);
+  EpochMetrics m;
+  m.epoch = epoch_;
+  m.lambda_proto = objective_.lambda_proto;
+  m.lambda_batch = objective_.lambda_batch;
+  m.seconds = seconds_before_ + seconds_since(epoch_start_);
+  m.train_loss = progress.loss;
+  m.train_ce = progress.ce;
+  m.train_proto = progress.proto;
+  m.train_batch = progress.batch;
+  m.train_accuracy = r[kCorrect].item<double>() / std::max(r[kSeen].item<double>(), 1.0);
+  m.test = eval::evaluate(*model_, splits_->test, norm_, prototypes_);
+  train_seconds_ += m.seconds;
+  history_.push_back(m);
+  last_best_ = m.test.accuracy > best_accuracy_;
+  if (last_best_) best_accuracy_ = m.test.accuracy;
+  ++epoch_;
+  step_ = 0;
+  if (!finished()) begin_epoch();
+  return m;
 }
 
 namespace {
 
-// One training run from its start or from a checkpoint `from` (read from `from_path`).
-TrainResult run_training(const TrainConfig& config, const TrainCallbacks& callbacks, const std::string& run_dir,
-                         const Checkpoint* from, const std::string& from_path) {
-  // LibTorch's OpenMP pool may start with one thread; 0 means every core.
-  const auto cores = static_cast<int64_t>(std::max(1u, std::thread::hardware_concurrency()));
-  torch::set_num_threads(static_cast<int>(config.threads > 0 ? config.threads : cores));
-  torch::manual_seed(config.seed);
-
-  const auto splits = load_dataset(config);
-  const auto& train_set = splits.train;
-  const int64_t num_classes = train_set.num_classes();
-  models::ModelSpec spec{config.model, train_set.channels(), num_classes, train_set.height(), config.target_layer};
-  auto model = from ? from->model : models::make_model(spec);
-  model->train();
-  cam::require_per_sample_head(*model);
-
-  CamLossConfig cam_config;
-  cam_config.distance_proto = losses::parse_distance(config.distance_proto);
-  cam_config.distance_batch = losses::parse_distance(config.distance_batch);
-  cam_config.detach_batch_target = config.batch_target == "detached";
-  cam_config.label_smoothing = config.label_smoothing;
-
+// Drives a trainer through its remaining epochs, with `files` as the sink of its outputs.
+TrainResult drive(Trainer& trainer, RunDirectory& files, const TrainCallbacks& callbacks) {
   TrainResult result;
-  result.run_dir = run_dir;
-  result.checkpoint = (fs::path(run_dir) / "last.pt").string();
-  result.best_checkpoint = (fs::path(run_dir) / "best.pt").string();
-  if (callbacks.on_start) callbacks.on_start(run_dir);
-
-  const auto norm = from ? from->normalization : data::Normalization::fit(train_set.images);
-  auto prototypes = from && from->prototypes.defined()
-                        ? from->prototypes
-                        : losses::image_prototypes(train_set.images, train_set.labels, num_classes);
-  auto optimizer = make_optimizer(config, *model);
-  data::BatchIterator batches(train_set, norm, config.batch_size, /*shuffle=*/true, config.seed, /*drop_last=*/true);
-  if (config.augment != "none") {
-    batches.set_augmentation({std::max<int64_t>(1, train_set.height() / 8), config.augment == "shift-flip"});
-  }
-  const int64_t steps = batches.size();
-  if (steps == 0) {
-    throw std::invalid_argument("config: 'batch_size' (" + std::to_string(config.batch_size) +
-                                ") is larger than the training set (" + std::to_string(train_set.size()) + ")");
-  }
-
-  int64_t start_epoch = 1, start_step = 0;
-  EpochSums sums;
-  double best_accuracy = -1.0;
-  if (from) {
-    if (from->has_optimizer) restore_optimizer(from_path, *optimizer);
-    if (from->rng_state.defined()) set_cpu_rng_state(from->rng_state);
-    start_epoch = from->epoch + 1;
-    start_step = from->step;
-    const auto progress = nlohmann::json::parse(from->progress);
-    for (const auto& line : progress.at("history")) result.history.push_back(epoch_metrics_from_json(line));
-    sums = sums_from_json(progress.at("sums"));
-    best_accuracy = progress.at("best_accuracy");
-    result.train_seconds = progress.at("train_seconds");
-  }
-
-  // Saves last.pt (and best.pt when asked) with everything needed to continue.
-  const auto save = [&](const std::string& path, int64_t epoch_done, int64_t step_done) {
-    nlohmann::json history = nlohmann::json::array();
-    for (const auto& m : result.history) history.push_back(to_json(m));
-    const nlohmann::json progress = {{"history", history}, {"sums", sums_json(sums)},
-                                     {"best_accuracy", best_accuracy}, {"train_seconds", result.train_seconds}};
-    TrainingState state{step_done, progress.dump(), optimizer.get(), cpu_rng_state()};
-    save_checkpoint(path, *model, spec, config, epoch_done, norm, prototypes, state);
-  };
-  const auto metrics_path = (fs::path(run_dir) / "metrics.jsonl").string();
-  const auto write_metrics = [&] {
-    std::string lines;
-    for (const auto& m : result.history) lines += to_json(m).dump() + "\n";
-    write_file_atomic(metrics_path, lines);
-  };
+  result.run_dir = files.path();
+  result.checkpoint = files.last_checkpoint();
+  result.best_checkpoint = files.best_checkpoint();
+  result.device = core::device_name(trainer.device());
+  if (callbacks.on_start) callbacks.on_start(files.path());
   const auto stop_requested = [&] { return callbacks.should_stop && callbacks.should_stop(); };
-
-  for (int64_t epoch = start_epoch; epoch <= config.epochs; ++epoch) {
-    const bool cam_on = epoch > config.cam_warmup_epochs;
-    cam_config.lambda_proto = cam_on ? config.lambda_proto : 0.0;
-    cam_config.lambda_batch = cam_on ? config.lambda_batch : 0.0;
-    batches.set_epoch(epoch);
-    model->train();
-
-    const int64_t first_step = epoch == start_epoch ? start_step : 0;
-    if (first_step == 0) sums = {};
-    const double earlier_seconds = sums.seconds;
-    const auto start = Clock::now();
-    // The next batch is assembled on another thread while this one trains; batches
-    // depend only on (seed, epoch, index), so this changes no result.
-    auto next = std::async(std::launch::async, [&batches, first_step] { return batches.get(first_step); });
-    for (int64_t step = first_step; step < steps; ++step) {
-      const auto batch = next.get();
-      if (step + 1 < steps) next = std::async(std::launch::async, [&batches, step] { return batches.get(step + 1); });
-      set_learning_rate(*optimizer, learning_rate(config, (epoch - 1) * steps + step, steps));
-      optimizer->zero_grad();
-      auto losses_now = compute_losses(*model, batch, prototypes, num_classes, cam_config);
-      const double ce = require_finite(losses_now.ce, "cross-entropy", epoch, step + 1);
-      const double proto = require_finite(losses_now.proto, "prototype", epoch, step + 1);
-      const double batch_term = require_finite(losses_now.batch, "batch-cam", epoch, step + 1);
-      const double total = require_finite(losses_now.total, "total", epoch, step + 1);
-      losses_now.total.backward();
-      if (config.grad_clip > 0.0) torch::nn::utils::clip_grad_norm_(model->parameters(), config.grad_clip);
-      optimizer->step();
-      if (config.prototype == "cam-ema" && losses_now.maps.defined()) {
-        prototypes = losses::ema_prototypes(prototypes, losses_now.maps, batch.y);
-      }
-
-      const double n = static_cast<double>(batch.y.size(0));
-      sums.seen += n;
-      sums.loss += total * n;
-      sums.ce += ce * n;
-      sums.proto += proto * n;
-      sums.batch += batch_term * n;
-      sums.correct += losses_now.logits.argmax(1).eq(batch.y).sum().item<double>();
-      sums.seconds = earlier_seconds + seconds_since(start);
-      if (callbacks.on_step) {
-        StepInfo info;
-        info.epoch = epoch;
-        info.epochs = config.epochs;
-        info.step = step + 1;
-        info.steps = steps;
-        info.loss = sums.loss / sums.seen;
-        info.ce = sums.ce / sums.seen;
-        info.proto = sums.proto / sums.seen;
-        info.batch = sums.batch / sums.seen;
-        const double seconds_per_step = seconds_since(start) / static_cast<double>(step + 1 - first_step);
-        info.images_per_second = n / std::max(seconds_per_step, 1e-9);
-        info.model = model.get();
-        info.eta_seconds = seconds_per_step * static_cast<double>((config.epochs - epoch) * steps + steps - step - 1);
-        callbacks.on_step(info);
-      }
-      if (step + 1 < steps && stop_requested()) {
-        next.wait();
-        save(result.checkpoint, epoch - 1, step + 1);
-        result.interrupted = true;
-        result.stopped_epoch = epoch;
-        result.stopped_step = step + 1;
-        return result;
-      }
-    }
-
-    EpochMetrics m;
-    m.epoch = epoch;
-    m.lambda_proto = cam_config.lambda_proto;
-    m.lambda_batch = cam_config.lambda_batch;
-    m.seconds = sums.seconds;
-    m.train_loss = sums.loss / sums.seen;
-    m.train_ce = sums.ce / sums.seen;
-    m.train_proto = sums.proto / sums.seen;
-    m.train_batch = sums.batch / sums.seen;
-    m.train_accuracy = sums.correct / sums.seen;
-    m.test = eval::evaluate(*model, splits.test, norm, prototypes);
-    result.train_seconds += m.seconds;
-    result.history.push_back(m);
-    sums = {};
-
-    const bool best = m.test.accuracy > best_accuracy;
-    if (best) best_accuracy = m.test.accuracy;
-    save(result.checkpoint, epoch, 0);
-    if (best) save(result.best_checkpoint, epoch, 0);
-    write_metrics();
-    if (callbacks.on_epoch) callbacks.on_epoch(m);
-    if (epoch < config.epochs && stop_requested()) {
+  while (!trainer.finished()) {
+    if (!trainer.run_epoch(callbacks.on_step, stop_requested)) {
+      files.save_checkpoint(trainer, /*best=*/false);
       result.interrupted = true;
-      result.stopped_epoch = epoch + 1;
+      result.stopped_epoch = trainer.epoch();
+      result.stopped_step = trainer.step_in_epoch();
+      result.history = trainer.history();
+      result.train_seconds = trainer.train_seconds();
+      return result;
+    }
+    const auto m = trainer.end_epoch();
+    files.save_checkpoint(trainer, trainer.last_epoch_was_best());
+    files.write_metrics(trainer.history());
+    if (callbacks.on_epoch) callbacks.on_epoch(m);
+    if (!trainer.finished() && stop_requested()) {
+      result.interrupted = true;
+      result.stopped_epoch = trainer.epoch();
+      result.history = trainer.history();
+      result.train_seconds = trainer.train_seconds();
       return result;
     }
   }
-  io::write_png((fs::path(run_dir) / "prototypes.png").string(), eval::prototype_strip(prototypes));
-  io::write_png((fs::path(run_dir) / "samples.png").string(), eval::cam_examples(*model, splits.test, norm));
-  eval::write_run_report(run_dir, *model, splits.test, norm, prototypes);
-  result.report = (fs::path(run_dir) / "report.html").string();
+  files.write_final(trainer);
+  result.report = files.report();
+  result.history = trainer.history();
+  result.train_seconds = trainer.train_seconds();
   return result;
 }
 
@@ -419,29 +403,31 @@ TrainResult run_training(const TrainConfig& config, const TrainCallbacks& callba
 
 TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks) {
   config.validate();
-  const auto run_dir = prepare_run_dir(config);
-  write_file_atomic((fs::path(run_dir) / "config.json").string(), to_json(config).dump(2) + "\n");
-  return run_training(config, callbacks, run_dir, nullptr, "");
+  const auto device = core::resolve_device(config.device);
+  core::require_supported(config.precision, device);
+  auto files = RunDirectory::create(config);
+  const auto splits = load_dataset(config);
+  Trainer trainer(config, splits, device);
+  return drive(trainer, files, callbacks);
 }
 
-TrainResult resume(const std::string& run_dir, const TrainCallbacks& callbacks, int64_t threads) {
-  const auto path = (fs::path(run_dir) / "last.pt").string();
-  if (!fs::is_directory(run_dir)) throw std::runtime_error(run_dir + ": no such run directory");
-  if (!fs::exists(path)) {
-    throw std::runtime_error(run_dir + ": no last.pt to resume from (the run stopped before its first checkpoint)");
-  }
+TrainResult resume(const std::string& run_dir, const TrainCallbacks& callbacks, const ResumeOptions& options) {
+  auto files = RunDirectory::open(run_dir);
+  const auto path = files.last_checkpoint();
   const auto ck = load_checkpoint(path);
   TrainConfig config = ck.config;
-  if (threads > 0) config.threads = threads;
+  if (!options.device.empty()) config.device = options.device;
   config.validate();
   if (ck.epoch >= config.epochs) {
     throw std::runtime_error(run_dir + ": the run is already complete (" + std::to_string(ck.epoch) + " of " +
                              std::to_string(config.epochs) + " epochs)");
   }
-  if (ck.progress.empty() || !ck.rng_state.defined() || !ck.has_optimizer) {
-    throw std::runtime_error(path + ": checkpoint has no training state to resume from");
-  }
-  return run_training(config, callbacks, run_dir, &ck, path);
+  const auto device = core::resolve_device(config.device);
+  auto checkpoint = ck;
+  checkpoint.config = config;
+  const auto splits = load_dataset(config);
+  Trainer trainer(checkpoint, path, splits, device);
+  return drive(trainer, files, callbacks);
 }
 
 }  // namespace batchcam::train

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -78,18 +79,72 @@ int count_lines(const std::string& s) {
 }
 }  // namespace
 
+// The line of `help` that introduces `option` ("" when there is none).
+std::string option_line(const std::string& help, const std::string& option) {
+  std::istringstream lines(help);
+  for (std::string line; std::getline(lines, line);) {
+    const auto at = line.find(option);
+    if (at == std::string::npos) continue;
+    const char after = at + option.size() < line.size() ? line[at + option.size()] : ' ';
+    if (line.find_first_not_of(' ') == at && (after == ' ' || after == ',')) return line;
+  }
+  return "";
+}
+
 TEST(Cli, HelpListsEveryTrainOptionWithItsDefault) {
   const auto top = run("--help");
   EXPECT_EQ(top.code, 0);
   EXPECT_NE(top.out.find("train"), std::string::npos);
   const auto help = run("train --help");
   EXPECT_EQ(help.code, 0);
-  for (const char* opt : {"--dataset TEXT:{shapes,mnist,fashion-mnist,decoy-mnist,decoy-fashion,cifar10,folder}=shapes",
-                          "--resume", "--schedule", "--warmup-epochs", "--grad-clip", "--label-smoothing", "--nesterov",
-                          "--augment", "--data-dir", "--epochs INT:INT in [1 - 100000]=4", "--lr FLOAT:POSITIVE=0.003",
-                          "--lambda-proto", "--lambda-batch", "--distance-proto", "--distance-batch", "--prototype",
-                          "--batch-target", "--cam-warmup-epochs", "--target-layer", "--model", "--seed UINT=0"}) {
-    EXPECT_NE(help.out.find(opt), std::string::npos) << opt;
+  // Each option on a line of its own with its default, whatever CLI11's layout of that line.
+  for (const auto& [option, default_value] : std::vector<std::pair<std::string, std::string>>{
+           {"--dataset", "shapes"}, {"--epochs", "4"}, {"--lr", "0.003"}, {"--seed", "0"},
+           {"--optimizer", "adam"}, {"--schedule", "constant"}, {"--device", "auto"}, {"--precision", "fp32"},
+           {"--distance-proto", "l1"}, {"--prototype", "image"}, {"--batch-target", "attached"},
+           {"--augment", "none"}, {"--log-every", "10"}, {"--max-skipped-steps", "20"}}) {
+    const auto line = option_line(help.out, option);
+    EXPECT_NE(line, "") << option << " missing from:\n" << help.out;
+    EXPECT_NE(line.find(default_value), std::string::npos) << option << ": " << line;
+  }
+  for (const char* opt : {"--resume", "--warmup-epochs", "--grad-clip", "--label-smoothing", "--nesterov",
+                          "--data-dir", "--lambda-proto", "--lambda-batch", "--distance-batch",
+                          "--cam-warmup-epochs", "--target-layer", "--model", "--threads"}) {
+    EXPECT_NE(option_line(help.out, opt), "") << opt;
+  }
+}
+
+TEST(Cli, EnvReportsTheThreadsTheProcessMayUse) {
+  const auto plain = run("env", "env -u OMP_NUM_THREADS");
+  ASSERT_EQ(plain.code, 0) << plain.out;
+  EXPECT_NE(plain.out.find("LibTorch"), std::string::npos) << plain.out;
+  const auto omp = run("env", "OMP_NUM_THREADS=1");
+  EXPECT_NE(omp.out.find("CPU threads 1 "), std::string::npos) << omp.out;
+  // One CPU in the affinity mask gives one thread, not one per host core.
+  const auto pinned = run("env", "env -u OMP_NUM_THREADS taskset -c 0");
+  ASSERT_EQ(pinned.code, 0) << pinned.out;
+  EXPECT_NE(pinned.out.find("CPU threads 1 "), std::string::npos) << pinned.out;
+  // A training run starts with that many threads and says so.
+  const auto dir = std::filesystem::temp_directory_path() / ("batchcam-threads-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  const auto r = run("train --train-size 64 --test-size 16 --batch-size 32 --epochs 1 --out-dir " + dir.string(),
+                     "env -u OMP_NUM_THREADS taskset -c 0");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("(1 CPU thread)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("s on cpu."), std::string::npos) << r.out;
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Cli, CudaWithoutADeviceAndFp16OnTheCpuAreOneLineErrors) {
+  if (torch::cuda::is_available()) GTEST_SKIP() << "a CUDA device is present";
+  const auto dir = std::filesystem::temp_directory_path() / ("batchcam-nocuda-" + std::to_string(::getpid()));
+  const std::string out = " --out-dir " + dir.string();
+  for (const auto& args : {"train --device cuda" + out, "train --device cpu --precision fp16" + out,
+                           std::string("bench --device cuda:0"), "eval --device cuda " + std::filesystem::temp_directory_path().string()}) {
+    const auto r = run(args);
+    EXPECT_EQ(r.code, 2) << args << ": " << r.out;
+    EXPECT_EQ(count_lines(r.out), 1) << args << ": " << r.out;
+    EXPECT_FALSE(std::filesystem::exists(dir)) << args << ": no run directory for a refused start";
   }
 }
 

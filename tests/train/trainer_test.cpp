@@ -1,8 +1,10 @@
+#include "batchcam/core/runtime.h"
 #include "batchcam/data/shapes.h"
 #include "batchcam/losses/cam_losses.h"
 #include "batchcam/models/registry.h"
 #include "batchcam/train/checkpoint.h"
 #include "batchcam/train/config.h"
+#include "batchcam/train/optimization.h"
 #include "batchcam/train/trainer.h"
 
 #include "support/tensor_asserts.h"
@@ -90,7 +92,9 @@ TEST(Trainer, ConfigJsonRoundTripAndErrorsNameTheKey) {
   train::TrainConfig c;
   c.epochs = 7;
   c.lambda_proto = 0.5;
-  c.distance_batch = "l1";
+  c.distance_batch = losses::Distance::l1;
+  c.optimizer = train::OptimizerKind::adamw;
+  c.precision = core::Precision::bf16;
   c.spurious = true;
   const auto back = train::config_from_json(train::to_json(c));
   EXPECT_EQ(train::to_json(back), train::to_json(c));
@@ -101,13 +105,19 @@ TEST(Trainer, ConfigJsonRoundTripAndErrorsNameTheKey) {
     EXPECT_NE(std::string(e.what()).find("epochz"), std::string::npos);
   }
   EXPECT_THROW(train::config_from_json({{"epochs", "three"}}), std::invalid_argument);
-  train::TrainConfig bad;
-  bad.distance_proto = "l7";
-  try {
-    bad.validate();
-    FAIL();
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("distance_proto"), std::string::npos);
+  // Enum fields are written and read by name, from the one list per option.
+  EXPECT_EQ(train::to_json(c).at("optimizer"), "adamw");
+  EXPECT_EQ(train::to_json(c).at("precision"), "bf16");
+  EXPECT_EQ(train::config_from_json({{"prototype", "cam-ema"}}).prototype, train::PrototypeKind::cam_ema);
+  for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
+           {"distance_proto", "l7"}, {"schedule", "linear"}, {"augment", "rotate"}, {"precision", "fp8"}}) {
+    try {
+      train::config_from_json({{key, value}});
+      FAIL() << key;
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("'" + key + "'"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(value), std::string::npos) << e.what();
+    }
   }
 }
 
@@ -208,9 +218,9 @@ train::TrainConfig small_run_config(const fs::path& dir, const std::string& name
   c.epochs = 3;
   c.batch_size = 64;
   c.threads = 1;
-  c.prototype = "cam-ema";  // prototypes change during training, so they must be restored too
-  c.optimizer = "adamw";
-  c.schedule = "cosine";
+  c.prototype = train::PrototypeKind::cam_ema;  // prototypes change during training, so they must be restored too
+  c.optimizer = train::OptimizerKind::adamw;
+  c.schedule = train::Schedule::cosine;
   c.warmup_epochs = 1;
   c.grad_clip = 5.0;
   c.label_smoothing = 0.1;
@@ -241,17 +251,17 @@ TEST(Schedule, WarmUpThenStepCosineAndOneCycle) {
   EXPECT_DOUBLE_EQ(train::learning_rate(c, 0, steps), 0.1 / 10);  // (0 + 1) / 10 warm-up steps
   EXPECT_DOUBLE_EQ(train::learning_rate(c, 9, steps), 0.1);
   EXPECT_DOUBLE_EQ(train::learning_rate(c, 49, steps), 0.1);  // constant after the warm-up
-  c.schedule = "step";
+  c.schedule = train::Schedule::step;
   c.step_size = 3;
   c.gamma = 0.5;
   EXPECT_DOUBLE_EQ(train::learning_rate(c, 14, steps), 0.1);        // epoch 2 (0-based)
   EXPECT_DOUBLE_EQ(train::learning_rate(c, 15, steps), 0.05);       // epoch 3
   EXPECT_DOUBLE_EQ(train::learning_rate(c, 49, steps), 0.1 / 8);    // epoch 9
-  c.schedule = "cosine";
+  c.schedule = train::Schedule::cosine;
   EXPECT_DOUBLE_EQ(train::learning_rate(c, 10, steps), 0.1);         // start of the cosine
   EXPECT_NEAR(train::learning_rate(c, 30, steps), 0.05, 1e-12);      // half way through 40 steps
   EXPECT_NEAR(train::learning_rate(c, 49, steps), 0.1 * 0.5 * (1 + std::cos(M_PI * 39 / 40)), 1e-12);
-  c.schedule = "onecycle";
+  c.schedule = train::Schedule::onecycle;
   EXPECT_NEAR(train::learning_rate(c, 0, steps), 0.1 / 25, 1e-12);  // rises over the 10 warm-up steps
   EXPECT_NEAR(train::learning_rate(c, 10, steps), 0.1, 1e-12);
   EXPECT_NEAR(train::learning_rate(c, 50, steps), 0.1 / 25 / 1e4, 1e-15);  // the end of the anneal
@@ -272,7 +282,7 @@ TEST(Schedule, OptimisationOptionsAreValidatedByName) {
   train::TrainConfig c;
   c.nesterov = true;  // adam has no Nesterov momentum
   EXPECT_NE(message(c).find("'nesterov'"), std::string::npos);
-  c.optimizer = "sgd";
+  c.optimizer = train::OptimizerKind::sgd;
   EXPECT_EQ(message(c), "");
   c = {};
   c.warmup_epochs = c.epochs;
@@ -281,8 +291,11 @@ TEST(Schedule, OptimisationOptionsAreValidatedByName) {
   c.label_smoothing = 1.0;
   EXPECT_NE(message(c).find("'label_smoothing'"), std::string::npos);
   c = {};
-  c.schedule = "linear";
-  EXPECT_NE(message(c).find("'schedule'"), std::string::npos);
+  c.log_every = 0;
+  EXPECT_NE(message(c).find("'log_every'"), std::string::npos);
+  c = {};
+  c.device = "gpu";
+  EXPECT_NE(message(c).find("'device'"), std::string::npos);
 }
 
 TEST(Trainer, InterruptedAndResumedRunEqualsAnUninterruptedOne) {
@@ -358,4 +371,172 @@ TEST(Presets, EveryConfigInConfigsIsValidAndNamesItsRun) {
     EXPECT_EQ(c.lambda_proto > 0 || c.lambda_batch > 0, batchcam) << entry.path();
   }
   EXPECT_EQ(presets, 12) << "2 datasets x 3 models x {CE only, Batch-CAM}";
+}
+
+namespace {
+train::TrainConfig engine_config() {
+  train::TrainConfig c;
+  c.train_size = 256;
+  c.test_size = 32;
+  c.batch_size = 32;
+  c.epochs = 2;
+  return c;
+}
+}  // namespace
+
+TEST(Engine, TrainerKeepsModelAndPrototypesOnItsDeviceAndCanBeDrivenStepByStep) {
+  const auto c = engine_config();
+  const auto splits = train::load_dataset(c);
+  // Driven by hand: its own batches, one step at a time.
+  train::Trainer by_hand(c, splits, torch::kCPU);
+  for (const auto& p : by_hand.model().parameters()) EXPECT_TRUE(p.device().is_cpu());
+  EXPECT_TRUE(by_hand.prototypes().device().is_cpu());
+  ASSERT_EQ(by_hand.steps_per_epoch(), 8);
+  data::BatchIterator batches(splits.train, by_hand.normalization(), c.batch_size, true, c.seed, true);
+  batches.set_epoch(1);
+  for (int64_t i = 0; i < batches.size(); ++i) by_hand.step(batches.get(i));
+  const auto m = by_hand.end_epoch();
+  EXPECT_EQ(m.epoch, 1);
+  EXPECT_EQ(by_hand.epoch(), 2);
+  // The epoch loop: the same steps on the same batches give the same weights.
+  train::Trainer loop(c, splits, torch::kCPU);
+  ASSERT_TRUE(loop.run_epoch());
+  const auto m2 = loop.end_epoch();
+  const auto a = by_hand.model().parameters(), b = loop.model().parameters();
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << i;
+  EXPECT_DOUBLE_EQ(m.train_loss, m2.train_loss);
+  EXPECT_DOUBLE_EQ(m.test.accuracy, m2.test.accuracy);
+}
+
+TEST(Engine, RunningLossIsReadFromTheDeviceOnlyAtTheLoggingInterval) {
+  auto c = engine_config();
+  c.log_every = 3;
+  const auto splits = train::load_dataset(c);
+  train::Trainer t(c, splits, torch::kCPU);
+  std::vector<int64_t> fresh;
+  double last_loss = 0;
+  ASSERT_TRUE(t.run_epoch([&](const train::StepInfo& s) {
+    if (s.fresh) fresh.push_back(s.step);
+    if (!s.fresh) EXPECT_EQ(s.loss, last_loss) << "between reads the last read values stay";
+    last_loss = s.loss;
+  }));
+  EXPECT_EQ(fresh, (std::vector<int64_t>{3, 6, 8}));  // every 3 steps and the epoch's end
+}
+
+TEST(Engine, TrainingDoesNotChangeTheCallersRandomStateOrThreadCount) {
+  torch::set_num_threads(1);
+  torch::manual_seed(42);
+  const auto expected = torch::rand({4});
+  torch::manual_seed(42);
+  auto c = engine_config();
+  c.epochs = 1;
+  c.threads = 2;  // recorded for the CLI; the library does not apply it
+  const auto splits = train::load_dataset(c);
+  train::Trainer t(c, splits, torch::kCPU);
+  EXPECT_EQ(torch::get_num_threads(), 1);
+  EXPECT_TRUE(torch::equal(torch::rand({4}), expected)) << "model initialisation used its own seed";
+}
+
+TEST(Precision, Bf16OnCpuKeepsMapsCloseToFp32AndLowersTheLoss) {
+  FixedBatch f;
+  auto model = fresh_simple_cnn();
+  train::CamLossConfig fp32;
+  fp32.lambda_proto = 1.0;
+  fp32.distance_proto = losses::Distance::l1;
+  auto bf16 = fp32;
+  bf16.precision = core::Precision::bf16;
+  const auto a = train::compute_losses(*model, f.batch, f.protos, 10, fp32);
+  const auto b = train::compute_losses(*model, f.batch, f.protos, 10, bf16);
+  EXPECT_EQ(b.logits.scalar_type(), torch::kBFloat16) << "the forward pass ran under autocast";
+  EXPECT_EQ(b.maps.scalar_type(), torch::kFloat32) << "the maps are computed in fp32";
+  EXPECT_EQ(b.total.scalar_type(), torch::kFloat32);
+  // bf16 keeps 8 bits of the features' mantissa: per pixel the maps differ by 2.4e-3 on
+  // average (3.3e-2 at most, measured on this batch), where a pixel's range is [0, 1].
+  EXPECT_LE((b.maps - a.maps).abs().mean().item<double>(), 2e-2);
+  EXPECT_LE(test_support::max_abs_diff(b.maps, a.maps), 6e-2);
+  EXPECT_NEAR(b.proto.item<double>(), a.proto.item<double>(), 2e-2);
+  const auto [before, after] = loss_before_after(bf16, 5);
+  EXPECT_LT(after, before);
+}
+
+TEST(Precision, Bf16RunTrainsAndFp16OnCpuIsRefusedBeforeTraining) {
+  const auto dir = fresh_dir("bf16");
+  auto c = engine_config();
+  c.epochs = 3;
+  c.precision = core::Precision::bf16;
+  c.out_dir = dir.string();
+  c.run_name = "b";
+  const auto r = train::train(c);
+  ASSERT_EQ(r.history.size(), 3u);
+  EXPECT_LT(r.history.back().train_loss, r.history.front().train_loss);
+  EXPECT_EQ(train::load_checkpoint(r.checkpoint).config.precision, core::Precision::bf16);
+  c.precision = core::Precision::fp16;
+  c.device = "cpu";
+  c.run_name = "h";
+  EXPECT_THROW(train::train(c), std::invalid_argument);
+  EXPECT_FALSE(fs::exists(dir / "h")) << "refused before the run directory was made";
+  fs::remove_all(dir);
+}
+
+TEST(LossScaler, SkipsNonFiniteStepsBacksOffAndGrows) {
+  train::LossScalerOptions o;
+  o.init_scale = 1024.0;
+  o.growth_interval = 3;
+  train::LossScaler scaler(torch::kCPU, o);
+  auto w = torch::ones({3}, torch::requires_grad());
+  scaler.scale((w * 2.0).sum()).backward();
+  EXPECT_TRUE(torch::allclose(w.grad(), torch::full({3}, 2048.0)));
+  auto found = scaler.unscale({w});
+  EXPECT_EQ(found.item<float>(), 0.0f);
+  EXPECT_TRUE(torch::allclose(w.grad(), torch::full({3}, 2.0))) << "gradients divided by the scale";
+  scaler.update(found);
+  EXPECT_EQ(scaler.current_scale(), 1024.0);
+  // An Inf in a gradient: found, and the scale backs off.
+  {
+    torch::NoGradGuard no_grad;
+    w.grad()[1] = std::numeric_limits<float>::infinity();
+  }
+  found = scaler.unscale({w});
+  EXPECT_EQ(found.item<float>(), 1.0f);
+  scaler.update(found);
+  EXPECT_EQ(scaler.current_scale(), 512.0);
+  // growth_interval finite steps in a row double it; a NaN resets the count.
+  const auto finite = torch::zeros({1});
+  scaler.update(finite);
+  scaler.update(finite);
+  EXPECT_EQ(scaler.current_scale(), 512.0);
+  scaler.update(finite);
+  EXPECT_EQ(scaler.current_scale(), 1024.0);
+  scaler.update(finite);
+  scaler.update(torch::ones({1}));
+  scaler.update(finite);
+  scaler.update(finite);
+  EXPECT_EQ(scaler.current_scale(), 512.0) << "the count restarted after the skipped step";
+  // Its state travels with a checkpoint.
+  train::LossScaler restored(torch::kCPU, o);
+  restored.load_state(scaler.state());
+  EXPECT_EQ(restored.current_scale(), 512.0);
+  restored.update(finite);
+  EXPECT_EQ(restored.current_scale(), 1024.0) << "the growth count was restored too";
+}
+
+TEST(Checkpoint, HoldsCpuTensorsAndLoadsOntoTheRequestedDevice) {
+  const auto dir = fresh_dir("ckdev");
+  auto c = engine_config();
+  c.epochs = 1;
+  c.out_dir = dir.string();
+  c.run_name = "d";
+  const auto r = train::train(c);
+  const auto ck = train::load_checkpoint(r.checkpoint, torch::kCPU);
+  torch::serialize::InputArchive archive;
+  archive.load_from(r.checkpoint);
+  for (const auto& p : ck.model->named_parameters()) {
+    torch::Tensor saved;
+    archive.read("model." + p.key(), saved);
+    EXPECT_TRUE(saved.device().is_cpu()) << p.key();
+  }
+  for (const auto& p : ck.model->parameters()) EXPECT_TRUE(p.device().is_cpu());
+  EXPECT_TRUE(ck.rng.cpu.defined());
+  EXPECT_EQ(ck.rng.cuda.defined(), torch::cuda::is_available());
+  fs::remove_all(dir);
 }

@@ -20,18 +20,22 @@ struct GradCamOptions {
   TORCH_ARG(std::vector<int64_t>, output_size) = {};
   /// Added to the denominator of the min-max normalisation.
   TORCH_ARG(double, eps) = 1e-7;
+  /// Check that the targets lie in [0, K). Reading them back synchronises an accelerator
+  /// with the host: a training loop that validated its labels once turns this off.
+  TORCH_ARG(bool, check_targets) = true;
 };
 
 struct CamResult {
-  torch::Tensor maps;  ///< [B, H, W] per-sample min-max normalised to [0, 1]
-  torch::Tensor raw;   ///< [B, h, w] ReLU(sum_d alpha * A), before upsampling
+  torch::Tensor maps;  ///< [B, H, W] per-sample min-max normalised to [0, 1], fp32 or fp64
+  torch::Tensor raw;   ///< [B, h, w] ReLU(sum_d alpha * A), before upsampling, fp32 or fp64
 };
 
 /// Batched Grad-CAM.
 /// Requires: features A [B, D, h, w] is in the autograd graph of logits [B, K] (gradients
 /// enabled), each logits row depends on its own sample only, targets [B] int64 in [0, K).
 /// Ensures: maps[i] equals the Grad-CAM of sample i for class targets[i], computed alone;
-/// a constant map gives zeros, never NaN.
+/// a constant map gives zeros, never NaN. Features and gradients in a lower precision
+/// (autocast's bf16 / fp16) are promoted: the maps are computed in fp32, outside autocast.
 CamResult grad_cam(const torch::Tensor& features, const torch::Tensor& logits, const torch::Tensor& targets,
                    const GradCamOptions& options = {});
 

@@ -38,7 +38,7 @@ struct Normalization {
 
   /// Mean and standard deviation per channel of `images` [N, C, H, W] uint8.
   static Normalization fit(const torch::Tensor& images);
-  /// uint8 [B, C, H, W] -> normalised float [B, C, H, W].
+  /// uint8 [B, C, H, W] -> normalised float [B, C, H, W], on the images' device.
   torch::Tensor apply(const torch::Tensor& images) const;
   /// The reference image of the method: x [B, C, H, W] mapped back to [0, 1] and
   /// averaged over channels -> [B, H, W].
@@ -46,9 +46,9 @@ struct Normalization {
 };
 
 struct Batch {
-  torch::Tensor x;      ///< [B, C, H, W] float, normalised
-  torch::Tensor y;      ///< [B] int64
-  torch::Tensor index;  ///< [B] int64, positions in the dataset
+  torch::Tensor x;      ///< [B, C, H, W] float, normalised (on the iterator's device)
+  torch::Tensor y;      ///< [B] int64 (on the iterator's device)
+  torch::Tensor index;  ///< [B] int64, positions in the dataset (on the CPU)
 };
 
 /// Random training augmentation, applied to whole batches at once.
@@ -68,6 +68,9 @@ class BatchIterator {
   void set_epoch(int64_t epoch);
   /// Augments every batch from now on; the draws depend only on (seed, epoch, batch index).
   void set_augmentation(Augmentation augmentation) { augmentation_ = augmentation; }
+  /// Batches are assembled as uint8 on the CPU and sent to `device` (from pinned memory,
+  /// without blocking, for CUDA), where they are normalised. Default: the CPU.
+  void set_device(torch::Device device) { device_ = device; }
   /// Number of batches per epoch.
   int64_t size() const;
   /// Batch i of the current epoch. Requires 0 <= i < size().
@@ -82,6 +85,7 @@ class BatchIterator {
   bool drop_last_;
   int64_t epoch_ = 0;
   Augmentation augmentation_;
+  torch::Device device_ = torch::kCPU;
   std::vector<int64_t> order_;
 };
 

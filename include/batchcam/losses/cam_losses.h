@@ -15,22 +15,24 @@ torch::Tensor image_prototypes(const torch::Tensor& images, const torch::Tensor&
 
 /// In-batch class means of the maps. maps [B, H, W], labels [B] ->
 /// {Q [K, H, W] (zero for absent classes), counts [K] int64}.
+/// check_targets: verify that labels lie in [0, K) (a host synchronisation on an
+/// accelerator; callers that validated their labels once pass false), here and below.
 std::pair<torch::Tensor, torch::Tensor> batch_prototypes(const torch::Tensor& maps, const torch::Tensor& labels,
-                                                         int64_t num_classes);
+                                                         int64_t num_classes, bool check_targets = true);
 
 /// The cam-ema prototype update: for each class c present in the batch,
 /// P_c <- momentum * P_c + (1 - momentum) * Q_c, with Q detached. Returns the new [K, H, W].
 torch::Tensor ema_prototypes(const torch::Tensor& prototypes, const torch::Tensor& maps, const torch::Tensor& labels,
-                             double momentum = 0.99);
+                             double momentum = 0.99, bool check_targets = true);
 
 /// L_proto = (1/B) sum_i D(maps_i, P_{t_i}). maps [B, H, W], targets [B], prototypes [K, H, W].
 torch::Tensor prototype_loss(const torch::Tensor& maps, const torch::Tensor& targets, const torch::Tensor& prototypes,
-                             Distance d);
+                             Distance d, bool check_targets = true);
 
 /// L_batch = (1/B) sum_i D(maps_i, Q_{t_i}) over samples whose class has at least two
 /// members in the batch (a singleton adds nothing). With detach_target the in-batch
 /// prototypes are constants; otherwise the term pulls a class's maps together.
 torch::Tensor batch_cam_loss(const torch::Tensor& maps, const torch::Tensor& targets, int64_t num_classes, Distance d,
-                             bool detach_target = false);
+                             bool detach_target = false, bool check_targets = true);
 
 }  // namespace batchcam::losses

@@ -24,8 +24,9 @@ struct SsimOptions {
 
 /// The normalised separable Gaussian window actually used for maps of size h x w:
 /// side = largest odd number <= min(window, h, w), sigma scaled by side / window.
-/// Returns [side, side] in `dtype`.
-torch::Tensor ssim_window(int64_t h, int64_t w, const SsimOptions& options, torch::ScalarType dtype);
+/// Returns [side, side] in `dtype`, computed on `device` (no host-to-device copy per call).
+torch::Tensor ssim_window(int64_t h, int64_t w, const SsimOptions& options, torch::ScalarType dtype,
+                          torch::Device device = torch::kCPU);
 
 /// SSIM of Wang et al. 2004 with "valid" windows only, mean of the SSIM map.
 /// a, b [B, H, W] -> [B]. Equals 1 for identical maps.

@@ -2,6 +2,7 @@
 // Checkpoints: model weights, prototypes, normalisation and the run's configuration in
 // one LibTorch archive, written atomically (temporary file, fsync, rename).
 
+#include "batchcam/core/runtime.h"
 #include "batchcam/data/dataset.h"
 #include "batchcam/models/registry.h"
 #include "batchcam/train/config.h"
@@ -21,7 +22,8 @@ struct TrainingState {
   int64_t step = 0;  ///< steps done in epoch `epoch + 1` (0 = at the end of `epoch`)
   std::string progress;  ///< the trainer's bookkeeping (metrics so far), JSON
   const torch::optim::Optimizer* optimizer = nullptr;
-  torch::Tensor rng_state;  ///< the CPU generator's state
+  core::GeneratorState rng;   ///< the default generators' state (CPU, and CUDA when present)
+  torch::Tensor scaler_state;  ///< LossScaler::state() of fp16 training; undefined otherwise
 };
 
 struct Checkpoint {
@@ -30,11 +32,12 @@ struct Checkpoint {
   int64_t epoch = 0;  ///< epochs completed
   int64_t step = 0;   ///< steps done in the next epoch (a mid-epoch checkpoint when > 0)
   std::string progress;  ///< TrainingState::progress; "" when saved without one
-  torch::Tensor rng_state;  ///< undefined when saved without a TrainingState
+  core::GeneratorState rng;  ///< undefined tensors when saved without a TrainingState
+  torch::Tensor scaler_state;  ///< undefined unless saved by fp16 training
   bool has_optimizer = false;
   data::Normalization normalization;
-  torch::Tensor prototypes;  ///< [K, H, W]; undefined when the run had none
-  models::CamModelPtr model;  ///< rebuilt from spec, weights loaded, in eval mode
+  torch::Tensor prototypes;  ///< [K, H, W] on the CPU; undefined when the run had none
+  models::CamModelPtr model;  ///< rebuilt from spec, weights loaded, in eval mode, on the load device
 };
 
 /// Writes `path` atomically: on any failure the previous file at `path` is untouched.
@@ -44,12 +47,14 @@ void save_checkpoint(const std::string& path, models::CamModel& model, const mod
                      const torch::Tensor& prototypes, const TrainingState& state = {});
 
 /// Loads the optimiser state saved with the checkpoint at `path` into `optimizer`, which
-/// must have been built for the same model and configuration.
-void restore_optimizer(const std::string& path, torch::optim::Optimizer& optimizer);
+/// must have been built for the same model and configuration, with its state on `device`.
+void restore_optimizer(const std::string& path, torch::optim::Optimizer& optimizer,
+                       torch::Device device = torch::kCPU);
 
-/// Throws std::runtime_error naming the path and what is wrong (missing, truncated, not a
-/// batchcam checkpoint, weights that do not fit the model).
-Checkpoint load_checkpoint(const std::string& path);
+/// Loads a checkpoint (saved from any device: it holds CPU tensors) with the model on
+/// `device`. Throws std::runtime_error naming the path and what is wrong (missing,
+/// truncated, not a batchcam checkpoint, weights that do not fit the model).
+Checkpoint load_checkpoint(const std::string& path, torch::Device device = torch::kCPU);
 
 /// Writes the model's parameters and buffers as a plain dict name -> tensor that Python's
 /// torch.load reads (torch::pickle_save format), atomically. Names follow the model's

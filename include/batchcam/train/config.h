@@ -1,12 +1,53 @@
 #pragma once
 // Everything that defines a training run. Saved as config.json in the run directory.
 
+#include "batchcam/core/runtime.h"
+#include "batchcam/losses/distances.h"
+
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace batchcam::train {
+
+enum class OptimizerKind { sgd, adam, adamw };
+enum class Schedule { constant, step, cosine, onecycle };
+enum class PrototypeKind { image, cam_ema };  ///< class-average image, or an EMA of class-mean CAMs
+enum class BatchTarget { attached, detached };  ///< in-batch prototypes in the graph, or constants
+enum class Augment { none, shift, shift_flip };
+
+/// The names of an option's values in the enum's order: the one list used by config
+/// files, validation and the command line. Defined for the enums above, losses::Distance
+/// and core::Precision.
+template <typename E>
+const std::vector<std::string>& names();
+template <> const std::vector<std::string>& names<OptimizerKind>();
+template <> const std::vector<std::string>& names<Schedule>();
+template <> const std::vector<std::string>& names<PrototypeKind>();
+template <> const std::vector<std::string>& names<BatchTarget>();
+template <> const std::vector<std::string>& names<Augment>();
+template <> const std::vector<std::string>& names<losses::Distance>();
+template <> const std::vector<std::string>& names<core::Precision>();
+
+template <typename E>
+std::string to_string(E value) {
+  return names<E>().at(static_cast<size_t>(value));
+}
+
+/// The value named `name`; throws std::invalid_argument naming `field` and the choices.
+template <typename E>
+E parse(const std::string& name, const std::string& field) {
+  const auto& all = names<E>();
+  std::string list;
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (all[i] == name) return static_cast<E>(i);
+    list += (i ? " | " : "") + all[i];
+  }
+  throw std::invalid_argument("config: '" + field + "' must be " + list + ", got '" + name + "'");
+}
 
 struct TrainConfig {
   // Data
@@ -16,7 +57,7 @@ struct TrainConfig {
   int64_t test_size = 0;   ///< shapes: images generated (0 = 1000); others: the first N (0 = all)
   int64_t image_size = 28;    ///< shapes: side generated; folder: side images are resized to
   bool spurious = false;      ///< shapes only: class-coded corner patch in training
-  std::string augment = "none";  ///< none | shift | shift-flip (random shift by up to 2 px at 28 px)
+  Augment augment = Augment::none;  ///< random shift by up to 1/8 of the side (and flip)
 
   // Model
   std::string model = "simple-cnn";
@@ -25,34 +66,43 @@ struct TrainConfig {
   // Optimisation
   int64_t epochs = 4;
   int64_t batch_size = 128;
-  std::string optimizer = "adam";  ///< sgd | adam | adamw
+  OptimizerKind optimizer = OptimizerKind::adam;
   double lr = 3e-3;           ///< peak learning rate
   double momentum = 0.9;      ///< sgd only
   bool nesterov = false;      ///< sgd only
   double weight_decay = 0.0;  ///< L2 for sgd and adam, decoupled for adamw
-  std::string schedule = "constant";  ///< constant | step | cosine | onecycle
+  Schedule schedule = Schedule::constant;
   int64_t warmup_epochs = 0;  ///< linear learning-rate warm-up from ~0 to lr
   int64_t step_size = 10;     ///< step schedule: epochs between decays
   double gamma = 0.1;         ///< step schedule: decay factor
   double grad_clip = 0.0;     ///< maximum global gradient norm; 0 = off
   double label_smoothing = 0.0;
   uint64_t seed = 0;
-  int64_t threads = 0;        ///< 0 = every core
+  int64_t threads = 0;        ///< CPU threads the CLI sets; 0 = what the process may use
+
+  // Device and precision
+  std::string device = "auto";  ///< auto | cpu | cuda | cuda:N (core::resolve_device)
+  core::Precision precision = core::Precision::fp32;  ///< autocast type of the forward pass
+  /// fp16: consecutive steps with non-finite gradients (skipped by the loss scaler) that stop the run.
+  int64_t max_skipped_steps = 20;
 
   // Batch-CAM
   // Defaults chosen by the study in docs/results.md (section "Defaults"): the Prototype Loss
   // with L1; the Batch-CAM Loss is off unless asked for.
   double lambda_proto = 1.0;
   double lambda_batch = 0.0;
-  std::string distance_proto = "l1";  ///< l1 | l2 | ssim
-  std::string distance_batch = "l1";
-  std::string prototype = "image";      ///< image | cam-ema
-  std::string batch_target = "attached";  ///< attached | detached
+  losses::Distance distance_proto = losses::Distance::l1;
+  losses::Distance distance_batch = losses::Distance::l1;
+  PrototypeKind prototype = PrototypeKind::image;
+  BatchTarget batch_target = BatchTarget::attached;
   int64_t cam_warmup_epochs = 0;
 
   // Output
   std::string out_dir = "runs";
   std::string run_name;  ///< "" = <dataset>-<model>-<timestamp>
+  /// Steps between reads of the running loss from the device (progress, the non-finite
+  /// check); the end of an epoch is always read. Other steps run without host synchronisation.
+  int64_t log_every = 10;
 
   /// Throws std::invalid_argument naming the first field with a value out of range.
   void validate() const;

@@ -1,47 +1,35 @@
 #pragma once
-// The training loop: CE plus the Batch-CAM regularisers, evaluation each epoch, and a run
-// directory with config.json, metrics.jsonl and checkpoints.
+// The training engine. A Trainer holds a run's model, prototypes, optimiser, schedule and
+// running metrics on one device and advances them one step or one epoch at a time; it
+// writes no file. RunDirectory (run_directory.h) is the sink for a run's files, and
+// train() / resume() below drive the two together as `batchcam train` does.
 
+#include "batchcam/core/runtime.h"
 #include "batchcam/data/dataset.h"
 #include "batchcam/eval/evaluate.h"
-#include "batchcam/losses/distances.h"
-#include "batchcam/models/cam_model.h"
+#include "batchcam/models/registry.h"
+#include "batchcam/train/checkpoint.h"
 #include "batchcam/train/config.h"
+#include "batchcam/train/objective.h"
+#include "batchcam/train/optimization.h"
 
 #include <nlohmann/json.hpp>
 #include <torch/types.h>
 
+#include <chrono>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace batchcam::train {
 
-struct CamLossConfig {
-  double lambda_proto = 0.0;
-  double lambda_batch = 0.0;
-  losses::Distance distance_proto = losses::Distance::ssim;
-  losses::Distance distance_batch = losses::Distance::ssim;
-  bool detach_batch_target = false;
-  double label_smoothing = 0.0;  ///< of the cross-entropy term
-  bool active() const { return lambda_proto > 0.0 || lambda_batch > 0.0; }
-};
-
-struct StepLosses {
-  torch::Tensor total;   ///< CE + lambda_p * proto + lambda_b * batch (scalar)
-  torch::Tensor ce, proto, batch;  ///< the terms; proto and batch are 0 when inactive
-  torch::Tensor logits;  ///< [B, K]
-  torch::Tensor maps;    ///< [B, H, W] Batch-CAM maps; undefined when inactive
-};
-
-/// The training objective of one batch (method spec, section 6), differentiable with
-/// respect to the model's parameters. Requires prototypes [K, H, W] when lambda_proto > 0.
-StepLosses compute_losses(models::CamModel& model, const data::Batch& batch, const torch::Tensor& prototypes,
-                          int64_t num_classes, const CamLossConfig& config);
-
 struct StepInfo {
   int64_t epoch = 0, epochs = 0, step = 0, steps = 0;
-  double loss = 0, ce = 0, proto = 0, batch = 0;  ///< running means over the epoch so far
+  /// Running means over the epoch, as of the last read from the device (every
+  /// config.log_every steps and at the end of the epoch); `fresh` when read at this step.
+  double loss = 0, ce = 0, proto = 0, batch = 0;
+  bool fresh = false;
   double images_per_second = 0;
   double eta_seconds = 0;  ///< training time left for the whole run at the current speed
   models::CamModel* model = nullptr;  ///< the model in training (e.g. to log weight statistics)
@@ -55,6 +43,92 @@ struct EpochMetrics {
   double seconds = 0;  ///< training time of the epoch, evaluation excluded
 };
 nlohmann::json to_json(const EpochMetrics& m);
+/// Throws std::invalid_argument naming the missing or mistyped key.
+EpochMetrics epoch_metrics_from_json(const nlohmann::json& j);
+
+/// Loads the dataset named in the config. Throws std::invalid_argument for an unknown one.
+data::DatasetSplits load_dataset(const TrainConfig& config);
+
+class Trainer {
+ public:
+  /// A fresh run: the model is initialised from config.seed on the CPU (the caller's random
+  /// state is left as it was) and moved to `device` with the prototypes; the training
+  /// labels are validated here, once. `splits` must outlive the trainer.
+  Trainer(const TrainConfig& config, const data::DatasetSplits& splits, torch::Device device);
+  /// Continues from a checkpoint saved with training state (`path` is its file): weights,
+  /// optimiser, schedule position, prototypes, loss scale, metrics so far; the random
+  /// generators are set to the saved state. Throws std::runtime_error when it has none.
+  Trainer(const Checkpoint& checkpoint, const std::string& path, const data::DatasetSplits& splits,
+          torch::Device device);
+  ~Trainer();
+
+  /// One optimisation step on `batch` (on the trainer's device): forward under autocast,
+  /// Grad-CAM and losses, backward, optimiser. No host synchronisation, except fp16's
+  /// decision to skip a step with non-finite gradients.
+  void step(const data::Batch& batch);
+
+  /// Runs the remaining steps of the current epoch, reading the running loss every
+  /// config.log_every steps. Returns false when `should_stop` asked to stop after a step
+  /// (the epoch is then incomplete; a checkpoint made now continues it exactly).
+  bool run_epoch(const std::function<void(const StepInfo&)>& on_step = {},
+                 const std::function<bool()>& should_stop = {});
+
+  /// Reads the running sums from the device and throws std::runtime_error naming the
+  /// epoch, step and term when a loss was not finite since the last read.
+  StepInfo read_progress();
+
+  /// After the epoch's last step: evaluates on the test split, records and returns the
+  /// epoch's metrics, and moves to the next epoch.
+  EpochMetrics end_epoch();
+
+  bool finished() const { return epoch_ > config_.epochs; }
+  int64_t epoch() const { return epoch_; }          ///< the epoch in progress (1-based)
+  int64_t step_in_epoch() const { return step_; }   ///< steps done in it
+  int64_t steps_per_epoch() const { return steps_; }
+  bool last_epoch_was_best() const { return last_best_; }
+  const TrainConfig& config() const { return config_; }
+  const models::ModelSpec& spec() const { return spec_; }
+  models::CamModel& model() { return *model_; }
+  const torch::Tensor& prototypes() const { return prototypes_; }
+  const data::Normalization& normalization() const { return norm_; }
+  const std::vector<EpochMetrics>& history() const { return history_; }
+  double train_seconds() const { return train_seconds_; }
+  torch::Device device() const { return device_; }
+  const data::DatasetSplits& splits() const { return *splits_; }
+  /// The training state for a checkpoint (reads the running sums from the device).
+  TrainingState training_state();
+  /// Epochs completed, as a checkpoint records them.
+  int64_t epochs_done() const { return epoch_ - 1; }
+
+ private:
+  void set_up(const data::DatasetSplits& splits);
+  void begin_epoch();
+
+  TrainConfig config_;
+  const data::DatasetSplits* splits_;
+  torch::Device device_;
+  models::ModelSpec spec_;
+  models::CamModelPtr model_;
+  data::Normalization norm_;
+  torch::Tensor prototypes_;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  std::unique_ptr<LossScaler> scaler_;
+  std::unique_ptr<data::BatchIterator> batches_;
+  CamLossConfig objective_;
+  int64_t epoch_ = 1, step_ = 0, steps_ = 0;
+  // On the device: loss, ce, proto, batch (each times the batch size), correct, seen,
+  // then the first non-finite step (-1: none) and its term.
+  torch::Tensor running_;
+  double seconds_before_ = 0;  ///< training seconds of the epoch before this process took it over
+  std::chrono::steady_clock::time_point epoch_start_;
+  int64_t epoch_first_step_ = 0;
+  int64_t skipped_in_a_row_ = 0;
+  double best_accuracy_ = -1.0;
+  bool last_best_ = false;
+  double train_seconds_ = 0;
+  std::vector<EpochMetrics> history_;
+  StepInfo last_read_;
+};
 
 struct TrainCallbacks {
   std::function<void(const std::string& run_dir)> on_start;
@@ -74,25 +148,24 @@ struct TrainResult {
   double train_seconds = 0;  ///< sum of the epochs' training time
   bool interrupted = false;  ///< stopped by should_stop; resume() continues it
   int64_t stopped_epoch = 0, stopped_step = 0;  ///< where an interrupted run stopped
+  std::string device;        ///< where it ran, e.g. "cpu" or "cuda:0"
 };
 
-/// The learning rate for `step` (0-based, counted over the whole run) of a run with
-/// `steps_per_epoch` steps per epoch: linear warm-up over warmup_epochs, then the schedule.
-double learning_rate(const TrainConfig& config, int64_t step, int64_t steps_per_epoch);
-
-/// Loads the dataset named in the config. Throws std::invalid_argument for an unknown one.
-data::DatasetSplits load_dataset(const TrainConfig& config);
-
-/// Trains as configured. Throws std::invalid_argument for a bad configuration and
-/// std::runtime_error for I/O problems or a non-finite loss (naming the step and term);
-/// checkpoints already written stay intact.
+/// Trains as configured on config.device, in a new run directory. Throws
+/// std::invalid_argument for a bad configuration and std::runtime_error for I/O problems or
+/// a non-finite loss (naming the step and term); checkpoints already written stay intact.
+/// Sets no process-wide state: the caller chooses the thread count.
 TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks = {});
 
-/// Continues the run in `run_dir` from its last.pt (model, optimiser, schedule position,
-/// prototypes, random state, epoch and step), with its saved configuration; `threads` > 0
-/// overrides the thread count. On CPU with the same thread count the result equals the
-/// uninterrupted run. Throws like train(), and std::runtime_error when there is nothing
-/// to resume or the run is already complete.
-TrainResult resume(const std::string& run_dir, const TrainCallbacks& callbacks = {}, int64_t threads = 0);
+/// What may change when a run is continued.
+struct ResumeOptions {
+  std::string device;  ///< "" = the run's config.device
+};
+
+/// Continues the run in `run_dir` from its last.pt with its saved configuration. On the CPU
+/// with the same thread count the result equals the uninterrupted run. Throws like train(),
+/// and std::runtime_error when there is nothing to resume or the run is already complete.
+TrainResult resume(const std::string& run_dir, const TrainCallbacks& callbacks = {},
+                   const ResumeOptions& options = {});
 
 }  // namespace batchcam::train

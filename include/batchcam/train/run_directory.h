@@ -1,0 +1,43 @@
+#pragma once
+// The files of a training run: the run directory with config.json, metrics.jsonl, last.pt
+// and best.pt, the pictures and the report. The Trainer writes nothing itself; whoever
+// drives it owns one RunDirectory (in a run of several processes, only one of them).
+
+#include "batchcam/train/config.h"
+
+#include <string>
+#include <vector>
+
+namespace batchcam::train {
+
+class Trainer;
+struct EpochMetrics;
+
+class RunDirectory {
+ public:
+  /// Creates out_dir/run_name (a new timestamped name when run_name is empty), proves it
+  /// writable before any training time is spent and writes config.json. Throws
+  /// std::runtime_error naming the directory when it holds a run or cannot be written.
+  static RunDirectory create(const TrainConfig& config);
+  /// The directory of an earlier run, to continue it from its last.pt. Throws
+  /// std::runtime_error when there is no such directory or checkpoint.
+  static RunDirectory open(const std::string& dir);
+
+  const std::string& path() const { return path_; }
+  std::string last_checkpoint() const;  ///< last.pt
+  std::string best_checkpoint() const;  ///< best.pt
+  std::string report() const;           ///< report.html
+
+  /// last.pt (and best.pt), atomically, with everything needed to continue.
+  void save_checkpoint(Trainer& trainer, bool best);
+  /// metrics.jsonl: one line per finished epoch, atomically.
+  void write_metrics(const std::vector<EpochMetrics>& history);
+  /// After the last epoch: prototypes.png, samples.png, eval.json and report.html.
+  void write_final(Trainer& trainer);
+
+ private:
+  explicit RunDirectory(std::string path) : path_(std::move(path)) {}
+  std::string path_;
+};
+
+}  // namespace batchcam::train

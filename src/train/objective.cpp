@@ -1,0 +1,62 @@
+#include "batchcam/train/objective.h"
+
+#include "batchcam/cam/grad_cam.h"
+#include "batchcam/losses/cam_losses.h"
+
+#include <torch/torch.h>
+
+namespace batchcam::train {
+
+namespace {
+torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels, double label_smoothing) {
+  namespace F = torch::nn::functional;
+  return F::cross_entropy(logits, labels, F::CrossEntropyFuncOptions().label_smoothing(label_smoothing));
+}
+}  // namespace
+
+StepLosses compute_losses(models::CamModel& model, const data::Batch& batch, const torch::Tensor& prototypes,
+                          int64_t num_classes, const CamLossConfig& config) {
+  StepLosses out;
+  const auto zero = torch::zeros({}, batch.x.options().dtype(torch::kFloat32));
+  out.proto = zero;
+  out.batch = zero;
+  const auto device_type = batch.x.device().type();
+  if (!config.active()) {
+    {
+      core::AutocastScope autocast(device_type, config.precision);
+      out.logits = model.forward(batch.x);
+    }
+    out.ce = cross_entropy(out.logits.to(torch::kFloat32), batch.y, config.label_smoothing);
+    out.total = out.ce;
+    return out;
+  }
+  cam::require_per_sample_head(model);
+  torch::Tensor features;
+  {
+    // Only the forward pass runs under autocast (as in PyTorch's recipe); the gradient
+    // that Grad-CAM takes and the maps run outside it.
+    core::AutocastScope autocast(device_type, config.precision);
+    features = model.features(batch.x);
+    out.logits = model.head(features);
+  }
+  const auto logits = out.logits.to(torch::kFloat32);
+  const auto cam_options = cam::GradCamOptions()
+                               .create_graph(true)
+                               .output_size({batch.x.size(2), batch.x.size(3)})
+                               .check_targets(config.check_targets);
+  out.maps = cam::grad_cam(features, logits, batch.y, cam_options).maps;
+  out.ce = cross_entropy(logits, batch.y, config.label_smoothing);
+  if (config.lambda_proto > 0.0) {
+    TORCH_CHECK(prototypes.defined(), "compute_losses: lambda_proto > 0 needs prototypes");
+    out.proto = losses::prototype_loss(out.maps, batch.y, prototypes.to(out.maps.device()), config.distance_proto,
+                                       config.check_targets);
+  }
+  if (config.lambda_batch > 0.0) {
+    out.batch = losses::batch_cam_loss(out.maps, batch.y, num_classes, config.distance_batch,
+                                       config.detach_batch_target, config.check_targets);
+  }
+  out.total = out.ce + config.lambda_proto * out.proto + config.lambda_batch * out.batch;
+  return out;
+}
+
+}  // namespace batchcam::train

@@ -1,0 +1,91 @@
+#include "batchcam/train/run_directory.h"
+
+#include "batchcam/eval/pictures.h"
+#include "batchcam/eval/report.h"
+#include "batchcam/io/png.h"
+#include "batchcam/train/checkpoint.h"
+#include "batchcam/train/trainer.h"
+
+#include <torch/torch.h>
+
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+namespace batchcam::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+std::string default_run_name(const TrainConfig& c) {
+  const std::time_t now = std::time(nullptr);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::localtime(&now));
+  return c.dataset + "-" + c.model + "-" + stamp;
+}
+}  // namespace
+
+RunDirectory RunDirectory::create(const TrainConfig& c) {
+  const std::string name = c.run_name.empty() ? default_run_name(c) : c.run_name;
+  fs::path dir = fs::path(c.out_dir) / name;
+  if (c.run_name.empty()) {
+    for (int k = 2; fs::exists(dir); ++k) dir = fs::path(c.out_dir) / (name + "-" + std::to_string(k));
+  } else if (fs::exists(dir / "metrics.jsonl")) {
+    throw std::runtime_error(dir.string() +
+                             ": run directory already holds a run; choose another run name, or continue it with --resume");
+  }
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw std::runtime_error(dir.string() + ": cannot create run directory (" + ec.message() + ")");
+  const auto probe = dir / ".write-test";
+  {
+    std::ofstream out(probe);
+    out << std::string(4096, '\0');
+    out.flush();
+    if (!out) throw std::runtime_error(dir.string() + ": run directory is not writable (or the disk is full)");
+  }
+  fs::remove(probe, ec);
+  RunDirectory run(dir.string());
+  write_file_atomic((dir / "config.json").string(), to_json(c).dump(2) + "\n");
+  return run;
+}
+
+RunDirectory RunDirectory::open(const std::string& dir) {
+  if (!fs::is_directory(dir)) throw std::runtime_error(dir + ": no such run directory");
+  RunDirectory run(dir);
+  if (!fs::exists(run.last_checkpoint())) {
+    throw std::runtime_error(dir + ": no last.pt to resume from (the run stopped before its first checkpoint)");
+  }
+  return run;
+}
+
+std::string RunDirectory::last_checkpoint() const { return (fs::path(path_) / "last.pt").string(); }
+std::string RunDirectory::best_checkpoint() const { return (fs::path(path_) / "best.pt").string(); }
+std::string RunDirectory::report() const { return (fs::path(path_) / "report.html").string(); }
+
+void RunDirectory::save_checkpoint(Trainer& trainer, bool best) {
+  const auto state = trainer.training_state();
+  const auto save = [&](const std::string& path) {
+    train::save_checkpoint(path, trainer.model(), trainer.spec(), trainer.config(), trainer.epochs_done(),
+                           trainer.normalization(), trainer.prototypes(), state);
+  };
+  save(last_checkpoint());
+  if (best) save(best_checkpoint());
+}
+
+void RunDirectory::write_metrics(const std::vector<EpochMetrics>& history) {
+  std::string lines;
+  for (const auto& m : history) lines += to_json(m).dump() + "\n";
+  write_file_atomic((fs::path(path_) / "metrics.jsonl").string(), lines);
+}
+
+void RunDirectory::write_final(Trainer& trainer) {
+  const auto& test = trainer.splits().test;
+  io::write_png((fs::path(path_) / "prototypes.png").string(), eval::prototype_strip(trainer.prototypes().cpu()));
+  io::write_png((fs::path(path_) / "samples.png").string(),
+                eval::cam_examples(trainer.model(), test, trainer.normalization()));
+  eval::write_run_report(path_, trainer.model(), test, trainer.normalization(), trainer.prototypes());
+}
+
+}  // namespace batchcam::train
