@@ -50,7 +50,7 @@ COLUMNS = {
 DEFAULT_COLUMNS = ["accuracy", "proto_l1", "proto_l2", "proto_ssim", "input_ssim", "deletion", "insertion",
                    "seconds", "ms_per_image", "ms_per_image_cam"]
 # Keys of config.json that do not change what a run computes.
-IGNORED_KEYS = {"out_dir", "run_name", "data_dir", "threads"}
+IGNORED_KEYS = {"out_dir", "run_name", "data_dir", "threads", "device", "log_every"}
 
 
 class StudyError(Exception):

@@ -245,41 +245,35 @@ EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, 
     whole.set_device(device);
     const auto all = whole.get(0);
     const auto trained = cams_for(model, all.x, all.y);
-    // Re-initialise from the output down (cascading), with a fixed seed so the report is
-    // repeatable; the weights and the global random state are restored afterwards.
+    // Re-initialise from the output down (cascading), drawn on the CPU from a fixed seed so
+    // the report is repeatable on every device; the weights and the caller's random state are
+    // restored afterwards.
     std::vector<torch::Tensor> saved;
     for (const auto& p : model.parameters()) saved.push_back(p.detach().clone());
-    auto generator = at::detail::getDefaultCPUGenerator();
-    torch::Tensor rng_state;
-    {
-      std::lock_guard<std::mutex> lock(generator.mutex());
-      rng_state = generator.get_state();
-    }
-    torch::manual_seed(0);
-    for (const auto& [layer, params] : model.parameters_top_down()) {
-      {
-        torch::NoGradGuard no_grad;
-        for (auto p : params) {
-          if (p.dim() < 2) continue;
-          // Drawn on the CPU, so that every device gets the same weights.
-          auto w = torch::empty(p.sizes());
-          torch::nn::init::kaiming_uniform_(w, std::sqrt(5.0));  // LibTorch's default init
-          p.copy_(w);
+    core::with_cpu_seed(0, [&] {
+      for (const auto& [layer, params] : model.parameters_top_down()) {
+        {
+          torch::NoGradGuard no_grad;
+          for (auto p : params) {
+            if (p.dim() < 2) continue;
+            auto w = torch::empty(p.sizes());
+            torch::nn::init::kaiming_uniform_(w, std::sqrt(5.0));  // LibTorch's default init
+            p.copy_(w);
+          }
         }
+        const auto randomized = cams_for(model, all.x, all.y);
+        RandomizationStep step;
+        step.layer = layer;
+        step.ssim = losses::ssim(randomized, trained).mean().item<double>();
+        step.rank_correlation = rank_correlation(randomized.flatten(1), trained.flatten(1)).mean().item<double>();
+        r.randomization.push_back(step);
       }
-      const auto randomized = cams_for(model, all.x, all.y);
-      RandomizationStep step;
-      step.layer = layer;
-      step.ssim = losses::ssim(randomized, trained).mean().item<double>();
-      step.rank_correlation = rank_correlation(randomized.flatten(1), trained.flatten(1)).mean().item<double>();
-      r.randomization.push_back(step);
-    }
+      return 0;
+    });
     {
       torch::NoGradGuard no_grad;
       const auto params = model.parameters();
       for (size_t i = 0; i < params.size(); ++i) params[i].copy_(saved[i]);
-      std::lock_guard<std::mutex> lock(generator.mutex());
-      generator.set_state(rng_state);
     }
   }
 

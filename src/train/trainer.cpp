@@ -129,6 +129,7 @@ Trainer::Trainer(const TrainConfig& config, const data::DatasetSplits& splits, t
   norm_ = data::Normalization::fit(train_set.images);
   prototypes_ = losses::image_prototypes(train_set.images, train_set.labels, train_set.num_classes());
   set_up(splits);
+  begin_epoch();
 }
 
 Trainer::Trainer(const Checkpoint& ck, const std::string& path, const data::DatasetSplits& splits, torch::Device device)
@@ -206,7 +207,6 @@ void Trainer::set_up(const data::DatasetSplits& splits) {
                                 ") is larger than the training set (" + std::to_string(train_set.size()) + ")");
   }
   running_ = fresh_running(device_);
-  if (epoch_ == 1 && step_ == 0) begin_epoch();
 }
 
 void Trainer::begin_epoch() {
@@ -318,6 +318,7 @@ bool Trainer::run_epoch(const std::function<void(const StepInfo&)>& on_step, con
 }
 
 TrainingState Trainer::training_state() {
+  TORCH_CHECK(step_ < steps_, "Trainer::training_state: the epoch's steps are done; call end_epoch() first");
   read_progress();  // never save what a non-finite step produced
   nlohmann::json history = nlohmann::json::array();
   for (const auto& m : history_) history.push_back(to_json(m));
@@ -326,7 +327,7 @@ TrainingState Trainer::training_state() {
   const nlohmann::json progress = {{"history", history}, {"sums", sums},
                                    {"best_accuracy", best_accuracy_}, {"train_seconds", train_seconds_}};
   TrainingState state;
-  state.step = step_ == steps_ ? 0 : step_;
+  state.step = step_;
   state.progress = progress.dump();
   state.optimizer = optimizer_.get();
   state.rng = core::generator_state();
@@ -405,9 +406,11 @@ TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks) {
   config.validate();
   const auto device = core::resolve_device(config.device);
   core::require_supported(config.precision, device);
-  auto files = RunDirectory::create(config);
+  // Data, model and target layer are checked before the run directory exists, so that a
+  // failed start leaves no directory behind.
   const auto splits = load_dataset(config);
   Trainer trainer(config, splits, device);
+  auto files = RunDirectory::create(config);
   return drive(trainer, files, callbacks);
 }
 

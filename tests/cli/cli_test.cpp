@@ -236,7 +236,7 @@ TEST(Cli, TrainingStepsReuseFreedMemoryWithoutPageFaults) {
   const auto dir = std::filesystem::temp_directory_path() / ("batchcam-faults-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   const auto json_path = (dir / "bench.json").string();
-  const auto r = run("bench --models simple-cnn --repetitions 3 --warmup 2 --no-memory --no-per-sample --threads 2 "
+  const auto r = run("bench --models simple-cnn --repetitions 3 --warmup 2 --no-memory --no-per-sample --epoch-images 0 --threads 2 "
                      "--json " + json_path);
   ASSERT_EQ(r.code, 0) << r.out;
   const auto bench = nlohmann::json::parse(read_text(json_path));

@@ -205,8 +205,15 @@ TEST(Trainer, UnwritableOutputIsReportedBeforeTraining) {
   train::TrainConfig c;
   c.train_size = 64;
   c.test_size = 16;
+  c.batch_size = 32;
   c.out_dir = (dir / "file").string();  // a file, not a directory
   EXPECT_THROW(train::train(c), std::runtime_error);
+  // A start that fails on the model or the data leaves no run directory behind.
+  c.out_dir = dir.string();
+  c.run_name = "bad";
+  c.target_layer = "no-such-layer";
+  EXPECT_ANY_THROW(train::train(c));
+  EXPECT_FALSE(fs::exists(dir / "bad"));
   fs::remove_all(dir);
 }
 
@@ -417,7 +424,9 @@ TEST(Engine, RunningLossIsReadFromTheDeviceOnlyAtTheLoggingInterval) {
   double last_loss = 0;
   ASSERT_TRUE(t.run_epoch([&](const train::StepInfo& s) {
     if (s.fresh) fresh.push_back(s.step);
-    if (!s.fresh) EXPECT_EQ(s.loss, last_loss) << "between reads the last read values stay";
+    if (!s.fresh) {
+      EXPECT_EQ(s.loss, last_loss) << "between reads the last read values stay";
+    }
     last_loss = s.loss;
   }));
   EXPECT_EQ(fresh, (std::vector<int64_t>{3, 6, 8}));  // every 3 steps and the epoch's end
@@ -538,5 +547,6 @@ TEST(Checkpoint, HoldsCpuTensorsAndLoadsOntoTheRequestedDevice) {
   for (const auto& p : ck.model->parameters()) EXPECT_TRUE(p.device().is_cpu());
   EXPECT_TRUE(ck.rng.cpu.defined());
   EXPECT_EQ(ck.rng.cuda.defined(), torch::cuda::is_available());
+  // Between the CPU and a GPU: tests/cuda (Cuda.CheckpointMovesBetweenDevices).
   fs::remove_all(dir);
 }
