@@ -63,34 +63,37 @@ struct Stats {
   std::string text() const { return fmt::format("{:.1f} [{:.1f}-{:.1f}]", median(), min(), max()); }
 };
 
-// The bench's work runs as `batchcam train` runs it: a Trainer's step on a batch of 128
-// shapes images at 28 px, with the run's defaults except the losses of `variant`:
+// The bench's work runs as `batchcam train` runs it: a Trainer's steps on batches of 128
+// shapes images at 28 px (`steps` of them), with the run's defaults except the losses of `variant`:
 // "ce" (CE only), "batchcam" (the default: Prototype Loss, L1, lambda 1) or "batchcam_both"
 // (both losses, L1, lambda 1; the variant bench/python_step.py runs).
 struct StepTrainer {
   batchcam::data::DatasetSplits splits;
   std::unique_ptr<batchcam::train::Trainer> trainer;
-  batchcam::data::Batch batch;
+  std::unique_ptr<batchcam::data::BatchIterator> batches;
+  batchcam::data::Batch batch;  ///< the first batch, for the Grad-CAM timings
 
-  StepTrainer(const std::string& model, const std::string& variant, const BenchArgs& a, torch::Device device) {
+  StepTrainer(const std::string& model, const std::string& variant, const BenchArgs& a, torch::Device device,
+              int64_t steps) {
     batchcam::train::TrainConfig c;
     c.model = model;
-    c.train_size = kBatch;
+    c.train_size = kBatch * steps;
     c.test_size = 16;
     c.batch_size = kBatch;
-    c.epochs = 1000000;  // any number of steps on the same batch, at a constant learning rate
+    c.epochs = 1;
     c.precision = batchcam::core::parse_precision(a.precision);
     c.lambda_proto = variant == "ce" ? 0.0 : 1.0;
     c.lambda_batch = variant == "batchcam_both" ? 1.0 : 0.0;
     splits = batchcam::train::load_dataset(c);
     trainer = std::make_unique<batchcam::train::Trainer>(c, splits, device);
-    batchcam::data::BatchIterator batches(splits.train, trainer->normalization(), kBatch, false, 0, false);
-    batches.set_device(device);
-    batch = batches.get(0);
+    batches = std::make_unique<batchcam::data::BatchIterator>(splits.train, trainer->normalization(), kBatch, false, 0,
+                                                              false);
+    batches->set_device(device);
+    batch = batches->get(0);
   }
-  // One step, then a read of the running loss: the timing includes the device's work.
+  // The next step, then a read of the running loss: the timing includes the device's work.
   void step() {
-    trainer->step(batch);
+    trainer->step(batches->get(trainer->step_in_epoch()));
     (void)trainer->read_progress();
   }
 };
@@ -129,7 +132,7 @@ int64_t peak_tensor_bytes(const std::function<void()>& f) {
 
 // In a fresh process: build everything, note the peak RSS, run 3 steps, report the growth.
 int memory_probe(const BenchArgs& a, const std::string& model_name, const std::string& variant) {
-  StepTrainer t(model_name, variant, a, batchcam::core::resolve_device(a.device));
+  StepTrainer t(model_name, variant, a, batchcam::core::resolve_device(a.device), 3);
   const long before = peak_rss_kib();
   for (int i = 0; i < 3; ++i) t.step();
   std::cout << (peak_rss_kib() - before) << "\n";
@@ -227,9 +230,11 @@ int run_bench(const BenchArgs& a, const std::string& self_path) {
                            "CE step", "CE+Batch-CAM step", "ratio", "tensors", "batched CAM", "per-sample CAM",
                            "speedup", "per-image CAM", "speedup");
   for (const auto& name : a.models) {
-    StepTrainer ce(name, "ce", a, device), cam(name, "batchcam", a, device);
+    // Enough batches for the warm-up, the repetitions and the memory meter's step.
+    const int64_t steps = a.warmup + a.repetitions + 1;
+    StepTrainer ce(name, "ce", a, device, steps), cam(name, "batchcam", a, device, steps);
     std::unique_ptr<StepTrainer> both;
-    if (a.compare_python) both = std::make_unique<StepTrainer>(name, "batchcam_both", a, device);
+    if (a.compare_python) both = std::make_unique<StepTrainer>(name, "batchcam_both", a, device, steps);
     // An explainer in eval mode with the same initial weights.
     auto explainer = batchcam::core::with_cpu_seed(0, [&] {
       return batchcam::models::make_model({name, 1, 10, 28, ""});

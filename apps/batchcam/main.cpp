@@ -214,9 +214,16 @@ void install_stop_handlers() {
 
 // Runs a fresh training (`resume_dir` empty) or continues the run in `resume_dir`, on
 // `device` ("" = the run's own for a resumed run).
-int run_train(const batchcam::train::TrainConfig& config, const std::string& resume_dir, const std::string& device,
+int run_train(batchcam::train::TrainConfig config, const std::string& resume_dir, const std::string& device,
               bool quiet) {
   const int64_t threads = set_threads(config.threads);
+  if (resume_dir.empty()) {
+    // The process-wide choices are the CLI's: the thread count, recorded so that --resume
+    // uses it again (a CPU run continues bit-exactly only with the same count), and the seed
+    // of the default generators (random draws during training; a resumed run restores them).
+    config.threads = threads;
+    torch::manual_seed(config.seed);
+  }
   Progress progress{quiet};
   batchcam::train::TrainCallbacks callbacks;
   callbacks.on_start = [&](const std::string& dir) {

@@ -109,7 +109,9 @@ Checkpoint load_checkpoint(const std::string& path, torch::Device device) {
   if (!std::filesystem::is_regular_file(path)) throw std::runtime_error(path + ": no such checkpoint file");
   torch::serialize::InputArchive archive;
   try {
-    archive.load_from(path);
+    // Onto the CPU: a GPU run's optimiser state was saved on its device, and this machine may
+    // have none (the model is moved to `device` below, the optimiser by restore_optimizer).
+    archive.load_from(path, torch::Device(torch::kCPU));
   } catch (const std::exception&) {
     throw std::runtime_error(path + ": not a readable checkpoint (truncated or corrupt archive)");
   }

@@ -225,6 +225,7 @@ void Trainer::begin_epoch() {
 
 void Trainer::step(const data::Batch& batch) {
   TORCH_CHECK(!finished(), "Trainer::step: the run is complete");
+  TORCH_CHECK(step_ < steps_, "Trainer::step: the epoch's ", steps_, " steps are done; call end_epoch() first");
   set_learning_rate(*optimizer_, learning_rate(config_, (epoch_ - 1) * steps_ + step_, steps_));
   optimizer_->zero_grad();
   auto losses_now = compute_losses(*model_, batch, prototypes_, spec_.num_classes, objective_);
@@ -233,8 +234,11 @@ void Trainer::step(const data::Batch& batch) {
     scaler_->scale(losses_now.total).backward();
     const auto found_inf = scaler_->unscale(parameters);
     if (config_.grad_clip > 0.0) clip_gradients(parameters, config_.grad_clip);
-    // The one read-back of fp16 training: whether this step's gradients are usable.
-    if (found_inf.item<float>() > 0) {
+    // The one read-back of fp16 training: whether this step's gradients are usable. A skipped
+    // step changes nothing but the scale: no update, no prototype or running-loss change.
+    const bool skip = found_inf.item<float>() > 0;
+    scaler_->update(found_inf);
+    if (skip) {
       ++skipped_in_a_row_;
       if (skipped_in_a_row_ >= config_.max_skipped_steps) {
         throw std::runtime_error("fp16 gradients were not finite in " + std::to_string(skipped_in_a_row_) +
@@ -242,11 +246,11 @@ void Trainer::step(const data::Batch& batch) {
                                  ") at epoch " + std::to_string(epoch_) + ", step " + std::to_string(step_ + 1) +
                                  " (term: total loss); the last good checkpoint is kept");
       }
-    } else {
-      skipped_in_a_row_ = 0;
-      optimizer_->step();
+      ++step_;
+      return;
     }
-    scaler_->update(found_inf);
+    skipped_in_a_row_ = 0;
+    optimizer_->step();
   } else {
     losses_now.total.backward();
     if (config_.grad_clip > 0.0) clip_gradients(parameters, config_.grad_clip);
@@ -292,6 +296,7 @@ StepInfo Trainer::read_progress() {
   info.ce = v[kCe] / seen;
   info.proto = v[kProto] / seen;
   info.batch = v[kBatch] / seen;
+  info.accuracy = v[kCorrect] / seen;
   info.fresh = true;
   last_read_ = info;
   return info;
@@ -338,7 +343,6 @@ TrainingState Trainer::training_state() {
 EpochMetrics Trainer::end_epoch() {
   TORCH_CHECK(step_ == steps_, "Trainer::end_epoch: the epoch has ", steps_ - step_, " steps left");
   const auto progress = read_progress();
-  const auto r = running_.to(torch::kCPU);
   EpochMetrics m;
   m.epoch = epoch_;
   m.lambda_proto = objective_.lambda_proto;
@@ -348,7 +352,7 @@ EpochMetrics Trainer::end_epoch() {
   m.train_ce = progress.ce;
   m.train_proto = progress.proto;
   m.train_batch = progress.batch;
-  m.train_accuracy = r[kCorrect].item<double>() / std::max(r[kSeen].item<double>(), 1.0);
+  m.train_accuracy = progress.accuracy;
   m.test = eval::evaluate(*model_, splits_->test, norm_, prototypes_);
   train_seconds_ += m.seconds;
   history_.push_back(m);

@@ -127,7 +127,8 @@ TEST(Cli, EnvReportsTheThreadsTheProcessMayUse) {
   // A training run starts with that many threads and says so.
   const auto dir = std::filesystem::temp_directory_path() / ("batchcam-threads-" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
-  const auto r = run("train --train-size 64 --test-size 16 --batch-size 32 --epochs 1 --out-dir " + dir.string(),
+  const auto r = run("train --device cpu --train-size 64 --test-size 16 --batch-size 32 --epochs 1 --out-dir " +
+                         dir.string(),
                      "env -u OMP_NUM_THREADS taskset -c 0");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("(1 CPU thread)"), std::string::npos) << r.out;
@@ -169,7 +170,7 @@ TEST(Cli, TrainsATinyRunAndPrintsASummary) {
   EXPECT_TRUE(std::filesystem::exists(dir / "tiny" / "last.pt"));
   EXPECT_TRUE(std::filesystem::exists(dir / "tiny" / "metrics.jsonl"));
   // An unusable output directory: one clear line, exit code 1.
-  const auto bad = run("train --quiet --train-size 64 --test-size 16 --out-dir /proc/batchcam-nope");
+  const auto bad = run("train --quiet --train-size 64 --test-size 16 --batch-size 32 --out-dir /proc/batchcam-nope");
   EXPECT_EQ(bad.code, 1) << bad.out;
   EXPECT_NE(bad.out.find("/proc/batchcam-nope"), std::string::npos) << bad.out;
   std::filesystem::remove_all(dir);
@@ -277,7 +278,7 @@ namespace {
 // A run that takes a few seconds per epoch on two busy cores.
 std::vector<std::string> resumable_run(const std::filesystem::path& dir, const std::string& name) {
   return {"train", "--quiet", "--train-size", "3000", "--test-size", "64", "--epochs", "3", "--batch-size", "50",
-          "--threads", "1", "--schedule", "cosine", "--optimizer", "sgd", "--nesterov", "--lr", "0.05",
+          "--threads", "1", "--device", "cpu", "--schedule", "cosine", "--optimizer", "sgd", "--nesterov", "--lr", "0.05",
           "--out-dir", dir.string(), "--run-name", name};
 }
 }  // namespace

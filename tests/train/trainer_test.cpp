@@ -231,6 +231,7 @@ train::TrainConfig small_run_config(const fs::path& dir, const std::string& name
   c.warmup_epochs = 1;
   c.grad_clip = 5.0;
   c.label_smoothing = 0.1;
+  c.device = "cpu";  // bit-exact resume is a CPU property
   c.out_dir = dir.string();
   c.run_name = name;
   return c;
@@ -322,6 +323,15 @@ TEST(Trainer, InterruptedAndResumedRunEqualsAnUninterruptedOne) {
   const auto mid = train::load_checkpoint(part.checkpoint);
   EXPECT_EQ(mid.epoch, 1);
   EXPECT_EQ(mid.step, 3);
+  {
+    // Continuing sets the default generators to the saved state (what stochastic depth draws from).
+    const auto splits = train::load_dataset(mid.config);
+    torch::manual_seed(999);
+    train::Trainer restored(mid, part.checkpoint, splits, torch::kCPU);
+    EXPECT_TRUE(torch::equal(core::generator_state().cpu, mid.rng.cpu));
+    EXPECT_EQ(restored.epoch(), 2);
+    EXPECT_EQ(restored.step_in_epoch(), 3);
+  }
 
   const auto resumed = train::resume(part.run_dir);
   EXPECT_FALSE(resumed.interrupted);
@@ -387,6 +397,7 @@ train::TrainConfig engine_config() {
   c.test_size = 32;
   c.batch_size = 32;
   c.epochs = 2;
+  c.device = "cpu";
   return c;
 }
 }  // namespace

@@ -28,7 +28,7 @@ struct StepInfo {
   int64_t epoch = 0, epochs = 0, step = 0, steps = 0;
   /// Running means over the epoch, as of the last read from the device (every
   /// config.log_every steps and at the end of the epoch); `fresh` when read at this step.
-  double loss = 0, ce = 0, proto = 0, batch = 0;
+  double loss = 0, ce = 0, proto = 0, batch = 0, accuracy = 0;
   bool fresh = false;
   double images_per_second = 0;
   double eta_seconds = 0;  ///< training time left for the whole run at the current speed
@@ -53,7 +53,9 @@ class Trainer {
  public:
   /// A fresh run: the model is initialised from config.seed on the CPU (the caller's random
   /// state is left as it was) and moved to `device` with the prototypes; the training
-  /// labels are validated here, once. `splits` must outlive the trainer.
+  /// labels are validated here, once. `splits` must outlive the trainer. Random draws
+  /// during training (ConvNeXt's stochastic depth) come from the default generators, which
+  /// the caller seeds (the CLI with config.seed).
   Trainer(const TrainConfig& config, const data::DatasetSplits& splits, torch::Device device);
   /// Continues from a checkpoint saved with training state (`path` is its file): weights,
   /// optimiser, schedule position, prototypes, loss scale, metrics so far; the random
@@ -64,7 +66,8 @@ class Trainer {
 
   /// One optimisation step on `batch` (on the trainer's device): forward under autocast,
   /// Grad-CAM and losses, backward, optimiser. No host synchronisation, except fp16's
-  /// decision to skip a step with non-finite gradients.
+  /// decision to skip a step with non-finite gradients. Requires step_in_epoch() <
+  /// steps_per_epoch(): the epoch's batch count comes from the training split.
   void step(const data::Batch& batch);
 
   /// Runs the remaining steps of the current epoch, reading the running loss every
