@@ -59,7 +59,8 @@ class Trainer {
   Trainer(const TrainConfig& config, const data::DatasetSplits& splits, torch::Device device);
   /// Continues from a checkpoint saved with training state (`path` is its file): weights,
   /// optimiser, schedule position, prototypes, loss scale, metrics so far; the random
-  /// generators are set to the saved state. Throws std::runtime_error when it has none.
+  /// generators are set to the saved state. The trainer trains `checkpoint.model` itself
+  /// (moved to `device`). Throws std::runtime_error when it has no training state.
   Trainer(const Checkpoint& checkpoint, const std::string& path, const data::DatasetSplits& splits,
           torch::Device device);
   ~Trainer();
