@@ -81,7 +81,7 @@ void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
   cmd.add_option("--lr", c.lr, "Peak learning rate")->check(CLI::PositiveNumber)->group("Optimisation");
   cmd.add_option("--momentum", c.momentum, "SGD momentum")->check(CLI::Range(0.0, 0.999999))->group("Optimisation");
   cmd.add_flag("--nesterov,!--no-nesterov", c.nesterov, "Nesterov momentum (sgd)")->group("Optimisation");
-  cmd.add_option("--weight-decay", c.weight_decay, "Weight decay (decoupled for adamw)")->check(CLI::NonNegativeNumber)->group("Optimisation");
+  cmd.add_option("--weight-decay", c.weight_decay, "Weight decay (decoupled for adamw)")->check(CLI::Range(0.0, 1.0))->group("Optimisation");
   add_enum_option(cmd, "--schedule", c.schedule, "Learning-rate schedule: constant, step, cosine or onecycle")
       ->group("Optimisation");
   cmd.add_option("--warmup-epochs", c.warmup_epochs, "Epochs of linear learning-rate warm-up")
@@ -226,7 +226,9 @@ int run_train(batchcam::train::TrainConfig config, const std::string& resume_dir
   }
   Progress progress{quiet};
   batchcam::train::TrainCallbacks callbacks;
+  std::string run_dir;
   callbacks.on_start = [&](const std::string& dir) {
+    run_dir = dir;
     if (!quiet) spdlog::info("run directory: {} ({} CPU thread{})", dir, threads, threads == 1 ? "" : "s");
   };
   callbacks.on_step = [&](const batchcam::train::StepInfo& s) { progress.step(s); };
@@ -237,6 +239,19 @@ int run_train(batchcam::train::TrainConfig config, const std::string& resume_dir
                  m.test.proto_ssim, m.seconds);
   };
   callbacks.should_stop = [] { return stop_signal != 0; };
+  callbacks.on_final_outputs = [&] {
+    // Every epoch is saved: from here a signal stops at once, and --resume writes the rest.
+    std::signal(SIGINT, SIG_DFL);
+    std::signal(SIGTERM, SIG_DFL);
+    if (stop_signal != 0) {
+      if (progress_line_open) std::cerr << "\n";
+      std::cerr << "batchcam: stopped before the final evaluation and report; write them with: batchcam train "
+                   "--resume "
+                << run_dir << "\n";
+      std::raise(static_cast<int>(stop_signal));
+    }
+    if (!quiet) spdlog::info("training done; writing the final evaluation, pictures and report.html");
+  };
   install_stop_handlers();
   const auto result = resume_dir.empty() ? batchcam::train::train(config, callbacks)
                                          : batchcam::train::resume(resume_dir, callbacks, {device});
@@ -474,6 +489,9 @@ int run_env() {
 
 int main(int argc, char** argv) {
   keep_freed_memory_in_process();
+  // Past a file-size limit (ulimit -f) a write then fails with EFBIG and is reported like a
+  // full disk, instead of the signal killing the process mid-write.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"batchcam: train convolutional networks that look at the right evidence (Batch-CAM)", "batchcam"};
   app.option_defaults()->always_capture_default();
   app.set_version_flag("--version", "batchcam 0.1.0");

@@ -55,10 +55,11 @@ void write_file_atomic(const std::string& path, const std::string& content) {
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     out << content;
-    out.flush();
+    out.close();
     if (!out) {
+      const std::string err = std::strerror(errno);
       std::remove(tmp.c_str());
-      throw std::runtime_error(path + ": cannot write (" + std::strerror(errno) + ")");
+      throw std::runtime_error(path + ": cannot write (" + err + ")");
     }
   }
   commit_temp(tmp, path);
@@ -95,14 +96,15 @@ void save_checkpoint(const std::string& path, models::CamModel& model, const mod
   if (prototypes.defined()) archive.write("prototypes", prototypes.detach().cpu());
   for (const auto& p : model.named_parameters()) archive.write("model." + p.key(), p.value().detach().cpu());
   for (const auto& b : model.named_buffers()) archive.write("model." + b.key(), b.value().detach().cpu(), true);
-  const auto tmp = temp_name(path);
-  try {
-    archive.save_to(tmp);
-  } catch (const std::exception& e) {
-    std::remove(tmp.c_str());
-    throw std::runtime_error(path + ": cannot write checkpoint (" + std::string(e.what()).substr(0, 200) + ")");
-  }
-  commit_temp(tmp, path);
+  // Serialised in memory, then written by write_file_atomic: LibTorch's own file writer
+  // throws again from its destructor when a write fails (disk full, file-size limit), which
+  // terminates the process instead of reporting the error.
+  std::string bytes;
+  archive.save_to([&bytes](const void* data, size_t size) {
+    bytes.append(static_cast<const char*>(data), size);
+    return size;
+  });
+  write_file_atomic(path, bytes);
 }
 
 Checkpoint load_checkpoint(const std::string& path, torch::Device device) {

@@ -3,6 +3,7 @@
 #include "batchcam/data/datasets.h"
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <map>
 #include <stdexcept>
@@ -89,34 +90,35 @@ void TrainConfig::validate() const {
   for (const auto& d : datasets) list += (list.empty() ? "" : " | ") + d;
   require(std::find(datasets.begin(), datasets.end(), dataset) != datasets.end(), "dataset",
           list + ", got '" + dataset + "'");
-  require(train_size >= 0, "train_size", ">= 0 (0 = the dataset's default)");
-  require(test_size >= 0, "test_size", ">= 0 (0 = the dataset's default)");
+  // Every number has both bounds, the command line's: a config file passes the same checks.
+  require(train_size >= 0 && train_size <= 10000000, "train_size", "in [0, 10000000] (0 = the dataset's default)");
+  require(test_size >= 0 && test_size <= 10000000, "test_size", "in [0, 10000000] (0 = the dataset's default)");
   require(dataset != "folder" || !data_dir.empty(), "data_dir", "set for dataset 'folder' (its directory)");
   const bool digits = dataset == "mnist" || dataset == "decoy-mnist";
   require(!(digits && augment == Augment::shift_flip), "augment",
           "none or shift for digits (a flipped digit is another glyph)");
   require(image_size >= 16 && image_size <= 512, "image_size", "in [16, 512]");
-  require(epochs >= 1, "epochs", ">= 1");
-  require(batch_size >= 2, "batch_size", ">= 2");
-  require(lr > 0.0, "lr", "> 0");
+  require(epochs >= 1 && epochs <= 100000, "epochs", "in [1, 100000]");
+  require(batch_size >= 2 && batch_size <= 1000000, "batch_size", "in [2, 1000000]");
+  require(lr > 0.0 && std::isfinite(lr), "lr", "> 0 and finite");
   require(momentum >= 0.0 && momentum < 1.0, "momentum", "in [0, 1)");
   require(!(nesterov && (optimizer != OptimizerKind::sgd || momentum <= 0.0)), "nesterov",
           "false unless optimizer is sgd with momentum > 0");
-  require(weight_decay >= 0.0, "weight_decay", ">= 0");
+  require(weight_decay >= 0.0 && weight_decay <= 1.0, "weight_decay", "in [0, 1]");
   require(warmup_epochs >= 0 && warmup_epochs < epochs, "warmup_epochs", ">= 0 and < epochs");
-  require(step_size >= 1, "step_size", ">= 1");
+  require(step_size >= 1 && step_size <= 100000, "step_size", "in [1, 100000]");
   require(gamma > 0.0 && gamma <= 1.0, "gamma", "in (0, 1]");
-  require(grad_clip >= 0.0, "grad_clip", ">= 0 (0 = off)");
+  require(grad_clip >= 0.0 && std::isfinite(grad_clip), "grad_clip", ">= 0 and finite (0 = off)");
   require(label_smoothing >= 0.0 && label_smoothing < 1.0, "label_smoothing", "in [0, 1)");
-  require(threads >= 0, "threads", ">= 0");
+  require(threads >= 0 && threads <= 1024, "threads", "in [0, 1024] (0 = what the process may use)");
   require(device == "auto" || device == "cpu" || device == "cuda" || device.rfind("cuda:", 0) == 0, "device",
           "auto | cpu | cuda | cuda:N, got '" + device + "'");
-  require(max_skipped_steps >= 1, "max_skipped_steps", ">= 1");
-  require(lambda_proto >= 0.0, "lambda_proto", ">= 0");
-  require(lambda_batch >= 0.0, "lambda_batch", ">= 0");
-  require(cam_warmup_epochs >= 0, "cam_warmup_epochs", ">= 0");
+  require(max_skipped_steps >= 1 && max_skipped_steps <= 1000000, "max_skipped_steps", "in [1, 1000000]");
+  require(lambda_proto >= 0.0 && std::isfinite(lambda_proto), "lambda_proto", ">= 0 and finite");
+  require(lambda_batch >= 0.0 && std::isfinite(lambda_batch), "lambda_batch", ">= 0 and finite");
+  require(cam_warmup_epochs >= 0 && cam_warmup_epochs <= 100000, "cam_warmup_epochs", "in [0, 100000]");
   require(!out_dir.empty(), "out_dir", "a directory path");
-  require(log_every >= 1, "log_every", ">= 1");
+  require(log_every >= 1 && log_every <= 1000000, "log_every", "in [1, 1000000]");
 }
 
 nlohmann::json to_json(const TrainConfig& config) {

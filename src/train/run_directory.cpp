@@ -8,7 +8,11 @@
 
 #include <torch/torch.h>
 
+#include <signal.h>
+
+#include <cerrno>
 #include <ctime>
+#include <iterator>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
@@ -31,7 +35,7 @@ RunDirectory RunDirectory::create(const TrainConfig& c) {
   fs::path dir = fs::path(c.out_dir) / name;
   if (c.run_name.empty()) {
     for (int k = 2; fs::exists(dir); ++k) dir = fs::path(c.out_dir) / (name + "-" + std::to_string(k));
-  } else if (fs::exists(dir / "metrics.jsonl")) {
+  } else if (fs::exists(dir / "metrics.jsonl") || fs::exists(dir / "last.pt") || fs::exists(dir / "best.pt")) {
     throw std::runtime_error(dir.string() +
                              ": run directory already holds a run; choose another run name, or continue it with --resume");
   }
@@ -72,6 +76,28 @@ void RunDirectory::save_checkpoint(Trainer& trainer, bool best) {
   };
   save(last_checkpoint());
   if (best) save(best_checkpoint());
+}
+
+void RunDirectory::copy_last_to_best() {
+  std::ifstream in(last_checkpoint(), std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!in.good() && !in.eof()) throw std::runtime_error(last_checkpoint() + ": cannot read");
+  write_file_atomic(best_checkpoint(), bytes);
+}
+
+void RunDirectory::remove_stale_temporaries() {
+  for (const auto& entry : fs::directory_iterator(path_)) {
+    const auto name = entry.path().filename().string();
+    const auto at = name.rfind(".tmp.");
+    if (at == std::string::npos || !entry.is_regular_file()) continue;
+    const auto digits = name.substr(at + 5);
+    if (digits.empty() || digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+    const auto pid = static_cast<pid_t>(std::stol(digits));
+    if (::kill(pid, 0) != 0 && errno == ESRCH) {
+      std::error_code ec;
+      fs::remove(entry.path(), ec);
+    }
+  }
 }
 
 void RunDirectory::write_metrics(const std::vector<EpochMetrics>& history) {

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <stdexcept>
 
 namespace batchcam::train {
@@ -87,23 +88,30 @@ nlohmann::json to_json(const EpochMetrics& m) {
 }
 
 EpochMetrics epoch_metrics_from_json(const nlohmann::json& j) {
+  // JSON has no NaN: nlohmann writes it as null, so null reads back as NaN.
+  const auto number = [&j](const char* key) {
+    const auto& v = j.at(key);
+    if (v.is_null()) return std::numeric_limits<double>::quiet_NaN();
+    if (!v.is_number()) throw std::invalid_argument(std::string("metrics: '") + key + "' is not a number: " + v.dump());
+    return v.get<double>();
+  };
   EpochMetrics m;
-  m.epoch = j.at("epoch");
-  m.train_loss = j.at("train_loss");
-  m.train_ce = j.at("train_ce");
-  m.train_proto = j.at("train_proto");
-  m.train_batch = j.at("train_batch");
-  m.train_accuracy = j.at("train_accuracy");
-  m.lambda_proto = j.at("lambda_proto");
-  m.lambda_batch = j.at("lambda_batch");
-  m.test.loss = j.at("test_loss");
-  m.test.accuracy = j.at("test_accuracy");
-  m.test.proto_l1 = j.at("test_proto_l1");
-  m.test.proto_l2 = j.at("test_proto_l2");
-  m.test.proto_ssim = j.at("test_proto_ssim");
-  m.test.object_share = j.at("test_object_share");
-  m.test.decoy_share = j.at("test_decoy_share");
-  m.seconds = j.at("seconds");
+  m.epoch = j.at("epoch").get<int64_t>();
+  m.train_loss = number("train_loss");
+  m.train_ce = number("train_ce");
+  m.train_proto = number("train_proto");
+  m.train_batch = number("train_batch");
+  m.train_accuracy = number("train_accuracy");
+  m.lambda_proto = number("lambda_proto");
+  m.lambda_batch = number("lambda_batch");
+  m.test.loss = number("test_loss");
+  m.test.accuracy = number("test_accuracy");
+  m.test.proto_l1 = number("test_proto_l1");
+  m.test.proto_l2 = number("test_proto_l2");
+  m.test.proto_ssim = number("test_proto_ssim");
+  m.test.object_share = number("test_object_share");
+  m.test.decoy_share = number("test_decoy_share");
+  m.seconds = number("seconds");
   return m;
 }
 
@@ -159,10 +167,16 @@ Trainer::Trainer(const Checkpoint& ck, const std::string& path, const data::Data
       running_ = running_from_json(progress.at("sums")).to(device_);
       seconds_before_ = progress.at("sums").at("seconds");
     }
-  } catch (const nlohmann::json::exception& e) {
+  } catch (const std::exception& e) {
     throw std::runtime_error(path + ": invalid training progress in the checkpoint (" + std::string(e.what()) + ")");
   }
   if (step_ >= steps_) throw std::runtime_error(path + ": checkpoint step lies beyond the epoch's end");
+  // Whether the epoch this checkpoint ends was the best so far (the first to reach the best
+  // accuracy), as end_epoch() would have said.
+  if (step_ == 0 && !history_.empty()) {
+    last_best_ = history_.back().test.accuracy == best_accuracy_;
+    for (size_t e = 0; e + 1 < history_.size(); ++e) last_best_ = last_best_ && history_[e].test.accuracy < best_accuracy_;
+  }
   if (!finished()) begin_epoch();
 }
 
@@ -325,6 +339,19 @@ bool Trainer::run_epoch(const std::function<void(const StepInfo&)>& on_step, con
 TrainingState Trainer::training_state() {
   TORCH_CHECK(step_ < steps_, "Trainer::training_state: the epoch's steps are done; call end_epoch() first");
   read_progress();  // never save what a non-finite step produced
+  // The losses were finite, but the last update may not have been (a loss is computed
+  // before its step's update).
+  {
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> finite;
+    for (const auto& p : model_->parameters()) finite.push_back(torch::isfinite(p).all());
+    if (!torch::stack(finite).all().item<bool>()) {
+      const auto where = step_ == 0 ? "at the end of epoch " + std::to_string(epochs_done())
+                                    : "at epoch " + std::to_string(epoch_) + ", step " + std::to_string(step_);
+      throw std::runtime_error("non-finite weights " + where +
+                               " (the last update diverged); the last good checkpoint is kept");
+    }
+  }
   nlohmann::json history = nlohmann::json::array();
   for (const auto& m : history_) history.push_back(to_json(m));
   auto sums = sums_json(running_);
@@ -397,6 +424,7 @@ TrainResult drive(Trainer& trainer, RunDirectory& files, const TrainCallbacks& c
       return result;
     }
   }
+  if (callbacks.on_final_outputs) callbacks.on_final_outputs();
   files.write_final(trainer);
   result.report = files.report();
   result.history = trainer.history();
@@ -420,20 +448,25 @@ TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks) {
 
 TrainResult resume(const std::string& run_dir, const TrainCallbacks& callbacks, const ResumeOptions& options) {
   auto files = RunDirectory::open(run_dir);
+  files.remove_stale_temporaries();
   const auto path = files.last_checkpoint();
   const auto ck = load_checkpoint(path);
   TrainConfig config = ck.config;
   if (!options.device.empty()) config.device = options.device;
   config.validate();
-  if (ck.epoch >= config.epochs) {
+  if (ck.epoch >= config.epochs && fs::exists(files.report())) {
     throw std::runtime_error(run_dir + ": the run is already complete (" + std::to_string(ck.epoch) + " of " +
-                             std::to_string(config.epochs) + " epochs)");
+                             std::to_string(config.epochs) + " epochs, report written); to train longer, start a " +
+                             "new run from its configuration: batchcam train --config " +
+                             (fs::path(run_dir) / "config.json").string() + " --epochs N --run-name NEW");
   }
   const auto device = core::resolve_device(config.device);
   auto checkpoint = ck;
   checkpoint.config = config;
   const auto splits = load_dataset(config);
   Trainer trainer(checkpoint, path, splits, device);
+  // A stop between the last.pt and best.pt commits leaves best.pt an epoch behind.
+  if (trainer.last_epoch_was_best()) files.copy_last_to_best();
   return drive(trainer, files, callbacks);
 }
 

@@ -379,3 +379,52 @@ TEST(Cli, ThreeChannelDatasetsTrainEndToEnd) {
   EXPECT_NE(digits_flip.out.find("'augment'"), std::string::npos) << digits_flip.out;
   fs::remove_all(dir);
 }
+
+TEST(Cli, AFileSizeLimitWhileWritingACheckpointIsOneErrorAndLeavesNoTemporaryFile) {
+  namespace fs = std::filesystem;
+  const auto dir = fs::temp_directory_path() / ("batchcam-fsize-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  // ulimit -f 300: writes past 300 KiB fail (EFBIG), as on a full disk; a SimpleCNN checkpoint is ~1 MB.
+  const auto r = batchcam::test_support::run_shell(
+      "bash -c 'ulimit -f 300; exec " + std::string(BATCHCAM_CLI) +
+      " train --quiet --device cpu --train-size 64 --test-size 16 --batch-size 32 --epochs 1 --out-dir " +
+      dir.string() + " --run-name f'");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_EQ(count_lines(r.out), 1) << r.out;
+  EXPECT_NE(r.out.find("last.pt: cannot write (File too large)"), std::string::npos) << r.out;
+  for (const auto& entry : fs::directory_iterator(dir / "f")) {
+    EXPECT_EQ(entry.path().filename().string().find(".tmp."), std::string::npos) << entry.path();
+  }
+  fs::remove_all(dir);
+}
+
+TEST(Cli, ASignalWhileTheFinalReportIsWrittenStopsAtOnceAndResumeFinishesIt) {
+  namespace fs = std::filesystem;
+  const auto dir = fs::temp_directory_path() / ("batchcam-window-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const auto log = (dir / "log.txt").string();
+  // Not quiet: the line that opens the final phase is the event the test waits for.
+  const pid_t pid = spawn({"train", "--device", "cpu", "--train-size", "128", "--test-size", "1000", "--batch-size",
+                           "64", "--epochs", "1", "--out-dir", dir.string(), "--run-name", "w"},
+                          log);
+  bool reached = false;
+  for (int i = 0; i < 1200 && !reached; ++i) {
+    reached = read_text(log).find("writing the final evaluation") != std::string::npos;
+    if (!reached) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(reached) << read_text(log);
+  ::kill(pid, SIGTERM);
+  EXPECT_EQ(wait_exit(pid), 128 + SIGTERM) << "a signal in the final phase stops the process at once\n"
+                                           << read_text(log);
+  ASSERT_TRUE(fs::exists(dir / "w" / "last.pt"));
+  EXPECT_FALSE(fs::exists(dir / "w" / "report.html"));
+  const auto r = run("train --quiet --resume " + (dir / "w").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(fs::exists(dir / "w" / "report.html"));
+  EXPECT_TRUE(fs::exists(dir / "w" / "eval.json"));
+  const auto again = run("train --resume " + (dir / "w").string());
+  EXPECT_EQ(again.code, 1) << again.out;
+  EXPECT_NE(again.out.find("already complete"), std::string::npos) << again.out;
+  fs::remove_all(dir);
+}

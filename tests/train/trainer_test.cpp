@@ -7,6 +7,7 @@
 #include "batchcam/train/optimization.h"
 #include "batchcam/train/trainer.h"
 
+#include "support/process.h"
 #include "support/tensor_asserts.h"
 
 #include <gtest/gtest.h>
@@ -559,5 +560,126 @@ TEST(Checkpoint, HoldsCpuTensorsAndLoadsOntoTheRequestedDevice) {
   EXPECT_TRUE(ck.rng.cpu.defined());
   EXPECT_EQ(ck.rng.cuda.defined(), torch::cuda::is_available());
   // Between the CPU and a GPU: tests/cuda (Cuda.CheckpointMovesBetweenDevices).
+  fs::remove_all(dir);
+}
+
+// Issue 22: faults an outside reliability test found.
+
+TEST(Reliability, ConfigFilesAreBoundedLikeTheCommandLine) {
+  for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
+           {"epochs", int64_t{1} << 62}, {"threads", 5000}, {"weight_decay", 1e308}, {"batch_size", 10000000},
+           {"train_size", int64_t{1} << 40}, {"cam_warmup_epochs", int64_t{1} << 40}}) {
+    try {
+      train::config_from_json({{key, value}}).validate();
+      FAIL() << key << " = " << value.dump() << " passed validation";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("'" + key + "'"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(Reliability, AnEpochWhoseLastUpdateDivergesLeavesTheLastGoodCheckpoint) {
+  const auto dir = fresh_dir("lastnan");
+  train::TrainCallbacks poison;
+  // After the last step of epoch 2 a weight is NaN, as after a diverging last update: its
+  // loss was still finite.
+  poison.on_step = [](const train::StepInfo& s) {
+    if (s.epoch != 2 || s.step != s.steps) return;
+    torch::NoGradGuard no_grad;
+    s.model->parameters().front().fill_(std::numeric_limits<float>::quiet_NaN());
+  };
+  try {
+    train::train(small_run_config(dir, "n"), poison);
+    FAIL() << "a diverged update must stop the run";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("non-finite weights at the end of epoch 2"), std::string::npos) << e.what();
+  }
+  const auto ck = train::load_checkpoint((dir / "n" / "last.pt").string());
+  EXPECT_EQ(ck.epoch, 1);
+  for (const auto& p : ck.model->parameters()) EXPECT_TRUE(torch::isfinite(p).all().item<bool>());
+  // A metrics line with a NaN (written by JSON as null) still loads.
+  auto line = train::to_json(train::EpochMetrics{});
+  line["test_loss"] = nullptr;
+  EXPECT_TRUE(std::isnan(train::epoch_metrics_from_json(line).test.loss));
+  fs::remove_all(dir);
+}
+
+TEST(Reliability, AFreshRunRefusesADirectoryHoldingACheckpoint) {
+  const auto dir = fresh_dir("occupied");
+  fs::create_directories(dir / "r");
+  std::ofstream((dir / "r" / "last.pt").string()) << "a run cut in its first epoch";
+  auto c = engine_config();
+  c.out_dir = dir.string();
+  c.run_name = "r";
+  try {
+    train::train(c);
+    FAIL() << "the interrupted run must not be overwritten";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("--resume"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(test_support::read_text((dir / "r" / "last.pt").string()), "a run cut in its first epoch");
+  fs::remove_all(dir);
+}
+
+TEST(Reliability, ResumeRepairsAStaleBestCheckpointAndRemovesStaleTemporaryFiles) {
+  const auto dir = fresh_dir("stalebest");
+  const auto run = dir / "b";
+  int64_t epochs_done = 0;
+  train::TrainCallbacks two_epochs;
+  two_epochs.on_epoch = [&](const train::EpochMetrics& m) {
+    epochs_done = m.epoch;
+    if (m.epoch == 1) fs::copy_file(run / "best.pt", dir / "best-epoch-1.pt");
+  };
+  two_epochs.should_stop = [&] { return epochs_done == 2; };
+  auto c = engine_config();
+  c.train_size = 512;
+  c.epochs = 3;
+  c.out_dir = dir.string();
+  c.run_name = "b";
+  const auto part = train::train(c, two_epochs);
+  ASSERT_TRUE(part.interrupted);
+  ASSERT_GT(part.history[1].test.accuracy, part.history[0].test.accuracy) << "the test needs epoch 2 to be the best";
+  // As after a kill between the last.pt and best.pt commits of epoch 2, with writers'
+  // temporary files left behind: one of a process that is gone, one of this live process.
+  fs::copy_file(dir / "best-epoch-1.pt", run / "best.pt", fs::copy_options::overwrite_existing);
+  std::ifstream pid_max_file("/proc/sys/kernel/pid_max");
+  int64_t pid_max = 4194304;
+  pid_max_file >> pid_max;
+  const auto stale = run / ("last.pt.tmp." + std::to_string(pid_max + 1));
+  const auto live = run / ("notes.txt.tmp." + std::to_string(::getpid()));
+  std::ofstream(stale.string()) << "partial";
+  std::ofstream(live.string()) << "being written";
+  train::TrainCallbacks stop_at_once;
+  stop_at_once.should_stop = [] { return true; };
+  const auto resumed = train::resume(run.string(), stop_at_once);
+  EXPECT_TRUE(resumed.interrupted);
+  EXPECT_EQ(train::load_checkpoint((run / "best.pt").string()).epoch, 2);
+  EXPECT_FALSE(fs::exists(stale));
+  EXPECT_TRUE(fs::exists(live)) << "a running writer's file is left alone";
+  fs::remove_all(dir);
+}
+
+TEST(Reliability, ResumeWritesTheFinalOutputsOfARunStoppedBeforeThem) {
+  const auto dir = fresh_dir("window");
+  auto c = engine_config();
+  c.out_dir = dir.string();
+  c.run_name = "w";
+  const auto full = train::train(c);
+  // As after a kill once the last checkpoint was written, before the evaluation and report.
+  fs::remove(dir / "w" / "report.html");
+  fs::remove(dir / "w" / "eval.json");
+  const auto finished = train::resume((dir / "w").string());
+  EXPECT_FALSE(finished.interrupted);
+  EXPECT_TRUE(fs::exists(dir / "w" / "report.html"));
+  EXPECT_TRUE(fs::exists(dir / "w" / "eval.json"));
+  ASSERT_EQ(finished.history.size(), full.history.size());
+  EXPECT_DOUBLE_EQ(finished.history.back().test.accuracy, full.history.back().test.accuracy);
+  try {
+    train::resume((dir / "w").string());
+    FAIL() << "a complete run has nothing to resume";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("already complete"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("--config"), std::string::npos) << "names the way out: " << e.what();
+  }
   fs::remove_all(dir);
 }

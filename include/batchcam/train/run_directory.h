@@ -17,7 +17,8 @@ class RunDirectory {
  public:
   /// Creates out_dir/run_name (a new timestamped name when run_name is empty), proves it
   /// writable before any training time is spent and writes config.json. Throws
-  /// std::runtime_error naming the directory when it holds a run or cannot be written.
+  /// std::runtime_error naming the directory when it holds a run (metrics or a checkpoint)
+  /// or cannot be written.
   static RunDirectory create(const TrainConfig& config);
   /// The directory of an earlier run, to continue it from its last.pt. Throws
   /// std::runtime_error when there is no such directory or checkpoint.
@@ -32,8 +33,12 @@ class RunDirectory {
   void save_checkpoint(Trainer& trainer, bool best);
   /// metrics.jsonl: one line per finished epoch, atomically.
   void write_metrics(const std::vector<EpochMetrics>& history);
-  /// After the last epoch: prototypes.png, samples.png, eval.json and report.html.
+  /// After the last epoch: prototypes.png, samples.png, eval.json and report.html (last).
   void write_final(Trainer& trainer);
+  /// best.pt := last.pt, atomically (when the epoch that last.pt ends was the best).
+  void copy_last_to_best();
+  /// Removes `*.tmp.PID` files of writers that no longer run (killed while writing).
+  void remove_stale_temporaries();
 
  private:
   explicit RunDirectory(std::string path) : path_(std::move(path)) {}

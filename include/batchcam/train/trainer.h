@@ -99,7 +99,8 @@ class Trainer {
   double train_seconds() const { return train_seconds_; }
   torch::Device device() const { return device_; }
   const data::DatasetSplits& splits() const { return *splits_; }
-  /// The training state for a checkpoint (reads the running sums from the device).
+  /// The training state for a checkpoint (reads the running sums from the device). Throws
+  /// std::runtime_error when a loss or a weight is not finite: no checkpoint of a diverged run.
   TrainingState training_state();
   /// Epochs completed, as a checkpoint records them.
   int64_t epochs_done() const { return epoch_ - 1; }
@@ -138,6 +139,9 @@ struct TrainCallbacks {
   std::function<void(const std::string& run_dir)> on_start;
   std::function<void(const StepInfo&)> on_step;
   std::function<void(const EpochMetrics&)> on_epoch;
+  /// After the last epoch's checkpoint, before the final evaluation, pictures and report:
+  /// from here on nothing is lost by stopping (resume() writes what is missing).
+  std::function<void()> on_final_outputs;
   /// Polled after every step; returning true saves a mid-epoch checkpoint and returns
   /// with TrainResult::interrupted set (the CLI sets it from SIGINT/SIGTERM).
   std::function<bool()> should_stop;
@@ -167,8 +171,10 @@ struct ResumeOptions {
 };
 
 /// Continues the run in `run_dir` from its last.pt with its saved configuration. On the CPU
-/// with the same thread count the result equals the uninterrupted run. Throws like train(),
-/// and std::runtime_error when there is nothing to resume or the run is already complete.
+/// with the same thread count the result equals the uninterrupted run. A run whose epochs are
+/// done but whose final outputs are not (stopped while they were written) gets them written.
+/// Removes temporary files that stopped writers left behind. Throws like train(), and
+/// std::runtime_error when there is nothing to resume or the run is already complete.
 TrainResult resume(const std::string& run_dir, const TrainCallbacks& callbacks = {},
                    const ResumeOptions& options = {});
 
