@@ -69,6 +69,9 @@ void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
   cmd.add_option("--image-size", c.image_size, "Image side in pixels (shapes: generated; folder: resized to)")
       ->check(CLI::Range(16, 512))->group("Data");
   cmd.add_flag("--spurious,!--no-spurious", c.spurious, "Add a class-coded corner patch in training (shapes)")->group("Data");
+  cmd.add_option("--max-image-pixels", c.max_image_pixels,
+                 "folder: refuse images whose header claims more pixels (before decoding them)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 36))->group("Data");
   add_enum_option(cmd, "--augment", c.augment, "Training augmentation: none, shift (random shift), shift-flip (+ horizontal flip)")
       ->group("Data");
 

@@ -188,8 +188,8 @@ struct LoadedImage {
   int64_t label;
 };
 
-LoadedImage load_resized(const std::string& path, int64_t label, int64_t size) {
-  const auto image = io::read_image(path);
+LoadedImage load_resized(const std::string& path, int64_t label, int64_t size, int64_t max_pixels) {
+  const auto image = io::read_image(path, max_pixels);
   if (image.width < 1 || image.height < 1) fail(path, "image has no pixels");
   auto t = bytes_tensor(image.pixels, {image.height, image.width, image.channels}).permute({2, 0, 1});
   if (image.height != size || image.width != size) {
@@ -248,7 +248,7 @@ DatasetSplits load_dataset(const DatasetOptions& o) {
   if (o.name == "cifar10") return cifar10(dir, o);
   if (o.name == "folder") {
     if (dir.empty()) throw std::invalid_argument("dataset 'folder' needs a data directory (--data-dir)");
-    auto s = image_folder(dir, o.image_size, o.seed);
+    auto s = image_folder(dir, o.image_size, o.seed, o.max_image_pixels);
     s.train = first_n(s.train, o.train_size);
     s.test = first_n(s.test, o.test_size);
     return s;
@@ -399,7 +399,7 @@ Dataset cifar10_batch(const std::string& path) {
   return d;
 }
 
-DatasetSplits image_folder(const std::string& dir, int64_t image_size, uint64_t seed) {
+DatasetSplits image_folder(const std::string& dir, int64_t image_size, uint64_t seed, int64_t max_pixels) {
   const fs::path root = dir;
   const bool split = fs::is_directory(root / "train") && fs::is_directory(root / "test");
   const auto train_classes = list_class_folders(split ? root / "train" : root);
@@ -409,7 +409,7 @@ DatasetSplits image_folder(const std::string& dir, int64_t image_size, uint64_t 
   std::vector<LoadedImage> train, test;
   bool color = false;
   const auto load = [&](const std::string& file, int64_t label, std::vector<LoadedImage>& into) {
-    into.push_back(load_resized(file, label, image_size));
+    into.push_back(load_resized(file, label, image_size, max_pixels));
     color = color || into.back().pixels.size(0) == 3;
   };
   if (split) {

@@ -17,11 +17,22 @@ namespace {
   throw std::runtime_error(path + ": " + problem);
 }
 
-Image decode_png(const std::string& path, const std::string& bytes) {
+void check_size(const std::string& path, int64_t width, int64_t height, int64_t max_pixels) {
+  if (width * height > max_pixels) {
+    fail(path, "image of " + std::to_string(width) + " x " + std::to_string(height) + " pixels exceeds the limit of " +
+                   std::to_string(max_pixels) + " pixels (max_image_pixels)");
+  }
+}
+
+Image decode_png(const std::string& path, const std::string& bytes, int64_t max_pixels) {
   png_image image{};
   image.version = PNG_IMAGE_VERSION;
   if (!png_image_begin_read_from_memory(&image, bytes.data(), bytes.size())) {
     fail(path, std::string("unreadable PNG (") + image.message + ")");
+  }
+  if (static_cast<int64_t>(image.width) * image.height > max_pixels) {
+    png_image_free(&image);
+    check_size(path, image.width, image.height, max_pixels);
   }
   const bool color = (image.format & PNG_FORMAT_FLAG_COLOR) != 0;
   image.format = color ? PNG_FORMAT_RGB : PNG_FORMAT_GRAY;
@@ -50,15 +61,20 @@ void on_jpeg_error(j_common_ptr info) {
   std::longjmp(error->jump, 1);
 }
 
-void ignore_jpeg_message(j_common_ptr) {}
+// libjpeg reports truncated or corrupt data as warnings (level -1) and fills the missing
+// rows with gray; a warning is an error here, as libpng's are for PNG.
+void on_jpeg_message(j_common_ptr info, int level) {
+  if (level < 0) on_jpeg_error(info);
+}
 
 // Decodes into `out` (in the caller's frame, so longjmp leaves it intact); returns false
-// with libjpeg's message on an error.
-bool decode_jpeg_into(const std::string& bytes, Image& out, JpegError& error) {
+// with libjpeg's message on an error, or with `too_large` set (and no pixels allocated)
+// when the header claims more than max_pixels.
+bool decode_jpeg_into(const std::string& bytes, int64_t max_pixels, Image& out, JpegError& error, bool& too_large) {
   jpeg_decompress_struct info{};
   info.err = jpeg_std_error(&error.manager);
   error.manager.error_exit = on_jpeg_error;
-  error.manager.output_message = ignore_jpeg_message;
+  error.manager.emit_message = on_jpeg_message;
   if (setjmp(error.jump)) {
     jpeg_destroy_decompress(&info);
     return false;
@@ -66,6 +82,13 @@ bool decode_jpeg_into(const std::string& bytes, Image& out, JpegError& error) {
   jpeg_create_decompress(&info);
   jpeg_mem_src(&info, reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
   jpeg_read_header(&info, TRUE);
+  out.width = info.image_width;
+  out.height = info.image_height;
+  if (out.width * out.height > max_pixels) {
+    too_large = true;
+    jpeg_destroy_decompress(&info);
+    return false;
+  }
   info.out_color_space = info.num_components == 1 ? JCS_GRAYSCALE : JCS_RGB;
   jpeg_start_decompress(&info);
   out.width = info.output_width;
@@ -81,15 +104,19 @@ bool decode_jpeg_into(const std::string& bytes, Image& out, JpegError& error) {
   return true;
 }
 
-Image decode_jpeg(const std::string& path, const std::string& bytes) {
+Image decode_jpeg(const std::string& path, const std::string& bytes, int64_t max_pixels) {
   Image out;
   JpegError error{};
-  if (!decode_jpeg_into(bytes, out, error)) fail(path, std::string("unreadable JPEG (") + error.message + ")");
+  bool too_large = false;
+  if (!decode_jpeg_into(bytes, max_pixels, out, error, too_large)) {
+    if (too_large) check_size(path, out.width, out.height, max_pixels);
+    fail(path, std::string("unreadable JPEG (") + error.message + ")");
+  }
   return out;
 }
 }  // namespace
 
-Image read_image(const std::string& path) {
+Image read_image(const std::string& path, int64_t max_pixels) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, "cannot open for reading");
   const std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
@@ -100,8 +127,8 @@ Image read_image(const std::string& path) {
     }
     return true;
   };
-  if (starts_with({0x89, 'P', 'N', 'G'})) return decode_png(path, bytes);
-  if (starts_with({0xFF, 0xD8, 0xFF})) return decode_jpeg(path, bytes);
+  if (starts_with({0x89, 'P', 'N', 'G'})) return decode_png(path, bytes, max_pixels);
+  if (starts_with({0xFF, 0xD8, 0xFF})) return decode_jpeg(path, bytes, max_pixels);
   fail(path, "not a PNG or JPEG image");
 }
 

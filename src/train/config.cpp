@@ -47,6 +47,7 @@ void for_each_field(TrainConfig& c, F&& f) {
   f("image_size", c.image_size);
   f("spurious", c.spurious);
   f("augment", c.augment);
+  f("max_image_pixels", c.max_image_pixels);
   f("model", c.model);
   f("target_layer", c.target_layer);
   f("epochs", c.epochs);
@@ -98,6 +99,7 @@ void TrainConfig::validate() const {
   require(!(digits && augment == Augment::shift_flip), "augment",
           "none or shift for digits (a flipped digit is another glyph)");
   require(image_size >= 16 && image_size <= 512, "image_size", "in [16, 512]");
+  require(max_image_pixels >= 1 && max_image_pixels <= (int64_t{1} << 36), "max_image_pixels", "in [1, 2^36]");
   require(epochs >= 1 && epochs <= 100000, "epochs", "in [1, 100000]");
   require(batch_size >= 2 && batch_size <= 1000000, "batch_size", "in [2, 1000000]");
   require(lr > 0.0 && std::isfinite(lr), "lr", "> 0 and finite");

@@ -124,6 +124,7 @@ data::DatasetSplits load_dataset(const TrainConfig& c) {
   o.image_size = c.image_size;
   o.spurious = c.spurious;
   o.seed = c.seed;
+  o.max_image_pixels = c.max_image_pixels;
   return data::load_dataset(o);
 }
 

@@ -345,3 +345,83 @@ TEST(MnistFiles, DownloadVerifiesTheChecksumAndPlacesTheFiles) {
   EXPECT_FALSE(fs::exists(dir / "bad" / "train-labels-idx1-ubyte.gz"));
   fs::remove_all(dir);
 }
+
+namespace {
+std::string read_bytes(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// A PNG chunk: length, type, data, CRC-32 of type and data.
+std::string png_chunk(const std::string& type, const std::string& data) {
+  const auto be32 = [](uint32_t v) {
+    return std::string{static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),
+                       static_cast<char>(v)};
+  };
+  const std::string body = type + data;
+  return be32(static_cast<uint32_t>(data.size())) + body +
+         be32(static_cast<uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(body.data()), body.size())));
+}
+}  // namespace
+
+TEST(Images, HeadersClaimingHugeImagesAreRefusedBeforeDecoding) {
+  const auto dir = fs::temp_directory_path() / ("batchcam-bomb-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  // A ~100-byte PNG that claims 65535 x 65535 gray pixels (4.3 GB once decoded).
+  std::string ihdr = {0, 0, static_cast<char>(0xFF), static_cast<char>(0xFF), 0, 0, static_cast<char>(0xFF),
+                      static_cast<char>(0xFF), 8, 0, 0, 0, 0};
+  std::string packed(64, '\0');
+  uLongf packed_size = packed.size();
+  const std::string row(16, '\0');
+  compress(reinterpret_cast<Bytef*>(packed.data()), &packed_size, reinterpret_cast<const Bytef*>(row.data()), row.size());
+  packed.resize(packed_size);
+  write_bytes(dir / "bomb.png", std::string("\x89PNG\r\n\x1a\n", 8) + png_chunk("IHDR", ihdr) +
+                                    png_chunk("IDAT", packed) + png_chunk("IEND", ""));
+  EXPECT_LT(fs::file_size(dir / "bomb.png"), 120u);
+  try {
+    io::read_image((dir / "bomb.png").string());
+    FAIL() << "a decompression bomb must be refused";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("65535 x 65535 pixels exceeds the limit"), std::string::npos) << e.what();
+  }
+  // A JPEG whose header is made to claim 30000 x 30000.
+  write_jpeg(dir / "real.jpg", 64, 48, 128);
+  auto jpeg = read_bytes(dir / "real.jpg");
+  const auto sof = jpeg.find("\xFF\xC0");
+  ASSERT_NE(sof, std::string::npos);
+  for (const size_t at : {sof + 5, sof + 7}) {  // height, then width, big-endian
+    jpeg[at] = static_cast<char>(30000 >> 8);
+    jpeg[at + 1] = static_cast<char>(30000 & 0xFF);
+  }
+  write_bytes(dir / "big.jpg", jpeg);
+  EXPECT_THROW(
+      {
+        try {
+          io::read_image((dir / "big.jpg").string());
+        } catch (const std::runtime_error& e) {
+          EXPECT_NE(std::string(e.what()).find("30000 x 30000 pixels exceeds"), std::string::npos) << e.what();
+          throw;
+        }
+      },
+      std::runtime_error);
+  // The limit is the caller's: the real image passes the default and fails a smaller one.
+  EXPECT_EQ(io::read_image((dir / "real.jpg").string()).width, 64);
+  EXPECT_THROW(io::read_image((dir / "real.jpg").string(), 64 * 47), std::runtime_error);
+  fs::remove_all(dir);
+}
+
+TEST(Images, TruncatedJpegsAreRejectedLikeTruncatedPngs) {
+  const auto dir = fs::temp_directory_path() / ("batchcam-cut-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  write_jpeg(dir / "whole.jpg", 64, 64, 90);
+  const auto bytes = read_bytes(dir / "whole.jpg");
+  write_bytes(dir / "cut.jpg", bytes.substr(0, bytes.size() * 2 / 3));
+  try {
+    io::read_image((dir / "cut.jpg").string());
+    FAIL() << "a truncated JPEG must not be filled with gray and accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("cut.jpg: unreadable JPEG"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(io::read_image((dir / "whole.jpg").string()).height, 64);
+  fs::remove_all(dir);
+}

@@ -4,6 +4,7 @@
 // CIFAR-10 (binary batches) and image folders.
 
 #include "batchcam/data/dataset.h"
+#include "batchcam/io/image.h"
 
 #include <cstdint>
 #include <string>
@@ -19,6 +20,7 @@ struct DatasetOptions {
   int64_t image_size = 28;      ///< shapes: side generated; folder: side the images are resized to
   bool spurious = false;        ///< shapes only
   uint64_t seed = 0;            ///< shapes' drawing, decoy corners and shades, folder split
+  int64_t max_image_pixels = io::kMaxImagePixels;  ///< folder: larger images are refused before decoding
 };
 
 std::vector<std::string> dataset_names();
@@ -65,6 +67,8 @@ Dataset cifar10_batch(const std::string& path);
 /// An image folder: `dir/train/<class>/` and `dir/test/<class>/`, or only `dir/<class>/`
 /// (then every fifth image, in an order shuffled by `seed`, goes to the test split).
 /// PNG and JPEG, resized to image_size x image_size; gray when every image is gray.
-DatasetSplits image_folder(const std::string& dir, int64_t image_size, uint64_t seed);
+/// A file whose header claims more than max_pixels pixels is refused before decoding.
+DatasetSplits image_folder(const std::string& dir, int64_t image_size, uint64_t seed,
+                           int64_t max_pixels = io::kMaxImagePixels);
 
 }  // namespace batchcam::data

@@ -14,9 +14,15 @@ struct Image {
   std::vector<uint8_t> pixels;
 };
 
+/// The default limit of read_image: 64 Mi pixels (a 8192 x 8192 image, 192 MiB as RGB).
+constexpr int64_t kMaxImagePixels = int64_t{64} << 20;
+
 /// Decodes a PNG or JPEG file (recognised by its first bytes, not its name) to gray
-/// when the file is gray and RGB otherwise; alpha is dropped. Throws std::runtime_error
-/// naming the file and the problem.
-Image read_image(const std::string& path);
+/// when the file is gray and RGB otherwise; alpha is dropped. The dimensions in the header
+/// are checked against `max_pixels` before any pixel memory is allocated (a small file
+/// can claim an image of gigabytes). Truncated or corrupt data is an error for both
+/// formats (libjpeg's warnings included). Throws std::runtime_error naming the file and
+/// the problem.
+Image read_image(const std::string& path, int64_t max_pixels = kMaxImagePixels);
 
 }  // namespace batchcam::io

@@ -2,6 +2,7 @@
 // Everything that defines a training run. Saved as config.json in the run directory.
 
 #include "batchcam/core/runtime.h"
+#include "batchcam/io/image.h"
 #include "batchcam/losses/distances.h"
 
 #include <nlohmann/json.hpp>
@@ -58,6 +59,8 @@ struct TrainConfig {
   int64_t image_size = 28;    ///< shapes: side generated; folder: side images are resized to
   bool spurious = false;      ///< shapes only: class-coded corner patch in training
   Augment augment = Augment::none;  ///< random shift by up to 1/8 of the side (and flip)
+  /// folder: an image whose header claims more pixels is refused before it is decoded.
+  int64_t max_image_pixels = io::kMaxImagePixels;
 
   // Model
   std::string model = "simple-cnn";
