@@ -32,17 +32,17 @@ const std::vector<std::string> kFashionNames = {"T-shirt/top", "Trouser", "Pullo
 const std::vector<std::string> kCifarNames = {"airplane", "automobile", "bird",  "cat",  "deer",
                                               "dog",      "frog",       "horse", "ship", "truck"};
 
-// Published SHA-256 of the official .gz files (also in shared/data/*/README.md).
+// Published SHA-256 and sizes of the official .gz files (also in shared/data/*/README.md).
 const std::vector<DataFile> kMnistFiles = {
-    {"train-images-idx3-ubyte.gz", "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"},
-    {"train-labels-idx1-ubyte.gz", "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"},
-    {"t10k-images-idx3-ubyte.gz", "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"},
-    {"t10k-labels-idx1-ubyte.gz", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"}};
+    {"train-images-idx3-ubyte.gz", "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609", 9912422},
+    {"train-labels-idx1-ubyte.gz", "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c", 28881},
+    {"t10k-images-idx3-ubyte.gz", "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6", 1648877},
+    {"t10k-labels-idx1-ubyte.gz", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6", 4542}};
 const std::vector<DataFile> kFashionFiles = {
-    {"train-images-idx3-ubyte.gz", "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"},
-    {"train-labels-idx1-ubyte.gz", "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"},
-    {"t10k-images-idx3-ubyte.gz", "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"},
-    {"t10k-labels-idx1-ubyte.gz", "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"}};
+    {"train-images-idx3-ubyte.gz", "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84", 26421880},
+    {"train-labels-idx1-ubyte.gz", "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845", 29515},
+    {"t10k-images-idx3-ubyte.gz", "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073", 4422102},
+    {"t10k-labels-idx1-ubyte.gz", "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5", 5148}};
 const std::vector<std::string> kMnistMirrors = {"https://ossci-datasets.s3.amazonaws.com/mnist/",
                                                 "http://yann.lecun.com/exdb/mnist/"};
 const std::vector<std::string> kFashionMirrors = {"http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"};
@@ -60,12 +60,26 @@ std::string present_file(const std::string& dir, const std::string& name) {
   return "";
 }
 
-size_t write_to_file(char* data, size_t size, size_t count, void* file) {
-  return std::fwrite(data, size, count, static_cast<std::FILE*>(file));
+struct DownloadSink {
+  std::FILE* file;
+  int64_t written = 0;
+  int64_t limit = 0;  ///< 0 = none
+  bool over = false;
+};
+
+size_t write_to_file(char* data, size_t size, size_t count, void* sink_ptr) {
+  auto* sink = static_cast<DownloadSink*>(sink_ptr);
+  const auto bytes = static_cast<int64_t>(size * count);
+  if (sink->limit > 0 && sink->written + bytes > sink->limit) {
+    sink->over = true;
+    return 0;  // libcurl stops the transfer
+  }
+  sink->written += bytes;
+  return std::fwrite(data, size, count, sink->file) * size;
 }
 
-// Downloads url to path; returns "" on success or curl's reason.
-std::string download(const std::string& url, const std::string& path) {
+// Downloads url to path, at most `limit` bytes (0 = no limit); returns "" on success or the reason.
+std::string download(const std::string& url, const std::string& path, int64_t limit) {
   static std::once_flag init;
   std::call_once(init, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
   std::FILE* file = std::fopen(path.c_str(), "wb");
@@ -78,7 +92,8 @@ std::string download(const std::string& url, const std::string& path) {
   char error[CURL_ERROR_SIZE] = "";
   curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
   curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, write_to_file);
-  curl_easy_setopt(curl, CURLOPT_WRITEDATA, file);
+  DownloadSink sink{file, 0, limit};
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &sink);
   curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, error);
   curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 1L);
   curl_easy_setopt(curl, CURLOPT_FAILONERROR, 1L);
@@ -88,6 +103,7 @@ std::string download(const std::string& url, const std::string& path) {
   const CURLcode rc = curl_easy_perform(curl);
   curl_easy_cleanup(curl);
   const bool closed = std::fclose(file) == 0;
+  if (sink.over) return "more data than the expected " + std::to_string(limit) + " bytes (download stopped)";
   if (rc != CURLE_OK) return error[0] ? error : curl_easy_strerror(rc);
   if (!closed) return "cannot write " + path;
   return "";
@@ -327,7 +343,7 @@ void ensure_files(const std::string& dir, const std::vector<DataFile>& files, st
     bool done = false;
     for (auto base : mirrors) {
       if (!base.empty() && base.back() != '/') base += '/';
-      const std::string error = download(base + f->name, tmp);
+      const std::string error = download(base + f->name, tmp, f->size);
       if (error.empty()) {
         const auto sum = sha256_file(tmp);
         if (sum == f->sha256) {

@@ -50,7 +50,31 @@ nlohmann::json spec_json(const models::ModelSpec& s) {
 }
 }  // namespace
 
-void write_file_atomic(const std::string& path, const std::string& content) {
+namespace {
+// The file a path names: symbolic links followed (even to a target that does not exist yet).
+std::string resolve_links(const std::string& requested) {
+  namespace fs = std::filesystem;
+  fs::path path = requested;
+  for (int hops = 0; hops < 40 && fs::is_symlink(fs::symlink_status(path)); ++hops) {
+    const auto target = fs::read_symlink(path);
+    path = target.is_absolute() ? target : path.parent_path() / target;
+  }
+  return path.string();
+}
+}  // namespace
+
+void write_file_atomic(const std::string& requested, const std::string& content) {
+  // A link keeps pointing where it did: its target is replaced. A FIFO or a device is
+  // written directly: renaming a file over it would replace the node itself.
+  const auto path = resolve_links(requested);
+  const auto status = std::filesystem::status(path);
+  if (std::filesystem::exists(status) && !std::filesystem::is_regular_file(status)) {
+    std::ofstream out(path, std::ios::binary);
+    out << content;
+    out.close();
+    if (!out) throw std::runtime_error(requested + ": cannot write (" + std::strerror(errno) + ")");
+    return;
+  }
   const auto tmp = temp_name(path);
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);

@@ -343,6 +343,14 @@ TEST(MnistFiles, DownloadVerifiesTheChecksumAndPlacesTheFiles) {
       [&] { data::ensure_files((dir / "bad").string(), labels, {"file://" + (dir / "evil").string()}); });
   EXPECT_NE(message.find("is not the published 3552534a"), std::string::npos) << message;
   EXPECT_FALSE(fs::exists(dir / "bad" / "train-labels-idx1-ubyte.gz"));
+  // A mirror sending more than the file's known size is stopped there, nothing placed.
+  write_bytes(dir / "evil" / "train-labels-idx1-ubyte.gz", std::string(200000, 'x'));
+  auto sized = labels;
+  sized[0].size = 28881;
+  const auto endless = error_of(
+      [&] { data::ensure_files((dir / "big").string(), sized, {"file://" + (dir / "evil").string()}); });
+  EXPECT_NE(endless.find("more data than the expected 28881 bytes"), std::string::npos) << endless;
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir / "big"), fs::directory_iterator()), 0) << "no partial file";
   fs::remove_all(dir);
 }
 

@@ -14,6 +14,9 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -681,5 +684,31 @@ TEST(Reliability, ResumeWritesTheFinalOutputsOfARunStoppedBeforeThem) {
     EXPECT_NE(std::string(e.what()).find("already complete"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("--config"), std::string::npos) << "names the way out: " << e.what();
   }
+  fs::remove_all(dir);
+}
+
+TEST(Reliability, AtomicWritesFollowLinksAndLeaveSpecialFilesInPlace) {
+  const auto dir = fresh_dir("links");
+  std::ofstream((dir / "target.json").string()) << "old";
+  fs::create_symlink("target.json", dir / "link.json");
+  train::write_file_atomic((dir / "link.json").string(), "new");
+  EXPECT_TRUE(fs::is_symlink(dir / "link.json")) << "the link stays a link";
+  EXPECT_EQ(test_support::read_text((dir / "target.json").string()), "new");
+  // A dangling link: the file it names is created.
+  fs::create_symlink("later.json", dir / "dangling.json");
+  train::write_file_atomic((dir / "dangling.json").string(), "made");
+  EXPECT_TRUE(fs::is_symlink(dir / "dangling.json"));
+  EXPECT_EQ(test_support::read_text((dir / "later.json").string()), "made");
+  // A FIFO (like a device such as /dev/full) is written, not replaced by a regular file.
+  const auto fifo = dir / "pipe";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const int reader = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK);
+  ASSERT_GE(reader, 0);
+  train::write_file_atomic(fifo.string(), "through");
+  EXPECT_TRUE(fs::is_fifo(fifo));
+  char buffer[16] = {};
+  EXPECT_EQ(::read(reader, buffer, sizeof buffer), 7);
+  EXPECT_EQ(std::string(buffer), "through");
+  ::close(reader);
   fs::remove_all(dir);
 }

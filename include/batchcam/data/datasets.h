@@ -43,13 +43,15 @@ Dataset idx_dataset(const std::string& images_path, const std::string& labels_pa
 struct DataFile {
   std::string name;
   std::string sha256;
+  int64_t size = 0;  ///< bytes; a download is stopped past it (0 = unknown, no cap)
 };
 
 /// Makes sure every file is in `dir` (as name, or uncompressed without ".gz"); missing
 /// ones are downloaded from the first mirror that answers (base URLs; the environment
 /// variable BATCHCAM_DATA_MIRROR replaces the list), verified and moved into place
-/// atomically. Throws std::runtime_error naming the missing files, the mirrors tried and
-/// what to do, or a checksum mismatch.
+/// atomically. A download is stopped as soon as it exceeds the file's known size (a mirror
+/// sending endless data cannot fill the disk). Throws std::runtime_error naming the missing
+/// files, the mirrors tried and what to do, or a checksum mismatch.
 void ensure_files(const std::string& dir, const std::vector<DataFile>& files, std::vector<std::string> mirrors);
 
 /// SHA-256 of a file as lower-case hex.

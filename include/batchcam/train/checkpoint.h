@@ -62,6 +62,7 @@ Checkpoint load_checkpoint(const std::string& path, torch::Device device = torch
 void export_state_dict(models::CamModel& model, const std::string& path);
 
 /// Writes `content` to `path` atomically (temporary file in the same directory, fsync, rename).
+/// A symbolic link is followed (its target is replaced); a FIFO or device is written directly.
 void write_file_atomic(const std::string& path, const std::string& content);
 
 }  // namespace batchcam::train
