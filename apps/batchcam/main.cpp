@@ -464,7 +464,17 @@ int run_explain(const ExplainArgs& a) {
 
 int run_report(const std::string& run_dir, const std::string& device) {
   auto e = load_evaluated(run_dir, "", "", 0, batchcam::core::resolve_device(device));
-  batchcam::eval::write_run_report(run_dir, *e.ck.model, e.splits.test, e.ck.normalization, e.ck.prototypes);
+  // The run's configuration and metrics as its checkpoint holds them.
+  std::vector<nlohmann::json> history;
+  if (!e.ck.progress.empty()) {
+    try {
+      for (const auto& line : nlohmann::json::parse(e.ck.progress).at("history")) history.push_back(line);
+    } catch (const nlohmann::json::exception& err) {
+      throw std::runtime_error(e.run_dir + "/last.pt: invalid training progress (" + std::string(err.what()) + ")");
+    }
+  }
+  batchcam::eval::write_run_report(run_dir, *e.ck.model, e.splits.test, e.ck.normalization, e.ck.prototypes,
+                                   batchcam::train::to_json(e.ck.config), history);
   std::cout << "wrote " << (std::filesystem::path(run_dir) / "report.html").string() << " and eval.json\n";
   return 0;
 }

@@ -345,20 +345,17 @@ std::string render_report_html(const ReportInputs& in) {
 
 EvalReport write_run_report(const std::string& run_dir, models::CamModel& model, const data::Dataset& test_set,
                             const data::Normalization& norm, const torch::Tensor& prototypes,
+                            const nlohmann::json& config, const std::vector<nlohmann::json>& history,
                             const EvalOptions& options) {
   const auto report = evaluate_full(model, test_set, norm, prototypes, options);
   const auto eval_json = to_json(report);
   train::write_file_atomic((fs::path(run_dir) / "eval.json").string(), eval_json.dump(2) + "\n");
   ReportInputs in;
   in.title = "batchcam run " + fs::path(run_dir).filename().string();
-  std::ifstream config_file(fs::path(run_dir) / "config.json");
-  in.config = config_file ? nlohmann::json::parse(config_file) : nlohmann::json::object();
-  std::ifstream metrics(fs::path(run_dir) / "metrics.jsonl");
-  for (std::string line; std::getline(metrics, line);) {
-    if (!line.empty()) in.history.push_back(nlohmann::json::parse(line));
-  }
+  in.config = config;
+  in.history = history;
   in.eval = eval_json;
-  in.prototypes_png = io::encode_png(prototype_strip(prototypes));
+  in.prototypes_png = io::encode_png(prototype_strip(prototypes.cpu()));
   in.class_grids = class_grids(model, test_set, norm);
   train::write_file_atomic((fs::path(run_dir) / "report.html").string(), render_report_html(in));
   return report;

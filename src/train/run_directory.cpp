@@ -111,7 +111,10 @@ void RunDirectory::write_final(Trainer& trainer) {
   io::write_png((fs::path(path_) / "prototypes.png").string(), eval::prototype_strip(trainer.prototypes().cpu()));
   io::write_png((fs::path(path_) / "samples.png").string(),
                 eval::cam_examples(trainer.model(), test, trainer.normalization()));
-  eval::write_run_report(path_, trainer.model(), test, trainer.normalization(), trainer.prototypes());
+  std::vector<nlohmann::json> history;
+  for (const auto& m : trainer.history()) history.push_back(to_json(m));
+  eval::write_run_report(path_, trainer.model(), test, trainer.normalization(), trainer.prototypes(),
+                         to_json(trainer.config()), history);
 }
 
 }  // namespace batchcam::train

@@ -712,3 +712,21 @@ TEST(Reliability, AtomicWritesFollowLinksAndLeaveSpecialFilesInPlace) {
   ::close(reader);
   fs::remove_all(dir);
 }
+
+TEST(Reliability, ResumeUsesTheCheckpointsConfigurationNotAnEditedConfigJson) {
+  const auto dir = fresh_dir("edited");
+  auto c = engine_config();
+  c.out_dir = dir.string();
+  c.run_name = "e";
+  bool epoch_done = false;
+  train::TrainCallbacks one_epoch;
+  one_epoch.on_epoch = [&](const train::EpochMetrics&) { epoch_done = true; };
+  one_epoch.should_stop = [&] { return epoch_done; };
+  ASSERT_TRUE(train::train(c, one_epoch).interrupted);
+  std::ofstream((dir / "e" / "config.json").string()) << "{not json";
+  const auto r = train::resume((dir / "e").string());
+  EXPECT_FALSE(r.interrupted);
+  const auto html = test_support::read_text((dir / "e" / "report.html").string());
+  EXPECT_NE(html.find("&quot;batch_size&quot;: 32"), std::string::npos) << "the report shows the checkpoint's configuration";
+  fs::remove_all(dir);
+}

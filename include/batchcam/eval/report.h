@@ -42,9 +42,12 @@ struct ReportInputs {
 std::string render_report_html(const ReportInputs& inputs);
 
 /// Evaluates the model (evaluate_full), then writes eval.json and report.html into
-/// `run_dir` (atomically), reading config.json and metrics.jsonl from there.
+/// `run_dir` (atomically). `config` and `history` (one JSON object per epoch, as in
+/// metrics.jsonl) are the run's, as the caller holds them (the checkpoint's, not files that
+/// may have been edited since).
 EvalReport write_run_report(const std::string& run_dir, models::CamModel& model, const data::Dataset& test_set,
                             const data::Normalization& norm, const torch::Tensor& prototypes,
+                            const nlohmann::json& config, const std::vector<nlohmann::json>& history,
                             const EvalOptions& options = {});
 
 }  // namespace batchcam::eval
