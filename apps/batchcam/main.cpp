@@ -468,7 +468,8 @@ int run_report(const std::string& run_dir, const std::string& device) {
   std::vector<nlohmann::json> history;
   if (!e.ck.progress.empty()) {
     try {
-      for (const auto& line : nlohmann::json::parse(e.ck.progress).at("history")) history.push_back(line);
+      const auto progress = nlohmann::json::parse(e.ck.progress);
+      for (const auto& line : progress.at("history")) history.push_back(line);
     } catch (const nlohmann::json::exception& err) {
       throw std::runtime_error(e.run_dir + "/last.pt: invalid training progress (" + std::string(err.what()) + ")");
     }
