@@ -1,5 +1,7 @@
 #include "batchcam/train/checkpoint.h"
 
+#include "batchcam/data/datasets.h"
+
 #include <torch/torch.h>
 
 #include <fcntl.h>
@@ -15,7 +17,65 @@
 namespace batchcam::train {
 
 namespace {
+// v2: an outer archive holding the v1 archive's bytes ("payload") and their SHA-256, so a
+// damaged file is refused rather than loaded with other weights. v1 files still load.
 constexpr const char* kFormat = "batchcam-checkpoint-v1";
+constexpr const char* kSealedFormat = "batchcam-checkpoint-v2";
+
+std::string serialize(torch::serialize::OutputArchive& archive) {
+  std::string bytes;
+  archive.save_to([&bytes](const void* data, size_t size) {
+    bytes.append(static_cast<const char*>(data), size);
+    return size;
+  });
+  return bytes;
+}
+
+// The checkpoint's archive (the payload of a v2 file, verified; a v1 file as it is) with
+// its tensors on `device`. Throws std::runtime_error naming the path.
+torch::serialize::InputArchive open_archive(const std::string& path, torch::Device device) {
+  if (!std::filesystem::is_regular_file(path)) throw std::runtime_error(path + ": no such checkpoint file");
+  torch::serialize::InputArchive outer;
+  c10::IValue format;
+  try {
+    // Onto the CPU: a GPU run's optimiser state was saved on its device, and this machine
+    // may have none.
+    outer.load_from(path, torch::Device(torch::kCPU));
+  } catch (const std::exception&) {
+    throw std::runtime_error(path + ": not a readable checkpoint (truncated or corrupt archive)");
+  }
+  if (!outer.try_read("format", format) || !format.isString() ||
+      (format.toStringRef() != kSealedFormat && format.toStringRef() != kFormat)) {
+    throw std::runtime_error(path + ": not a batchcam checkpoint (expected format " + kSealedFormat + ")");
+  }
+  if (format.toStringRef() == kFormat) {
+    if (device.is_cpu()) return outer;
+    torch::serialize::InputArchive on_device;
+    on_device.load_from(path, device);
+    return on_device;
+  }
+  c10::IValue sum;
+  torch::Tensor payload;
+  try {
+    outer.read("sha256", sum);
+    outer.read("payload", payload);
+  } catch (const std::exception&) {
+    throw std::runtime_error(path + ": damaged checkpoint (payload or checksum missing)");
+  }
+  payload = payload.contiguous();
+  if (!sum.isString() || payload.scalar_type() != torch::kUInt8 ||
+      data::sha256_bytes(payload.data_ptr(), static_cast<size_t>(payload.numel())) != sum.toStringRef()) {
+    throw std::runtime_error(path + ": damaged checkpoint (its content does not match its SHA-256); use another "
+                                    "checkpoint, e.g. best.pt beside it");
+  }
+  torch::serialize::InputArchive inner;
+  try {
+    inner.load_from(static_cast<const char*>(payload.data_ptr()), static_cast<size_t>(payload.numel()), device);
+  } catch (const std::exception&) {
+    throw std::runtime_error(path + ": not a readable checkpoint (corrupt payload)");
+  }
+  return inner;
+}
 
 void fsync_path(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY);
@@ -123,27 +183,20 @@ void save_checkpoint(const std::string& path, models::CamModel& model, const mod
   // Serialised in memory, then written by write_file_atomic: LibTorch's own file writer
   // throws again from its destructor when a write fails (disk full, file-size limit), which
   // terminates the process instead of reporting the error.
-  std::string bytes;
-  archive.save_to([&bytes](const void* data, size_t size) {
-    bytes.append(static_cast<const char*>(data), size);
-    return size;
-  });
-  write_file_atomic(path, bytes);
+  auto payload = serialize(archive);
+  torch::serialize::OutputArchive sealed;
+  sealed.write("format", c10::IValue(std::string(kSealedFormat)));
+  sealed.write("sha256", c10::IValue(data::sha256_bytes(payload.data(), payload.size())));
+  sealed.write("payload",
+               torch::from_blob(payload.data(), {static_cast<int64_t>(payload.size())}, torch::kUInt8));
+  write_file_atomic(path, serialize(sealed));
 }
 
 Checkpoint load_checkpoint(const std::string& path, torch::Device device) {
-  if (!std::filesystem::is_regular_file(path)) throw std::runtime_error(path + ": no such checkpoint file");
-  torch::serialize::InputArchive archive;
-  try {
-    // Onto the CPU: a GPU run's optimiser state was saved on its device, and this machine may
-    // have none (the model is moved to `device` below, the optimiser by restore_optimizer).
-    archive.load_from(path, torch::Device(torch::kCPU));
-  } catch (const std::exception&) {
-    throw std::runtime_error(path + ": not a readable checkpoint (truncated or corrupt archive)");
-  }
+  auto archive = open_archive(path, torch::kCPU);
   c10::IValue format;
   if (!archive.try_read("format", format) || !format.isString() || format.toStringRef() != kFormat) {
-    throw std::runtime_error(path + ": not a batchcam checkpoint (expected format " + kFormat + ")");
+    throw std::runtime_error(path + ": not a batchcam checkpoint (expected format " + kFormat + " inside)");
   }
   Checkpoint ck;
   try {
@@ -198,9 +251,9 @@ Checkpoint load_checkpoint(const std::string& path, torch::Device device) {
 }
 
 void restore_optimizer(const std::string& path, torch::optim::Optimizer& optimizer, torch::Device device) {
+  auto archive = open_archive(path, device);
   try {
-    torch::serialize::InputArchive archive, optimizer_archive;
-    archive.load_from(path, device);
+    torch::serialize::InputArchive optimizer_archive;
     archive.read("optimizer", optimizer_archive);
     optimizer.load(optimizer_archive);
   } catch (const std::exception& e) {

@@ -20,6 +20,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <random>
 
 using namespace batchcam;
 namespace fs = std::filesystem;
@@ -552,8 +553,13 @@ TEST(Checkpoint, HoldsCpuTensorsAndLoadsOntoTheRequestedDevice) {
   c.run_name = "d";
   const auto r = train::train(c);
   const auto ck = train::load_checkpoint(r.checkpoint, torch::kCPU);
-  torch::serialize::InputArchive archive;
-  archive.load_from(r.checkpoint);
+  // The file seals the archive's bytes with their SHA-256; inside, tensors keep the device
+  // they were saved from, which must be the CPU.
+  torch::serialize::InputArchive sealed, archive;
+  sealed.load_from(r.checkpoint);
+  torch::Tensor payload;
+  sealed.read("payload", payload);
+  archive.load_from(static_cast<const char*>(payload.data_ptr()), static_cast<size_t>(payload.numel()));
   for (const auto& p : ck.model->named_parameters()) {
     torch::Tensor saved;
     archive.read("model." + p.key(), saved);
@@ -728,5 +734,40 @@ TEST(Reliability, ResumeUsesTheCheckpointsConfigurationNotAnEditedConfigJson) {
   EXPECT_FALSE(r.interrupted);
   const auto html = test_support::read_text((dir / "e" / "report.html").string());
   EXPECT_NE(html.find("&quot;batch_size&quot;: 32"), std::string::npos) << "the report shows the checkpoint's configuration";
+  fs::remove_all(dir);
+}
+
+TEST(Reliability, ABitFlipInACheckpointIsRefusedNeverLoadedAsOtherWeights) {
+  const auto dir = fresh_dir("flips");
+  models::ModelSpec spec;
+  spec.name = "simple-cnn";
+  auto model = models::make_model(spec);
+  const auto path = (dir / "c.pt").string();
+  train::save_checkpoint(path, *model, spec, train::TrainConfig{}, 1, data::Normalization{{0.1}, {0.3}},
+                         torch::rand({10, 28, 28}));
+  const auto original = train::load_checkpoint(path);
+  const auto bytes = test_support::read_text(path);
+  std::mt19937_64 rng(7);
+  int refused = 0;
+  for (int trial = 0; trial < 40; ++trial) {
+    auto damaged = bytes;
+    const size_t at = rng() % damaged.size();
+    damaged[at] = static_cast<char>(damaged[at] ^ (1 << (rng() % 8)));
+    const auto copy = (dir / ("flip" + std::to_string(trial) + ".pt")).string();
+    std::ofstream(copy, std::ios::binary) << damaged;
+    try {
+      const auto loaded = train::load_checkpoint(copy);
+      // Only a flip outside the content (zip padding or a timestamp) may load, and then it
+      // must give exactly the saved checkpoint.
+      const auto a = loaded.model->parameters(), b = original.model->parameters();
+      for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << "flip at byte " << at;
+      EXPECT_TRUE(torch::equal(loaded.prototypes, original.prototypes)) << "flip at byte " << at;
+      EXPECT_EQ(train::to_json(loaded.config), train::to_json(original.config)) << "flip at byte " << at;
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find(copy), std::string::npos) << e.what();
+      ++refused;
+    }
+  }
+  EXPECT_GE(refused, 30) << "most flips land in the sealed content";
   fs::remove_all(dir);
 }

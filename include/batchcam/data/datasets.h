@@ -56,6 +56,8 @@ void ensure_files(const std::string& dir, const std::vector<DataFile>& files, st
 
 /// SHA-256 of a file as lower-case hex.
 std::string sha256_file(const std::string& path);
+/// SHA-256 of bytes in memory as lower-case hex.
+std::string sha256_bytes(const void* data, size_t size);
 
 /// The DecoyMNIST construction (Ross et al. 2017): a square swatch of side
 /// spurious_patch_size (4 at 28 px) in a random corner, of shade 255 - 25 * y, or with
