@@ -27,7 +27,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -175,6 +177,7 @@ batchcam::train::TrainConfig resolve_config(const CLI::App& cmd, const batchcam:
                                             const std::string& config_file) {
   if (config_file.empty()) return flags;
   std::ifstream in(config_file);
+  if (!in) throw std::runtime_error(config_file + ": cannot read (" + std::strerror(errno) + ")");
   nlohmann::json merged;
   try {
     merged = nlohmann::json::parse(in);
@@ -266,7 +269,8 @@ int run_train(batchcam::train::TrainConfig config, const std::string& resume_dir
     return 128 + static_cast<int>(stop_signal);
   }
   const auto& last = result.history.back();
-  std::cout << "\nTrained " << config.model << " on " << config.dataset << " for " << last.epoch << " epochs in "
+  std::cout << "\nTrained " << result.config.model << " on " << result.config.dataset << " for " << last.epoch
+            << " epochs in "
             << fmt::format("{:.1f}", result.train_seconds) << " s on " << result.device << ".\n"
             << "  test accuracy          " << fmt::format("{:.2f}%", 100 * last.test.accuracy) << "\n"
             << "  CAM-prototype SSIM     " << fmt::format("{:.3f}", last.test.proto_ssim) << "\n"

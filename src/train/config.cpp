@@ -120,6 +120,12 @@ void TrainConfig::validate() const {
   require(lambda_batch >= 0.0 && std::isfinite(lambda_batch), "lambda_batch", ">= 0 and finite");
   require(cam_warmup_epochs >= 0 && cam_warmup_epochs <= 100000, "cam_warmup_epochs", "in [0, 100000]");
   require(!out_dir.empty(), "out_dir", "a directory path");
+  require(run_name.find('/') == std::string::npos && run_name != "." && run_name != "..", "run_name",
+          "a plain directory name inside out_dir (no '/'), got '" + run_name + "'");
+  require(!spurious || dataset == "shapes", "spurious",
+          "false unless dataset is shapes (the decoy datasets carry their own cue), got dataset '" + dataset + "'");
+  require(cam_warmup_epochs < epochs || (lambda_proto == 0.0 && lambda_batch == 0.0), "cam_warmup_epochs",
+          "< epochs while a CAM loss is on (otherwise the CAM losses never start)");
   require(log_every >= 1 && log_every <= 1000000, "log_every", "in [1, 1000000]");
 }
 

@@ -397,6 +397,7 @@ namespace {
 // Drives a trainer through its remaining epochs, with `files` as the sink of its outputs.
 TrainResult drive(Trainer& trainer, RunDirectory& files, const TrainCallbacks& callbacks) {
   TrainResult result;
+  result.config = trainer.config();
   result.run_dir = files.path();
   result.checkpoint = files.last_checkpoint();
   result.best_checkpoint = files.best_checkpoint();

@@ -577,7 +577,9 @@ TEST(Checkpoint, HoldsCpuTensorsAndLoadsOntoTheRequestedDevice) {
 TEST(Reliability, ConfigFilesAreBoundedLikeTheCommandLine) {
   for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
            {"epochs", int64_t{1} << 62}, {"threads", 5000}, {"weight_decay", 1e308}, {"batch_size", 10000000},
-           {"train_size", int64_t{1} << 40}, {"cam_warmup_epochs", int64_t{1} << 40}}) {
+           {"train_size", int64_t{1} << 40}, {"cam_warmup_epochs", int64_t{1} << 40},
+           // Values that used to be ignored or to escape: now refused by name.
+           {"run_name", "../../x"}, {"cam_warmup_epochs", 4}}) {
     try {
       train::config_from_json({{key, value}}).validate();
       FAIL() << key << " = " << value.dump() << " passed validation";
@@ -585,6 +587,9 @@ TEST(Reliability, ConfigFilesAreBoundedLikeTheCommandLine) {
       EXPECT_NE(std::string(e.what()).find("'" + key + "'"), std::string::npos) << e.what();
     }
   }
+  EXPECT_THROW(train::config_from_json({{"dataset", "mnist"}, {"spurious", true}}).validate(), std::invalid_argument);
+  EXPECT_NO_THROW(train::config_from_json({{"cam_warmup_epochs", 4}, {"lambda_proto", 0.0}}).validate())
+      << "a warm-up longer than the run is harmless when no CAM loss is on";
 }
 
 TEST(Reliability, AnEpochWhoseLastUpdateDivergesLeavesTheLastGoodCheckpoint) {

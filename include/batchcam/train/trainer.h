@@ -148,6 +148,7 @@ struct TrainCallbacks {
 };
 
 struct TrainResult {
+  TrainConfig config;  ///< the run's (for a resumed run: its checkpoint's)
   std::string run_dir;
   std::string checkpoint;       ///< last.pt: the latest state, mid-epoch after an interruption
   std::string best_checkpoint;  ///< best.pt: the epoch with the highest test accuracy
