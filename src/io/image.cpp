@@ -120,6 +120,10 @@ Image read_image(const std::string& path, int64_t max_pixels) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, "cannot open for reading");
   const std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  return decode_image(bytes, path, max_pixels);
+}
+
+Image decode_image(const std::string& bytes, const std::string& path, int64_t max_pixels) {
   const auto starts_with = [&](std::initializer_list<unsigned char> magic) {
     size_t i = 0;
     for (const unsigned char b : magic) {

@@ -25,4 +25,7 @@ constexpr int64_t kMaxImagePixels = int64_t{64} << 20;
 /// the problem.
 Image read_image(const std::string& path, int64_t max_pixels = kMaxImagePixels);
 
+/// read_image() on bytes in memory; `name` names them in errors.
+Image decode_image(const std::string& bytes, const std::string& name, int64_t max_pixels = kMaxImagePixels);
+
 }  // namespace batchcam::io
