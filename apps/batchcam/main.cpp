@@ -97,7 +97,19 @@ void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
       ->check(CLI::NonNegativeNumber)->group("Optimisation");
   cmd.add_option("--label-smoothing", c.label_smoothing, "Label smoothing of the cross-entropy")
       ->check(CLI::Range(0.0, 0.999))->group("Optimisation");
-  cmd.add_option("--seed", c.seed, "Random seed (data, initialisation, order)")->group("Optimisation");
+  // Read as text: CLI11 would wrap "-1" and clamp a too large number into uint64 silently.
+  cmd.add_option_function<std::string>(
+         "--seed", [&c](const std::string& s) { c.seed = std::stoull(s); }, "Random seed (data, initialisation, order)")
+      ->check(CLI::Validator(
+          [](std::string& s) -> std::string {
+            errno = 0;
+            const bool digits = !s.empty() && s.size() <= 20 && s.find_first_not_of("0123456789") == std::string::npos;
+            if (digits) (void)std::strtoull(s.c_str(), nullptr, 10);
+            return digits && errno == 0 ? "" : "must be an integer in [0, 18446744073709551615], got '" + s + "'";
+          },
+          "UINT"))
+      ->default_str("0")
+      ->group("Optimisation");
   cmd.add_option("--threads", c.threads,
                  "CPU threads, 0 = what the process may use (OMP_NUM_THREADS, else the CPU affinity and cgroup quota)")
       ->check(CLI::Range(0, 1024))->group("Device");

@@ -187,6 +187,16 @@ void Trainer::set_up(const data::DatasetSplits& splits) {
   const auto& train_set = splits.train;
   core::require_supported(config_.precision, device_);
   const int64_t k = train_set.num_classes();
+  const auto& test_set = splits.test;
+  if (test_set.size() > 0 && (test_set.channels() != train_set.channels() || test_set.height() != train_set.height() ||
+                              test_set.width() != train_set.width() || test_set.num_classes() != k)) {
+    throw std::runtime_error(
+        "dataset '" + config_.dataset + "' (" + config_.data_dir + "): test images are " +
+        std::to_string(test_set.channels()) + "x" + std::to_string(test_set.height()) + "x" +
+        std::to_string(test_set.width()) + " of " + std::to_string(test_set.num_classes()) +
+        " classes, training images " + std::to_string(train_set.channels()) + "x" + std::to_string(train_set.height()) +
+        "x" + std::to_string(train_set.width()) + " of " + std::to_string(k) + " classes; they must match");
+  }
   if (train_set.size() > 0) {
     // Validated once here, so that no step has to read the labels back from the device.
     const auto lo = train_set.labels.min().item<int64_t>(), hi = train_set.labels.max().item<int64_t>();

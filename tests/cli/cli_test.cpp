@@ -151,7 +151,8 @@ TEST(Cli, CudaWithoutADeviceAndFp16OnTheCpuAreOneLineErrors) {
 
 TEST(Cli, UnknownOptionOrBadValueIsOneLineAndExitCode2) {
   for (const char* args : {"train --bogus", "train --epochs abc", "train --distance l7", "train --model resnet-1000",
-                           "frobnicate"}) {
+                           "frobnicate", "train --seed -1", "train --seed 99999999999999999999999",
+                           "train --weight-decay 1e308"}) {
     const auto r = run(args);
     EXPECT_EQ(r.code, 2) << args << ": " << r.out;
     EXPECT_EQ(count_lines(r.out), 1) << args << ": " << r.out;

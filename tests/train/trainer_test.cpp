@@ -776,3 +776,16 @@ TEST(Reliability, ABitFlipInACheckpointIsRefusedNeverLoadedAsOtherWeights) {
   EXPECT_GE(refused, 30) << "most flips land in the sealed content";
   fs::remove_all(dir);
 }
+
+TEST(Reliability, TrainAndTestImagesOfDifferentSizesAreRefusedBeforeTraining) {
+  auto c = engine_config();
+  auto splits = train::load_dataset(c);
+  splits.test.images = torch::zeros({8, 1, 32, 32}, torch::kUInt8);
+  splits.test.labels = torch::zeros({8}, torch::kInt64);
+  try {
+    train::Trainer t(c, splits, torch::kCPU);
+    FAIL() << "mismatched splits must be refused";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("test images are 1x32x32"), std::string::npos) << e.what();
+  }
+}
