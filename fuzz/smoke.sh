@@ -7,7 +7,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 build=${1:?build directory}
 runs=${2:-20000}
 cmake -S "$here" -B "$build" -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
-cmake --build "$build" > /dev/null
+cmake --build "$build" --target idx_fuzzer > /dev/null
 corpus="$build/corpus"
 mkdir -p "$corpus"
 cp -n "$here"/corpus/* "$corpus"/

@@ -9,7 +9,6 @@
 #include <chrono>
 #include <cmath>
 #include <iomanip>
-#include <mutex>
 #include <sstream>
 
 namespace batchcam::eval {
