@@ -145,8 +145,16 @@ void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
 }
 
 // The CLI owns the process's thread count: --threads, or what the process may use.
+// LibTorch starts two pools of threads - 1 workers (OpenMP's and pthreadpool's) and hangs
+// when the system refuses one, so the CLI first checks that they can start.
 int64_t set_threads(int64_t requested) {
   const int64_t threads = requested > 0 ? requested : batchcam::core::usable_cpu_count();
+  if (const auto failure = batchcam::core::thread_start_failure(2 * (threads - 1)); !failure.empty()) {
+    throw std::runtime_error(fmt::format(
+        "{} CPU threads need {} more threads, but {} (a process limit such as ulimit -u, or a cgroup's pids.max, "
+        "is lower); ask for fewer with --threads or OMP_NUM_THREADS",
+        threads, 2 * (threads - 1), failure));
+  }
   torch::set_num_threads(static_cast<int>(threads));
   return threads;
 }

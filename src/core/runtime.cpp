@@ -8,12 +8,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <sstream>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 
 namespace batchcam::core {
@@ -187,6 +189,33 @@ int64_t usable_cpu_count() {
   const int64_t quota = cgroup_cpu_limit(list, "/sys/fs/cgroup");
   if (quota > 0) count = std::min(count, quota);
   return std::max<int64_t>(1, count);
+}
+
+std::string thread_start_failure(int64_t count) {
+  std::mutex mutex;
+  std::condition_variable released;
+  bool release = false;
+  std::vector<std::thread> threads;
+  std::string failure;
+  threads.reserve(static_cast<size_t>(std::max<int64_t>(count, 0)));
+  for (int64_t i = 0; i < count; ++i) {
+    try {
+      threads.emplace_back([&] {
+        std::unique_lock<std::mutex> lock(mutex);
+        released.wait(lock, [&] { return release; });
+      });
+    } catch (const std::system_error& e) {
+      failure = "thread " + std::to_string(i + 1) + " of " + std::to_string(count) + " could not start: " + e.code().message();
+      break;
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    release = true;
+  }
+  released.notify_all();
+  for (auto& t : threads) t.join();
+  return failure;
 }
 
 namespace detail {

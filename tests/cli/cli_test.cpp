@@ -402,6 +402,24 @@ TEST(Cli, AFileSizeLimitWhileWritingACheckpointIsOneErrorAndLeavesNoTemporaryFil
   fs::remove_all(dir);
 }
 
+TEST(Cli, ThreadsTheSystemRefusesAreOneErrorNotAHang) {
+  // RLIMIT_NPROC counts the threads of a user and is not enforced for root, so the CLI runs
+  // as `nobody` with a limit of 20; LibTorch's pthreadpool waited forever for a thread it
+  // could not start. `timeout` turns a regression into a failure instead of a hung test.
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run the CLI as another user under a process limit";
+  const std::string as_nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups prlimit --nproc=20 ";
+  const auto probe = batchcam::test_support::run_shell(as_nobody + BATCHCAM_CLI + " --version");
+  if (probe.code != 0) GTEST_SKIP() << "cannot run the CLI as nobody here: " << probe.out;
+  const auto r = batchcam::test_support::run_shell(
+      "timeout 120 " + as_nobody + BATCHCAM_CLI +
+      " train --quiet --device cpu --threads 64 --train-size 64 --test-size 16 --epochs 1 --out-dir /nonexistent");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_EQ(count_lines(r.out), 1) << r.out;
+  EXPECT_NE(r.out.find("64 CPU threads need 126 more threads, but thread "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("could not start: Resource temporarily unavailable"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("ask for fewer with --threads"), std::string::npos) << r.out;
+}
+
 TEST(Cli, ASignalWhileTheFinalReportIsWrittenStopsAtOnceAndResumeFinishesIt) {
   namespace fs = std::filesystem;
   const auto dir = fs::temp_directory_path() / ("batchcam-window-" + std::to_string(::getpid()));

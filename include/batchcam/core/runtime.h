@@ -54,6 +54,13 @@ class AutocastScope {
 /// when one is set; never more than the host has. At least 1.
 int64_t usable_cpu_count();
 
+/// Checks that `count` more threads can run at once in this process by starting them
+/// (each waits until all have started, then all end). Returns "" when they could, else the
+/// system's reason for refusing one (for example a process limit, ulimit -u, or a cgroup's
+/// pids.max). LibTorch's thread pools do not survive such a refusal: pthreadpool waits
+/// forever for the thread it could not start, so a program checks before it asks for them.
+std::string thread_start_failure(int64_t count);
+
 /// The CPU limit of a cgroup quota: `cgroup_list` is the text of /proc/self/cgroup and
 /// `root` the cgroup mount (normally /sys/fs/cgroup). Reads cpu.max (v2) or
 /// cpu.cfs_quota_us / cpu.cfs_period_us (v1) of the process's cgroup and its parents and
