@@ -195,9 +195,9 @@ def measurements(run_dir):
         epochs = [json.loads(line) for line in f if line.strip()]
     return {
         "accuracy": 100 * e["accuracy"],
-        "follows_decoy": e["decoy"].get("follows_decoy", -1),
-        "decoy_share_predicted": e["decoy"].get("predicted_class_cam_mass_share", -1),
-        "decoy_pointing_predicted": e["decoy"].get("predicted_class_pointing_game", -1),
+        "follows_decoy": e["decoy"].get("follows_decoy"),
+        "decoy_share_predicted": e["decoy"].get("predicted_class_cam_mass_share"),
+        "decoy_pointing_predicted": e["decoy"].get("predicted_class_pointing_game"),
         "decoy_share": e["decoy"]["cam_mass_share"],
         "decoy_pointing": e["decoy"]["pointing_game"],
         "object_share": e["object"]["cam_mass_share"],
@@ -213,9 +213,15 @@ def measurements(run_dir):
     }
 
 
+# Columns that cannot be negative: batchcam 0.1 wrote -1 there when a metric was not available.
+NON_NEGATIVE = {"follows_decoy", "decoy_share_predicted", "decoy_pointing_predicted", "decoy_share",
+                "decoy_pointing", "object_share", "deletion", "insertion", "ms_per_image", "ms_per_image_cam"}
+
+
 def values(results, key):
-    """The finite, defined values of one column (batchcam writes -1 where a mask is absent)."""
-    return [r[key] for r in results if r[key] is not None and r[key] >= 0]
+    """The defined values of one column (null where batchcam could not compute it)."""
+    return [r[key] for r in results
+            if r[key] is not None and not (key in NON_NEGATIVE and r[key] < 0)]
 
 
 def mean(results, key):

@@ -15,25 +15,32 @@
 #include "batchcam/io/png.h"
 #include "batchcam/losses/cam_losses.h"
 #include "batchcam/models/registry.h"
+#include "batchcam/models/torchscript.h"
 #include "batchcam/train/checkpoint.h"
 #include "batchcam/train/config.h"
 #include "batchcam/train/trainer.h"
 
 #include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
+#include <cmath>
 #include <csignal>
 #include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <memory>
 #include <iostream>
 #include <string>
 
@@ -44,6 +51,33 @@ constexpr int kExitUsage = 2;
 
 // True while a progress bar line is on the terminal without its newline.
 bool progress_line_open = false;
+
+// Number checks whose messages say what is expected ("must be > 0, got -1", "must be an
+// integer, got 'abc'"): CLI11's own print DBL_MAX in full and call a word "not in range".
+CLI::Validator integer_in(int64_t lo, int64_t hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& s) -> std::string {
+        errno = 0;
+        char* end = nullptr;
+        const long long v = std::strtoll(s.c_str(), &end, 10);
+        if (s.empty() || *end != '\0' || errno != 0) return "must be an integer, got '" + s + "'";
+        if (v < lo || v > hi) return fmt::format("must be in [{}, {}], got {}", lo, hi, s);
+        s = std::to_string(v);  // decimal for CLI11, which would read "010" as octal
+        return "";
+      },
+      fmt::format("INT in [{}, {}]", lo, hi));
+}
+
+CLI::Validator number_check(std::function<bool(double)> ok, const std::string& expected) {
+  return CLI::Validator(
+      [ok, expected](std::string& s) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(s.c_str(), &end);
+        if (s.empty() || *end != '\0' || !std::isfinite(v)) return "must be a number, got '" + s + "'";
+        return ok(v) ? "" : "must be " + expected + ", got " + s;
+      },
+      "NUMBER " + expected);
+}
 
 // An option whose values are an enum's names (one list, shared with config files).
 template <typename E>
@@ -65,38 +99,67 @@ void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
                  "Directory of the dataset's files (default: data/<dataset>; MNIST-type files are downloaded there when missing)")
       ->group("Data");
   cmd.add_option("--train-size", c.train_size, "Training images (shapes: generated, 0 = 6000; others: the first N, 0 = all)")
-      ->check(CLI::Range(0, 10000000))->group("Data");
+      ->check(integer_in(0, 10000000))->group("Data");
   cmd.add_option("--test-size", c.test_size, "Test images (shapes: generated, 0 = 1000; others: the first N, 0 = all)")
-      ->check(CLI::Range(0, 10000000))->group("Data");
-  cmd.add_option("--image-size", c.image_size, "Image side in pixels (shapes: generated; folder: resized to)")
-      ->check(CLI::Range(16, 512))->group("Data");
+      ->check(integer_in(0, 10000000))->group("Data");
+  cmd.add_option("--image-size", c.image_size,
+                 "Image side in pixels: 0 = the dataset's own (MNIST-type 28, CIFAR-10 32, shapes and folder 28); "
+                 "shapes are drawn at it, other images resized to it")
+      ->check(CLI::Validator(
+          [](std::string& s) -> std::string {
+            const auto error = integer_in(16, 512)(s);
+            return s == "0" || error.empty() ? "" : error + " (or 0 for the dataset's own size)";
+          },
+          "0 or INT in [16, 512]"))
+      ->group("Data");
   cmd.add_flag("--spurious,!--no-spurious", c.spurious, "Add a class-coded corner patch in training (shapes)")->group("Data");
   cmd.add_option("--max-image-pixels", c.max_image_pixels,
                  "folder: refuse images whose header claims more pixels (before decoding them)")
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 36))->group("Data");
+      ->check(integer_in(1, int64_t{1} << 36))->group("Data");
   add_enum_option(cmd, "--augment", c.augment, "Training augmentation: none, shift (random shift), shift-flip (+ horizontal flip)")
       ->group("Data");
 
-  cmd.add_option("--model", c.model, "Model (see 'batchcam models')")->check(CLI::IsMember(batchcam::models::model_names()))->group("Model");
+  cmd.add_option("--model", c.model,
+                 "Model: a built-in (see 'batchcam models') or torchscript:FILE, a module scripted in Python that "
+                 "exports features(x) and head(a) (README)")
+      ->check(CLI::Validator(
+          [](std::string& s) -> std::string {
+            const auto known = batchcam::models::model_names();
+            if (std::find(known.begin(), known.end(), s) != known.end()) return "";
+            if (batchcam::models::is_torchscript(s)) {
+              const auto file = batchcam::models::torchscript_file(s);
+              return std::filesystem::is_regular_file(file) ? "" : "no such TorchScript file: '" + file + "'";
+            }
+            std::string list;
+            for (const auto& n : known) list += (list.empty() ? "" : ", ") + n;
+            return "must be one of " + list + " or torchscript:FILE, got '" + s + "'";
+          },
+          "MODEL"))
+      ->group("Model");
   cmd.add_option("--target-layer", c.target_layer, "Stage whose output feeds Grad-CAM (default: the last)")->group("Model");
+  cmd.add_option("--init-weights", c.init_weights,
+                 "Start from a state dict saved by Python's torch.save(dict(model.state_dict())) (torchvision's names for "
+                 "resnet18; the classifier is skipped for another class count, RGB conv1 summed for 1 channel)")
+      ->check(CLI::ExistingFile)
+      ->group("Model");
 
-  cmd.add_option("--epochs", c.epochs, "Training epochs")->check(CLI::Range(1, 100000))->group("Optimisation");
-  cmd.add_option("--batch-size", c.batch_size, "Images per batch")->check(CLI::Range(2, 1000000))->group("Optimisation");
+  cmd.add_option("--epochs", c.epochs, "Training epochs")->check(integer_in(1, 100000))->group("Optimisation");
+  cmd.add_option("--batch-size", c.batch_size, "Images per batch")->check(integer_in(2, 1000000))->group("Optimisation");
   add_enum_option(cmd, "--optimizer", c.optimizer, "Optimiser")->group("Optimisation");
-  cmd.add_option("--lr", c.lr, "Peak learning rate")->check(CLI::PositiveNumber)->group("Optimisation");
-  cmd.add_option("--momentum", c.momentum, "SGD momentum")->check(CLI::Range(0.0, 0.999999))->group("Optimisation");
+  cmd.add_option("--lr", c.lr, "Peak learning rate")->check(number_check([](double v) { return v > 0; }, "> 0"))->group("Optimisation");
+  cmd.add_option("--momentum", c.momentum, "SGD momentum")->check(number_check([](double v) { return v >= 0 && v < 1; }, "in [0, 1)"))->group("Optimisation");
   cmd.add_flag("--nesterov,!--no-nesterov", c.nesterov, "Nesterov momentum (sgd)")->group("Optimisation");
-  cmd.add_option("--weight-decay", c.weight_decay, "Weight decay (decoupled for adamw)")->check(CLI::Range(0.0, 1.0))->group("Optimisation");
+  cmd.add_option("--weight-decay", c.weight_decay, "Weight decay (decoupled for adamw)")->check(number_check([](double v) { return v >= 0 && v <= 1; }, "in [0, 1]"))->group("Optimisation");
   add_enum_option(cmd, "--schedule", c.schedule, "Learning-rate schedule: constant, step, cosine or onecycle")
       ->group("Optimisation");
   cmd.add_option("--warmup-epochs", c.warmup_epochs, "Epochs of linear learning-rate warm-up")
-      ->check(CLI::Range(0, 100000))->group("Optimisation");
-  cmd.add_option("--step-size", c.step_size, "Step schedule: epochs between decays")->check(CLI::Range(1, 100000))->group("Optimisation");
-  cmd.add_option("--gamma", c.gamma, "Step schedule: decay factor")->check(CLI::Range(1e-12, 1.0))->group("Optimisation");
+      ->check(integer_in(0, 100000))->group("Optimisation");
+  cmd.add_option("--step-size", c.step_size, "Step schedule: epochs between decays")->check(integer_in(1, 100000))->group("Optimisation");
+  cmd.add_option("--gamma", c.gamma, "Step schedule: decay factor")->check(number_check([](double v) { return v > 0 && v <= 1; }, "in (0, 1]"))->group("Optimisation");
   cmd.add_option("--grad-clip", c.grad_clip, "Clip the global gradient norm to this (0 = off)")
-      ->check(CLI::NonNegativeNumber)->group("Optimisation");
+      ->check(number_check([](double v) { return v >= 0; }, ">= 0"))->group("Optimisation");
   cmd.add_option("--label-smoothing", c.label_smoothing, "Label smoothing of the cross-entropy")
-      ->check(CLI::Range(0.0, 0.999))->group("Optimisation");
+      ->check(number_check([](double v) { return v >= 0 && v < 1; }, "in [0, 1)"))->group("Optimisation");
   // Read as text: CLI11 would wrap "-1" and clamp a too large number into uint64 silently.
   cmd.add_option_function<std::string>(
          "--seed", [&c](const std::string& s) { c.seed = std::stoull(s); }, "Random seed (data, initialisation, order)")
@@ -112,17 +175,17 @@ void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
       ->group("Optimisation");
   cmd.add_option("--threads", c.threads,
                  "CPU threads, 0 = what the process may use (OMP_NUM_THREADS, else the CPU affinity and cgroup quota)")
-      ->check(CLI::Range(0, 1024))->group("Device");
+      ->check(integer_in(0, 1024))->group("Device");
   cmd.add_option("--device", c.device, kDeviceHelp)->group("Device");
   add_enum_option(cmd, "--precision", c.precision,
                   "Forward pass precision: fp32, bf16 (autocast; CPU or CUDA) or fp16 (autocast with loss scaling; CUDA)")
       ->group("Device");
   cmd.add_option("--max-skipped-steps", c.max_skipped_steps,
                  "fp16: steps in a row with non-finite gradients (skipped) that stop the run")
-      ->check(CLI::Range(1, 1000000))->group("Device");
+      ->check(integer_in(1, 1000000))->group("Device");
 
-  cmd.add_option("--lambda-proto", c.lambda_proto, "Weight of the Prototype Loss")->check(CLI::NonNegativeNumber)->group("Batch-CAM");
-  cmd.add_option("--lambda-batch", c.lambda_batch, "Weight of the Batch-CAM Loss")->check(CLI::NonNegativeNumber)->group("Batch-CAM");
+  cmd.add_option("--lambda-proto", c.lambda_proto, "Weight of the Prototype Loss")->check(number_check([](double v) { return v >= 0; }, ">= 0"))->group("Batch-CAM");
+  cmd.add_option("--lambda-batch", c.lambda_batch, "Weight of the Batch-CAM Loss")->check(number_check([](double v) { return v >= 0; }, ">= 0"))->group("Batch-CAM");
   auto* both = cmd.add_option_function<std::string>(
       "--distance",
       [&c](const std::string& d) { c.distance_proto = c.distance_batch = parse<batchcam::losses::Distance>(d, "distance"); },
@@ -135,13 +198,17 @@ void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
   add_enum_option(cmd, "--batch-target", c.batch_target, "In-batch prototypes: attached (in the graph) or detached")
       ->group("Batch-CAM");
   cmd.add_option("--cam-warmup-epochs", c.cam_warmup_epochs, "Epochs of CE only before the CAM losses start")
-      ->check(CLI::Range(0, 100000))->group("Batch-CAM");
+      ->check(integer_in(0, 100000))->group("Batch-CAM");
 
   cmd.add_option("--out-dir", c.out_dir, "Directory for run directories")->group("Output");
   cmd.add_option("--run-name", c.run_name, "Run directory name (default: <dataset>-<model>-<time>)")->group("Output");
   cmd.add_option("--log-every", c.log_every,
                  "Steps between reads of the running loss from the device (progress and the non-finite check)")
-      ->check(CLI::Range(1, 1000000))->group("Output");
+      ->check(integer_in(1, 1000000))->group("Output");
+  cmd.add_flag("--report,!--no-report", c.report,
+               "After the last epoch, evaluate fully and write eval.json, pictures and report.html "
+               "(--no-report: later with 'batchcam report RUN')")
+      ->group("Output");
 }
 
 // The CLI owns the process's thread count: --threads, or what the process may use.
@@ -165,6 +232,45 @@ std::string clock_text(double seconds) {
   return fmt::format("{}:{:02}", s / 60, s % 60);
 }
 
+// The terminal's width in columns: asked of the terminal, else COLUMNS, else 80.
+int terminal_columns() {
+  winsize size{};
+  if (::ioctl(STDERR_FILENO, TIOCGWINSZ, &size) == 0 && size.ws_col > 0) return size.ws_col;
+  if (const char* columns = std::getenv("COLUMNS")) {
+    const int n = std::atoi(columns);
+    if (n > 0) return n;
+  }
+  return 80;
+}
+
+// "loss 0.4321 (ce 0.401 proto 0.031)": the loss and the terms that are on.
+std::string loss_text(const batchcam::train::StepInfo& s) {
+  if (s.lambda_proto <= 0 && s.lambda_batch <= 0) return fmt::format("loss {:.4f}", s.loss);
+  std::string terms = fmt::format("ce {:.3f}", s.ce);
+  if (s.lambda_proto > 0) terms += fmt::format(" proto {:.3f}", s.proto);
+  if (s.lambda_batch > 0) terms += fmt::format(" batch {:.3f}", s.batch);
+  return fmt::format("loss {:.4f} ({})", s.loss, terms);
+}
+
+// One progress line shorter than `columns`, so that it never wraps: the bar shrinks to fit,
+// and what still does not fit is left out: the speed first, then the loss terms.
+std::string progress_line(const batchcam::train::StepInfo& s, int columns) {
+  const std::string head = fmt::format("epoch {}/{}", s.epoch, s.epochs);
+  const std::string count = fmt::format("{}/{}", s.step, s.steps);
+  const std::string speed = fmt::format(" {:.0f} img/s", s.images_per_second);
+  const std::string eta = " ETA " + clock_text(s.eta_seconds);
+  const std::string loss_short = fmt::format("loss {:.4f}", s.loss);
+  const int room = columns - 1;
+  for (const auto& tail : {" " + loss_text(s) + speed + eta, " " + loss_text(s) + eta, " " + loss_short + eta}) {
+    const int bar = std::min<int>(30, room - static_cast<int>(head.size() + count.size() + tail.size()) - 4);
+    if (bar >= 8) {
+      const int filled = static_cast<int>(bar * s.step / std::max<int64_t>(s.steps, 1));
+      return head + " [" + std::string(filled, '#') + std::string(bar - filled, '.') + "] " + count + tail;
+    }
+  }
+  return (head + " " + count + " " + loss_short + eta).substr(0, static_cast<size_t>(std::max(room, 1)));
+}
+
 struct Progress {
   bool quiet = false;
   bool tty = ::isatty(STDERR_FILENO) != 0;
@@ -173,20 +279,15 @@ struct Progress {
     if (quiet) return;
     const bool last = s.step == s.steps;
     if (tty) {
-      const int width = 24;
-      const int filled = static_cast<int>(width * s.step / std::max<int64_t>(s.steps, 1));
-      std::fprintf(stderr, "\r\033[Kepoch %lld/%lld [%s%s] %lld/%lld loss %.4f (ce %.4f proto %.4f batch %.4f) %.0f img/s ETA %s",
-                   static_cast<long long>(s.epoch), static_cast<long long>(s.epochs),
-                   std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(),
-                   static_cast<long long>(s.step), static_cast<long long>(s.steps), s.loss, s.ce, s.proto, s.batch,
-                   s.images_per_second, clock_text(s.eta_seconds).c_str());
+      // In place: back to the line's start and clear it, then a line that fits.
+      std::fprintf(stderr, "\r\033[K%s", progress_line(s, terminal_columns()).c_str());
       if (last) std::fprintf(stderr, "\n");
+      std::fflush(stderr);
       progress_line_open = !last;
     } else if (!last && s.step % std::max<int64_t>(s.steps / 4, 1) == 0) {
       // Not a terminal (a log file, CI): a plain line each quarter of an epoch.
-      spdlog::info("epoch {}/{} step {}/{}: loss {:.4f} (ce {:.4f} proto {:.4f} batch {:.4f}), {:.0f} img/s, ETA {}",
-                   s.epoch, s.epochs, s.step, s.steps, s.loss, s.ce, s.proto, s.batch, s.images_per_second,
-                   clock_text(s.eta_seconds));
+      spdlog::info("epoch {}/{} step {}/{}: {}, {:.0f} img/s, ETA {}", s.epoch, s.epochs, s.step, s.steps,
+                   loss_text(s), s.images_per_second, clock_text(s.eta_seconds));
     }
   }
 };
@@ -238,10 +339,14 @@ void install_stop_handlers() {
   sigaction(SIGTERM, &action, nullptr);
 }
 
-// Runs a fresh training (`resume_dir` empty) or continues the run in `resume_dir`, on
-// `device` ("" = the run's own for a resumed run).
-int run_train(batchcam::train::TrainConfig config, const std::string& resume_dir, const std::string& device,
-              bool quiet) {
+// Runs a fresh training (`resume_dir` empty) or continues the run in `resume_dir` with
+// `resume_options` (another device, more epochs).
+int run_train(batchcam::train::TrainConfig config, const std::string& resume_dir,
+              const batchcam::train::ResumeOptions& resume_options, bool quiet) {
+  const auto started = std::chrono::steady_clock::now();
+  const auto seconds_since_start = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  };
   const int64_t threads = set_threads(config.threads);
   if (resume_dir.empty()) {
     // The process-wide choices are the CLI's: the thread count, recorded so that --resume
@@ -256,6 +361,9 @@ int run_train(batchcam::train::TrainConfig config, const std::string& resume_dir
   callbacks.on_start = [&](const std::string& dir) {
     run_dir = dir;
     if (!quiet) spdlog::info("run directory: {} ({} CPU thread{})", dir, threads, threads == 1 ? "" : "s");
+  };
+  callbacks.on_notice = [&](const std::string& message) {
+    if (!quiet) spdlog::info("{}", message);
   };
   callbacks.on_step = [&](const batchcam::train::StepInfo& s) { progress.step(s); };
   callbacks.on_epoch = [&](const batchcam::train::EpochMetrics& m) {
@@ -276,11 +384,13 @@ int run_train(batchcam::train::TrainConfig config, const std::string& resume_dir
                 << run_dir << "\n";
       std::raise(static_cast<int>(stop_signal));
     }
-    if (!quiet) spdlog::info("training done; writing the final evaluation, pictures and report.html");
+  };
+  callbacks.on_final_phase = [&](const std::string& what) {
+    if (!quiet) spdlog::info("final outputs: {} ...", what);
   };
   install_stop_handlers();
   const auto result = resume_dir.empty() ? batchcam::train::train(config, callbacks)
-                                         : batchcam::train::resume(resume_dir, callbacks, {device});
+                                         : batchcam::train::resume(resume_dir, callbacks, resume_options);
   if (result.interrupted) {
     if (progress_line_open) std::cerr << "\n";
     std::cerr << fmt::format("batchcam: {} at epoch {}, step {}: saved {}; continue with: batchcam train --resume {}\n",
@@ -290,13 +400,19 @@ int run_train(batchcam::train::TrainConfig config, const std::string& resume_dir
   }
   const auto& last = result.history.back();
   std::cout << "\nTrained " << result.config.model << " on " << result.config.dataset << " for " << last.epoch
-            << " epochs in "
-            << fmt::format("{:.1f}", result.train_seconds) << " s on " << result.device << ".\n"
+            << " epochs on " << result.device << ".\n"
+            << "  training time          " << fmt::format("{:.1f} s", result.train_seconds)
+            << (resume_dir.empty() ? "" : " (all epochs of the run)") << "\n"
+            << "  total time             " << fmt::format("{:.1f} s", seconds_since_start())
+            << (resume_dir.empty() ? " (data, training, evaluation, report)" : " (this command)") << "\n"
             << "  test accuracy          " << fmt::format("{:.2f}%", 100 * last.test.accuracy) << "\n"
             << "  CAM-prototype SSIM     " << fmt::format("{:.3f}", last.test.proto_ssim) << "\n"
             << "  run directory          " << result.run_dir << "\n"
             << "  checkpoints            " << result.checkpoint << ", " << result.best_checkpoint << "\n"
-            << "  report                 " << result.report << "\n";
+            << "  report                 "
+            << (result.report.empty() ? "not written (--no-report); write it with: batchcam report " + result.checkpoint
+                                      : result.report)
+            << "\n";
   return 0;
 }
 
@@ -325,21 +441,44 @@ int run_models() {
   return 0;
 }
 
-// A checkpoint and the test split it is evaluated on: `target` is a run directory (its
-// last.pt) or a checkpoint file; the dataset is the run's unless overridden.
+// The checkpoint that eval, explain, report and export use for RUN_OR_CHECKPOINT: a file
+// as it is; for a run directory its best.pt (last.pt while it has none), said on stderr.
+std::string checkpoint_of(const std::string& run_or_checkpoint) {
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(run_or_checkpoint)) return run_or_checkpoint;
+  const auto best = (fs::path(run_or_checkpoint) / "best.pt").string();
+  const auto last = (fs::path(run_or_checkpoint) / "last.pt").string();
+  if (fs::exists(best)) {
+    spdlog::info("using {} (the epoch with the best test accuracy; name last.pt for the latest)", best);
+    return best;
+  }
+  if (fs::exists(last)) {
+    spdlog::info("using {} (the run has no best.pt yet)", last);
+    return last;
+  }
+  throw std::runtime_error(run_or_checkpoint + ": neither best.pt nor last.pt in this directory (not a run directory?)");
+}
+
+// eval.json's record of what was evaluated and by what.
+nlohmann::json evaluation_origin(const std::string& checkpoint, const batchcam::train::Checkpoint& ck,
+                                 const torch::Device& device) {
+  return {{"checkpoint", {{"path", checkpoint}, {"epoch", ck.epoch}}},
+          {"provenance", batchcam::core::provenance(device)}};
+}
+
+// A checkpoint and the test split it is evaluated on: `target` is a run directory or a
+// checkpoint file (checkpoint_of); the dataset is the run's unless overridden.
 struct Evaluated {
+  std::string checkpoint;  ///< the file loaded
   batchcam::train::Checkpoint ck;
   batchcam::data::DatasetSplits splits;
-  std::string run_dir;  ///< "" when `target` was a checkpoint file
 };
 
 Evaluated load_evaluated(const std::string& target, const std::string& dataset, const std::string& data_dir,
                          int64_t test_size, const torch::Device& device) {
   Evaluated e;
-  const bool is_dir = std::filesystem::is_directory(target);
-  e.run_dir = is_dir ? target : "";
-  e.ck = batchcam::train::load_checkpoint(is_dir ? (std::filesystem::path(target) / "last.pt").string() : target,
-                                          device);
+  e.checkpoint = checkpoint_of(target);
+  e.ck = batchcam::train::load_checkpoint(e.checkpoint, device);
   auto config = e.ck.config;
   if (!dataset.empty() && dataset != config.dataset) {
     config.dataset = dataset;
@@ -369,15 +508,24 @@ struct EvalArgs {
 };
 
 int run_eval(const EvalArgs& a) {
-  auto e = load_evaluated(a.target, a.dataset, a.data_dir, a.test_size, batchcam::core::resolve_device(a.device));
+  const auto device = batchcam::core::resolve_device(a.device);
+  auto e = load_evaluated(a.target, a.dataset, a.data_dir, a.test_size, device);
   batchcam::eval::EvalOptions options;
   options.faithfulness_count = a.faithfulness_count;
   options.randomization_count = a.randomization_count;
   const auto report = batchcam::eval::evaluate_full(*e.ck.model, e.splits.test, e.ck.normalization, e.ck.prototypes,
                                                     options);
-  const auto json = batchcam::eval::to_json(report).dump(2) + "\n";
+  auto j = batchcam::eval::to_json(report);
+  const auto origin = evaluation_origin(e.checkpoint, e.ck, device);
+  for (const auto& [key, value] : origin.items()) j[key] = value;
+  const auto json = j.dump(2) + "\n";
   if (!a.out.empty()) batchcam::train::write_file_atomic(a.out, json);
-  std::cout << (a.json ? json : batchcam::eval::format_report(report));
+  if (a.json) {
+    std::cout << json;
+  } else {
+    std::cout << "Checkpoint " << e.checkpoint << " (epoch " << e.ck.epoch << ")\n"
+              << batchcam::eval::format_report(report);
+  }
   return 0;
 }
 
@@ -395,7 +543,8 @@ int run_explain(const ExplainArgs& a) {
   std::vector<std::string> sources;
   const auto device = batchcam::core::resolve_device(a.device);
   if (!a.images.empty()) {
-    e.ck = batchcam::train::load_checkpoint(a.checkpoint, device);
+    e.checkpoint = checkpoint_of(a.checkpoint);
+    e.ck = batchcam::train::load_checkpoint(e.checkpoint, device);
     const auto& spec = e.ck.spec;
     std::vector<torch::Tensor> pixels;
     for (const auto& file : a.images) {
@@ -486,38 +635,71 @@ int run_explain(const ExplainArgs& a) {
   return 0;
 }
 
-int run_report(const std::string& run_dir, const std::string& device) {
-  auto e = load_evaluated(run_dir, "", "", 0, batchcam::core::resolve_device(device));
-  // The run's configuration and metrics as its checkpoint holds them.
+// report.html, eval.json, prototypes.png and samples.png for a run directory (its best.pt)
+// or one of its checkpoints, written into the run directory; the training curves come from
+// the run's last.pt.
+int run_report(const std::string& run_or_checkpoint, const std::string& device_name) {
+  namespace fs = std::filesystem;
+  const auto device = batchcam::core::resolve_device(device_name);
+  auto e = load_evaluated(run_or_checkpoint, "", "", 0, device);
+  const auto run_dir = fs::path(e.checkpoint).parent_path().string();
+  const auto last = (fs::path(run_dir) / "last.pt").string();
+  const auto progress_source = fs::exists(last) && e.checkpoint != last ? last : e.checkpoint;
+  const auto progress_text =
+      progress_source == e.checkpoint ? e.ck.progress : batchcam::train::load_checkpoint(progress_source).progress;
   std::vector<nlohmann::json> history;
-  if (!e.ck.progress.empty()) {
+  if (!progress_text.empty()) {
     try {
-      const auto progress = nlohmann::json::parse(e.ck.progress);
+      const auto progress = nlohmann::json::parse(progress_text);
       for (const auto& line : progress.at("history")) history.push_back(line);
     } catch (const nlohmann::json::exception& err) {
-      throw std::runtime_error(e.run_dir + "/last.pt: invalid training progress (" + std::string(err.what()) + ")");
+      throw std::runtime_error(progress_source + ": invalid training progress (" + std::string(err.what()) + ")");
     }
   }
-  batchcam::eval::write_run_report(run_dir, *e.ck.model, e.splits.test, e.ck.normalization, e.ck.prototypes,
-                                   batchcam::train::to_json(e.ck.config), history);
-  std::cout << "wrote " << (std::filesystem::path(run_dir) / "report.html").string() << " and eval.json\n";
+  const auto out_dir = fs::path(run_dir.empty() ? "." : run_dir);
+  spdlog::info("pictures (prototypes.png, samples.png) ...");
+  batchcam::io::write_png((out_dir / "prototypes.png").string(), batchcam::eval::prototype_strip(e.ck.prototypes.cpu()));
+  batchcam::io::write_png((out_dir / "samples.png").string(),
+                          batchcam::eval::cam_examples(*e.ck.model, e.splits.test, e.ck.normalization));
+  batchcam::eval::EvalOptions options;
+  options.on_phase = [](const std::string& what) { spdlog::info("{} ...", what); };
+  batchcam::eval::write_run_report(out_dir.string(), *e.ck.model, e.splits.test, e.ck.normalization,
+                                   e.ck.prototypes, batchcam::train::to_json(e.ck.config), history,
+                                   evaluation_origin(e.checkpoint, e.ck, device), options);
+  std::cout << "wrote " << (out_dir / "report.html").string() << ", eval.json and the pictures of " << e.checkpoint
+            << "\n";
   return 0;
 }
 
-int run_export(const std::string& checkpoint, const std::string& format, const std::string& out) {
+int run_export(const std::string& run_or_checkpoint, const std::string& format, const std::string& out) {
+  const auto checkpoint = checkpoint_of(run_or_checkpoint);
   const auto ck = batchcam::train::load_checkpoint(checkpoint);
   if (format == "state-dict") batchcam::train::export_state_dict(*ck.model, out);
-  std::cout << "wrote " << out << " (" << format << " of " << ck.spec.name << ")\n";
+  if (format == "torchscript") {
+    const auto* scripted = dynamic_cast<const batchcam::models::TorchScriptModel*>(ck.model.get());
+    if (scripted == nullptr) {
+      throw std::invalid_argument("--format torchscript: " + checkpoint + " holds the built-in model " + ck.spec.name +
+                                  ", which LibTorch cannot script; export it as state-dict");
+    }
+    batchcam::train::write_file_atomic(out, scripted->save_bytes());
+  }
+  std::cout << "wrote " << out << " (" << format << " of " << ck.spec.name << ", " << checkpoint << ")\n";
   return 0;
 }
 
 }  // namespace
 
+// "0.2.0 (commit 1234abcd5678)" or "0.2.0" when not built from a git checkout.
+std::string version_text() {
+  const auto commit = batchcam::core::git_commit();
+  return batchcam::core::version() + (commit.empty() ? "" : " (commit " + commit + ")");
+}
+
 // What `batchcam env` prints: the runtime a bug report needs.
 int run_env() {
-  std::cout << fmt::format("batchcam    0.1.0\nLibTorch    {}\nCUDA        {}\nCPU threads {} (what this process may use: "
+  std::cout << fmt::format("batchcam    {}\nLibTorch    {}\nCUDA        {}\nCPU threads {} (what this process may use: "
                            "OMP_NUM_THREADS, else the CPU affinity and the cgroup quota)\n",
-                           TORCH_VERSION,
+                           version_text(), TORCH_VERSION,
                            torch::cuda::is_available()
                                ? fmt::format("{} device(s)", torch::cuda::device_count())
                                : std::string("not available"),
@@ -525,14 +707,77 @@ int run_env() {
   return 0;
 }
 
+// Edit distance of two words (insertions, deletions, substitutions), for "did you mean".
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+// The closest of `known` to `word` when it is close enough to be a typo, else "".
+std::string closest(const std::string& word, const std::vector<std::string>& known) {
+  std::string best;
+  size_t best_distance = std::max<size_t>(2, word.size() / 3) + 1;
+  for (const auto& k : known) {
+    const size_t d = edit_distance(word, k);
+    if (d < best_distance) best = k, best_distance = d;
+  }
+  return best;
+}
+
+// " (did you mean 'train'?)" for the first word of the command line that is neither a
+// subcommand nor an option of the subcommand it follows; "" when none is close.
+std::string suggestion(CLI::App& app, int argc, char** argv) {
+  std::vector<std::string> commands;
+  for (const auto* sub : app.get_subcommands({})) commands.push_back(sub->get_name());
+  CLI::App* current = nullptr;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--") break;
+    if (current == nullptr && arg.rfind("-", 0) != 0) {
+      if (std::find(commands.begin(), commands.end(), arg) != commands.end()) {
+        current = app.get_subcommand(arg);
+        continue;
+      }
+      const auto guess = closest(arg, commands);
+      return guess.empty() ? "" : " (did you mean '" + guess + "'?)";
+    }
+    if (arg.rfind("--", 0) != 0 || arg.size() < 3) continue;
+    const auto name = arg.substr(2, arg.find('=') == std::string::npos ? std::string::npos : arg.find('=') - 2);
+    std::vector<std::string> options;
+    for (const auto* opt : (current ? current : &app)->get_options()) {
+      for (const auto& l : opt->get_lnames()) options.push_back(l);
+      for (const auto& f : opt->get_fnames()) options.push_back(f);
+    }
+    if (std::find(options.begin(), options.end(), name) != options.end()) continue;
+    const auto guess = closest(name, options);
+    return guess.empty() ? "" : " (did you mean '--" + guess + "'?)";
+  }
+  return "";
+}
+
 int main(int argc, char** argv) {
   keep_freed_memory_in_process();
   // Past a file-size limit (ulimit -f) a write then fails with EFBIG and is reported like a
   // full disk, instead of the signal killing the process mid-write.
   std::signal(SIGXFSZ, SIG_IGN);
+  // Logs and progress go to stderr; stdout holds the results (summaries, tables, JSON).
+  spdlog::set_default_logger(
+      std::make_shared<spdlog::logger>("", std::make_shared<spdlog::sinks::stderr_color_sink_mt>()));
   CLI::App app{"batchcam: train convolutional networks that look at the right evidence (Batch-CAM)", "batchcam"};
   app.option_defaults()->always_capture_default();
-  app.set_version_flag("--version", "batchcam 0.1.0");
+  // A repeated option: the last one given wins (as in most command-line tools).
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  app.set_version_flag("--version", "batchcam " + version_text());
   app.require_subcommand(0, 1);
 
   batchcam::train::TrainConfig config;
@@ -550,49 +795,55 @@ int main(int argc, char** argv) {
   train->add_flag("-q,--quiet", quiet, "Print only the final summary and errors")->group("Output");
   auto* env = app.add_subcommand("env", "Print the versions, CUDA devices and the CPU threads this process may use");
   auto* models = app.add_subcommand("models", "List models, parameter counts and target layers");
+  const std::string run_or_checkpoint_help =
+      "Run directory (its best.pt, or last.pt while it has none) or checkpoint file";
   auto* exporter = app.add_subcommand("export", "Export a checkpoint's weights for other tools");
   std::string export_checkpoint, export_format = "state-dict", export_out;
-  exporter->add_option("checkpoint", export_checkpoint, "Checkpoint file (a run directory's last.pt or best.pt)")
-      ->required()->check(CLI::ExistingFile);
+  exporter->add_option("RUN_OR_CHECKPOINT", export_checkpoint, run_or_checkpoint_help)
+      ->required()->check(CLI::ExistingPath);
   exporter->add_option("out", export_out, "Output file")->required();
-  exporter->add_option("--format", export_format, "state-dict: a dict name -> tensor that Python's torch.load reads")
-      ->check(CLI::IsMember({"state-dict"}));
+  exporter->add_option("--format", export_format,
+                       "state-dict: a dict name -> tensor that Python's torch.load reads; torchscript (a "
+                       "torchscript:FILE model): the trained module, for Python's torch.jit.load")
+      ->check(CLI::IsMember({"state-dict", "torchscript"}));
 
   auto* evaluator = app.add_subcommand("eval", "Evaluate a run or checkpoint: accuracy, reconstruction, faithfulness, sanity check");
   EvalArgs eval_args;
-  evaluator->add_option("target", eval_args.target, "Run directory (its last.pt) or checkpoint file")->required()
+  evaluator->add_option("RUN_OR_CHECKPOINT", eval_args.target, run_or_checkpoint_help)->required()
       ->check(CLI::ExistingPath);
   evaluator->add_option("--dataset", eval_args.dataset, "Evaluate on this dataset instead of the run's (e.g. decoy-mnist)")
       ->check(CLI::IsMember(batchcam::data::dataset_names()));
   evaluator->add_option("--data-dir", eval_args.data_dir, "Directory of the dataset's files");
   evaluator->add_option("--test-size", eval_args.test_size, "First N test images (0 = the run's test set)")
-      ->check(CLI::Range(0, 10000000));
+      ->check(integer_in(0, 10000000));
   evaluator->add_option("--faithfulness-count", eval_args.faithfulness_count, "Images for deletion/insertion AUC (0 = skip)")
-      ->check(CLI::Range(0, 10000000));
+      ->check(integer_in(0, 10000000));
   evaluator->add_option("--randomization-count", eval_args.randomization_count,
-                        "Images for the parameter-randomisation check (0 = skip)")->check(CLI::Range(0, 100000));
+                        "Images for the parameter-randomisation check (0 = skip)")->check(integer_in(0, 100000));
   evaluator->add_flag("--json", eval_args.json, "Print JSON instead of the table");
   evaluator->add_option("--out", eval_args.out, "Also write the JSON to this file");
   evaluator->add_option("--device", eval_args.device, kDeviceHelp);
 
   auto* explainer = app.add_subcommand("explain", "Write CAM pictures (image, CAM, overlay, reconstruction) and CAM statistics");
   ExplainArgs explain_args;
-  explainer->add_option("checkpoint", explain_args.checkpoint, "Run directory (its last.pt) or checkpoint file")
+  explainer->add_option("RUN_OR_CHECKPOINT", explain_args.checkpoint, run_or_checkpoint_help)
       ->required()->check(CLI::ExistingPath);
   auto* images_opt = explainer->add_option("--images", explain_args.images, "PNG or JPEG files to explain")
-      ->check(CLI::ExistingFile);
+      ->check(CLI::ExistingFile)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   explainer->add_option("--dataset", explain_args.dataset, "Explain test images of this dataset (default: the run's)")
       ->excludes(images_opt)
       ->check(CLI::IsMember(batchcam::data::dataset_names()));
   explainer->add_option("--data-dir", explain_args.data_dir, "Directory of the dataset's files")->excludes(images_opt);
-  explainer->add_option("--count", explain_args.count, "Number of test images")->check(CLI::Range(1, 100000));
+  explainer->add_option("--count", explain_args.count, "Number of test images")->check(integer_in(1, 100000));
   explainer->add_option("--target", explain_args.target, "Class to explain, index or name (default: the predicted class)");
   explainer->add_option("--out", explain_args.out, "Output directory");
   explainer->add_option("--device", explain_args.device, kDeviceHelp);
 
   auto* reporter = app.add_subcommand("report", "Evaluate a run and write its report.html (train does this at the end)");
   std::string report_dir;
-  reporter->add_option("run_dir", report_dir, "Run directory")->required()->check(CLI::ExistingDirectory);
+  reporter->add_option("RUN_OR_CHECKPOINT", report_dir,
+                       run_or_checkpoint_help + "; eval.json and report.html go to its run directory")
+      ->required()->check(CLI::ExistingPath);
   std::string report_device = "auto";
   reporter->add_option("--device", report_device, kDeviceHelp);
 
@@ -600,17 +851,17 @@ int main(int argc, char** argv) {
   BenchArgs bench_args;
   bench_args.python_script = std::string(BATCHCAM_SOURCE_DIR) + "/bench/python_step.py";
   bencher->add_option("--models", bench_args.models, "Models to measure")
-      ->check(CLI::IsMember(batchcam::models::model_names()));
-  bencher->add_option("--repetitions", bench_args.repetitions, "Timed repetitions (interleaved)")->check(CLI::Range(1, 10000));
-  bencher->add_option("--warmup", bench_args.warmup, "Untimed repetitions first")->check(CLI::Range(0, 10000));
+      ->check(CLI::IsMember(batchcam::models::model_names()))->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  bencher->add_option("--repetitions", bench_args.repetitions, "Timed repetitions (interleaved)")->check(integer_in(1, 10000));
+  bencher->add_option("--warmup", bench_args.warmup, "Untimed repetitions first")->check(integer_in(0, 10000));
   bencher->add_option("--threads", bench_args.threads, "CPU threads, 0 = what the process may use")
-      ->check(CLI::Range(0, 1024));
+      ->check(integer_in(0, 1024));
   bencher->add_option("--device", bench_args.device, kDeviceHelp);
   bencher->add_option("--precision", bench_args.precision, "Precision of the training steps: fp32, bf16 or fp16")
       ->check(CLI::IsMember(batchcam::core::precision_names()));
   bencher->add_option("--epoch-images", bench_args.epoch_images,
                       "Training images of the epoch timed against its steps (the training loop's own cost)")
-      ->check(CLI::Range(0, 10000000));
+      ->check(integer_in(0, 10000000));
   bencher->add_flag("--per-sample,!--no-per-sample", bench_args.per_sample, "Also time per-sample Grad-CAM");
   bencher->add_flag("--memory,!--no-memory", bench_args.memory, "Measure peak memory per step (child processes)");
   bencher->add_flag("--compare-python", bench_args.compare_python, "Run the same work in PyTorch (Python) and print the ratios");
@@ -619,7 +870,7 @@ int main(int argc, char** argv) {
   bencher->add_option("--mnist-dir", bench_args.mnist_dir, "Also time one MNIST epoch of SimpleCNN from these IDX files");
   bencher->add_option("--json", bench_args.json_out, "Also write the results as JSON to this file");
   bencher->add_option("--memory-probe", bench_args.probe, "(internal) MODEL ce|batchcam: one step's memory")
-      ->expected(2)->group("");
+      ->expected(2)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->group("");
 
   try {
     app.parse(argc, argv);
@@ -630,7 +881,10 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::cerr << "batchcam: error: " << e.what() << " (see 'batchcam --help')\n";
+    // An unknown word gets the nearest command or option; other errors are about values.
+    const bool unknown_word = dynamic_cast<const CLI::ExtrasError*>(&e) != nullptr;
+    std::cerr << "batchcam: error: " << e.what() << (unknown_word ? suggestion(app, argc, argv) : "")
+              << " (see 'batchcam --help')\n";
     return kExitUsage;
   }
 
@@ -638,20 +892,23 @@ int main(int argc, char** argv) {
     if (train->parsed() && !resume_dir.empty()) {
       for (const auto* opt : train->get_options()) {
         const auto name = opt->get_name();
-        if (opt->count() > 0 && name != "--resume" && name != "--quiet" && name != "--threads" && name != "--device") {
+        if (opt->count() > 0 && name != "--resume" && name != "--quiet" && name != "--threads" && name != "--device" &&
+            name != "--epochs") {
           throw std::invalid_argument("--resume continues a run with its saved configuration; " + name +
-                                      " cannot be combined with it (only --threads, --device and --quiet can)");
+                                      " cannot be combined with it (only --epochs, --threads, --device and --quiet can)");
         }
       }
-      const bool device_given = train->get_option("--device")->count() > 0;
+      batchcam::train::ResumeOptions resume;
+      if (train->get_option("--device")->count() > 0) resume.device = config.device;
+      if (train->get_option("--epochs")->count() > 0) resume.epochs = config.epochs;
       if (train->get_option("--threads")->count() == 0) {
         // The run's own thread count, so that a resumed CPU run ends with the same weights.
         const auto last = (std::filesystem::path(resume_dir) / "last.pt").string();
         if (std::filesystem::exists(last)) config.threads = batchcam::train::load_checkpoint(last).config.threads;
       }
-      return run_train(config, resume_dir, device_given ? config.device : "", quiet);
+      return run_train(config, resume_dir, resume, quiet);
     }
-    if (train->parsed()) return run_train(resolve_config(*train, config, config_file), "", "", quiet);
+    if (train->parsed()) return run_train(resolve_config(*train, config, config_file), "", {}, quiet);
     if (env->parsed()) return run_env();
     if (models->parsed()) return run_models();
     if (evaluator->parsed()) {
@@ -660,9 +917,6 @@ int main(int argc, char** argv) {
     }
     if (explainer->parsed()) {
       set_threads(0);
-      if (std::filesystem::is_directory(explain_args.checkpoint) && !explain_args.images.empty()) {
-        explain_args.checkpoint = (std::filesystem::path(explain_args.checkpoint) / "last.pt").string();
-      }
       return run_explain(explain_args);
     }
     if (reporter->parsed()) {
@@ -674,8 +928,9 @@ int main(int argc, char** argv) {
       return run_bench(bench_args, std::filesystem::read_symlink("/proc/self/exe").string());
     }
     if (exporter->parsed()) return run_export(export_checkpoint, export_format, export_out);
-    std::cout << app.help();
-    return 0;
+    // No command: the usage, and a usage error's exit code (nothing was done).
+    std::cerr << app.help();
+    return kExitUsage;
   } catch (const std::invalid_argument& e) {
     std::cerr << "batchcam: error: " << e.what() << "\n";
     return kExitUsage;

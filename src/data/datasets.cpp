@@ -124,6 +124,46 @@ Dataset first_n(const Dataset& d, int64_t n) {
   return out;
 }
 
+// The images (bilinear; antialiased when shrinking) and masks (nearest) at size x size.
+Dataset resized(const Dataset& d, int64_t size) {
+  if (d.size() == 0 || (d.height() == size && d.width() == size)) return d;
+  namespace F = torch::nn::functional;
+  const bool shrink = size < d.height() || size < d.width();
+  Dataset out = d;
+  // In chunks, so that the float copy stays small whatever the dataset's size.
+  std::vector<torch::Tensor> chunks;
+  for (const auto& chunk : d.images.split(1024)) {
+    chunks.push_back(F::interpolate(chunk.to(torch::kFloat32), F::InterpolateFuncOptions()
+                                                                    .size(std::vector<int64_t>{size, size})
+                                                                    .mode(torch::kBilinear)
+                                                                    .align_corners(false)
+                                                                    .antialias(shrink))
+                         .round()
+                         .clamp(0, 255)
+                         .to(torch::kUInt8));
+  }
+  out.images = torch::cat(chunks).contiguous();
+  const auto mask = [&](const torch::Tensor& m) {
+    if (!m.defined()) return m;
+    return F::interpolate(m.unsqueeze(1).to(torch::kFloat32),
+                          F::InterpolateFuncOptions().size(std::vector<int64_t>{size, size}).mode(torch::kNearest))
+        .squeeze(1)
+        .gt(0.5)
+        .contiguous();
+  };
+  out.object_masks = mask(d.object_masks);
+  out.decoy_masks = mask(d.decoy_masks);
+  return out;
+}
+
+// A fixed-size dataset at the requested side (0 = as stored).
+DatasetSplits at_size(DatasetSplits s, int64_t size) {
+  if (size <= 0) return s;
+  s.train = resized(s.train, size);
+  s.test = resized(s.test, size);
+  return s;
+}
+
 DatasetSplits mnist_like(const std::string& name, const std::string& dir, const DatasetOptions& o) {
   const bool fashion = name.find("fashion") != std::string::npos;
   const auto& files = fashion ? kFashionFiles : kMnistFiles;
@@ -253,18 +293,18 @@ DatasetSplits load_dataset(const DatasetOptions& o) {
     ShapesOptions s;
     s.train_size = o.train_size > 0 ? o.train_size : s.train_size;
     s.test_size = o.test_size > 0 ? o.test_size : s.test_size;
-    s.image_size = o.image_size;
+    s.image_size = o.image_size > 0 ? o.image_size : s.image_size;
     s.seed = o.seed;
     s.spurious = o.spurious;
     return make_shapes(s);
   }
   if (o.name == "mnist" || o.name == "fashion-mnist" || o.name == "decoy-mnist" || o.name == "decoy-fashion") {
-    return mnist_like(o.name, dir, o);
+    return at_size(mnist_like(o.name, dir, o), o.image_size);
   }
-  if (o.name == "cifar10") return cifar10(dir, o);
+  if (o.name == "cifar10") return at_size(cifar10(dir, o), o.image_size);
   if (o.name == "folder") {
     if (dir.empty()) throw std::invalid_argument("dataset 'folder' needs a data directory (--data-dir)");
-    auto s = image_folder(dir, o.image_size, o.seed, o.max_image_pixels);
+    auto s = image_folder(dir, o.image_size > 0 ? o.image_size : kDefaultImageSize, o.seed, o.max_image_pixels);
     s.train = first_n(s.train, o.train_size);
     s.test = first_n(s.test, o.test_size);
     return s;

@@ -175,7 +175,7 @@ double decoy_following(const torch::Tensor& predicted, const torch::Tensor& labe
               decoy_labels.sizes(), " must match");
   const auto misleading = decoy_labels.ne(labels);
   const auto count = misleading.sum().item<int64_t>();
-  if (count == 0) return -1.0;
+  if (count == 0) return kNotAvailable;
   return static_cast<double>(predicted.eq(decoy_labels).logical_and(misleading).sum().item<int64_t>()) /
          static_cast<double>(count);
 }
@@ -212,6 +212,10 @@ EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, 
                          const torch::Tensor& prototypes, const EvalOptions& options) {
   TORCH_CHECK(prototypes.defined(), "evaluate_full needs the class prototypes");
   EvalReport r;
+  const auto phase = [&](const std::string& what) {
+    if (options.on_phase) options.on_phase(what);
+  };
+  phase("evaluation of " + std::to_string(dataset.size()) + " test images (accuracy, CAM metrics)");
   evaluation_pass(model, dataset, norm, prototypes, options.batch_size, &r);
   const bool was_training = model.is_training();
   model.eval();
@@ -220,6 +224,7 @@ EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, 
 
   if (options.faithfulness_count > 0) {
     const auto subset = first_images(dataset, options.faithfulness_count);
+    phase("deletion and insertion curves on " + std::to_string(subset.size()) + " images");
     data::BatchIterator batches(subset, norm, options.batch_size, false, 0, false);
     batches.set_device(device);
     double deletion = 0, insertion = 0;
@@ -240,6 +245,7 @@ EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, 
 
   if (options.randomization_count > 0) {
     const auto subset = first_images(dataset, options.randomization_count);
+    phase("parameter randomisation check on " + std::to_string(subset.size()) + " images");
     data::BatchIterator whole(subset, norm, subset.size(), false, 0, false);
     whole.set_device(device);
     const auto all = whole.get(0);
@@ -278,6 +284,7 @@ EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, 
 
   if (options.timing) {
     const auto subset = first_images(dataset, 512);
+    phase("inference timing on " + std::to_string(subset.size()) + " images");
     data::BatchIterator batches(subset, norm, std::min<int64_t>(options.batch_size, 128), false, 0, false);
     batches.set_device(device);
     const auto time_per_image = [&](const std::function<torch::Tensor(const data::Batch&)>& work) {
@@ -314,21 +321,22 @@ nlohmann::json to_json(const EvalReport& r) {
           {"confusion", r.confusion},
           {"prototype_reconstruction", {{"l1", m.proto_l1}, {"l2", m.proto_l2}, {"ssim", m.proto_ssim}}},
           {"input_reconstruction", {{"l1", r.input_l1}, {"l2", r.input_l2}, {"ssim", r.input_ssim}}},
-          {"object", {{"cam_mass_share", m.object_share}, {"pointing_game", r.object_pointing}}},
+          {"object", {{"cam_mass_share", json_metric(m.object_share)}, {"pointing_game", json_metric(r.object_pointing)}}},
           {"decoy",
-           {{"cam_mass_share", m.decoy_share},
-            {"pointing_game", r.decoy_pointing},
-            {"predicted_class_cam_mass_share", r.decoy_share_predicted},
-            {"predicted_class_pointing_game", r.decoy_pointing_predicted},
-            {"follows_decoy", r.decoy_following}}},
+           {{"cam_mass_share", json_metric(m.decoy_share)},
+            {"pointing_game", json_metric(r.decoy_pointing)},
+            {"predicted_class_cam_mass_share", json_metric(r.decoy_share_predicted)},
+            {"predicted_class_pointing_game", json_metric(r.decoy_pointing_predicted)},
+            {"follows_decoy", json_metric(r.decoy_following)}}},
           {"faithfulness",
-           {{"deletion_auc", r.deletion_auc},
-            {"insertion_auc", r.insertion_auc},
+           {{"deletion_auc", json_metric(r.deletion_auc)},
+            {"insertion_auc", json_metric(r.insertion_auc)},
             {"images", r.faithfulness_count},
             {"steps", r.faithfulness_steps},
             {"baseline", r.faithfulness_baseline}}},
           {"randomization", randomization},
-          {"timing", {{"ms_per_image", r.ms_per_image}, {"ms_per_image_with_cam", r.ms_per_image_with_cam}}}};
+          {"timing",
+           {{"ms_per_image", json_metric(r.ms_per_image)}, {"ms_per_image_with_cam", json_metric(r.ms_per_image_with_cam)}}}};
 }
 
 std::string format_report(const EvalReport& r) {
@@ -338,7 +346,7 @@ std::string format_report(const EvalReport& r) {
     out << "  " << std::left << std::setw(42) << name << value << "\n";
   };
   const auto num = [](double v, int digits = 4) {
-    if (v < 0) return std::string("-");
+    if (!available(v)) return std::string("n/a");
     std::ostringstream s;
     s << std::fixed << std::setprecision(digits) << v;
     return s.str();
@@ -348,19 +356,19 @@ std::string format_report(const EvalReport& r) {
   row("cross-entropy", num(m.loss));
   row("CAM vs prototype  L1 / L2 / SSIM", num(m.proto_l1) + " / " + num(m.proto_l2) + " / " + num(m.proto_ssim));
   row("CAM vs input      L1 / L2 / SSIM", num(r.input_l1) + " / " + num(r.input_l2) + " / " + num(r.input_ssim));
-  if (m.object_share >= 0) row("object: CAM mass share / pointing", num(m.object_share) + " / " + num(r.object_pointing));
-  if (m.decoy_share >= 0) row("decoy:  CAM mass share / pointing", num(m.decoy_share) + " / " + num(r.decoy_pointing));
-  if (r.decoy_share_predicted >= 0) {
+  if (available(m.object_share)) row("object: CAM mass share / pointing", num(m.object_share) + " / " + num(r.object_pointing));
+  if (available(m.decoy_share)) row("decoy:  CAM mass share / pointing", num(m.decoy_share) + " / " + num(r.decoy_pointing));
+  if (available(r.decoy_share_predicted)) {
     row("decoy, predicted class: share / pointing", num(r.decoy_share_predicted) + " / " + num(r.decoy_pointing_predicted));
   }
-  if (r.decoy_following >= 0) row("decoy decides (pred. = decoy's class)", num(r.decoy_following));
-  if (r.deletion_auc >= 0) {
+  if (available(r.decoy_following)) row("decoy decides (pred. = decoy's class)", num(r.decoy_following));
+  if (available(r.deletion_auc)) {
     row("deletion AUC (lower is better)", num(r.deletion_auc));
     row("insertion AUC (higher is better)", num(r.insertion_auc));
     row("  on", std::to_string(r.faithfulness_count) + " images, " + std::to_string(r.faithfulness_steps) +
                     " steps, baseline " + r.faithfulness_baseline);
   }
-  if (r.ms_per_image >= 0) {
+  if (available(r.ms_per_image)) {
     row("inference ms/image, without / with CAM", num(r.ms_per_image, 3) + " / " + num(r.ms_per_image_with_cam, 3));
   }
   if (!r.randomization.empty()) {

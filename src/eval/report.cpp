@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
+#include <limits>
 #include <map>
 #include <sstream>
 
@@ -47,11 +48,17 @@ std::string escape_html(const std::string& s) {
   return out;
 }
 
+// A number with `digits` decimals; "n/a" for a metric that is not available (NaN, null in eval.json).
 std::string fixed(double v, int digits) {
-  if (v < 0) return "&ndash;";
+  if (std::isnan(v)) return "n/a";
   std::ostringstream s;
   s << std::fixed << std::setprecision(digits) << v;
   return s.str();
+}
+
+// A metric of eval.json or metrics.jsonl: null (not available) reads as NaN.
+double number(const nlohmann::json& v) {
+  return v.is_null() ? std::numeric_limits<double>::quiet_NaN() : v.get<double>();
 }
 
 // A "nice" tick step (1, 2 or 5 times a power of ten) giving about `count` ticks.
@@ -112,6 +119,7 @@ std::string line_plot_svg(const std::string& title, const std::string& x_label, 
   double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
   for (const auto& s : series) {
     for (size_t i = 0; i < s.x.size(); ++i) {
+      if (!std::isfinite(s.x[i]) || !std::isfinite(s.y[i])) continue;
       x0 = std::min(x0, s.x[i]), x1 = std::max(x1, s.x[i]);
       y0 = std::min(y0, s.y[i]), y1 = std::max(y1, s.y[i]);
     }
@@ -172,12 +180,16 @@ std::string line_plot_svg(const std::string& title, const std::string& x_label, 
     const auto* c = kPalette[s % 6];
     cairo_set_source_rgb(cr, c[0], c[1], c[2]);
     cairo_set_line_width(cr, 2);
+    // A value that is not available (NaN) leaves a gap in the line.
+    const auto shown = [&](size_t i) { return std::isfinite(series[s].x[i]) && std::isfinite(series[s].y[i]); };
     for (size_t i = 0; i < series[s].x.size(); ++i) {
+      if (!shown(i)) continue;
       const double x = px(series[s].x[i]), y = py(series[s].y[i]);
-      i == 0 ? cairo_move_to(cr, x, y) : cairo_line_to(cr, x, y);
+      i == 0 || !shown(i - 1) ? cairo_move_to(cr, x, y) : cairo_line_to(cr, x, y);
     }
     cairo_stroke(cr);
     for (size_t i = 0; i < series[s].x.size(); ++i) {
+      if (!shown(i)) continue;
       cairo_arc(cr, px(series[s].x[i]), py(series[s].y[i]), 3, 0, 2 * M_PI);
       cairo_fill(cr);
     }
@@ -220,11 +232,29 @@ std::string render_report_html(const ReportInputs& in) {
     << escape_html(c.value("distance_proto", "")) << "), &lambda;<sub>batch</sub> " << c.value("lambda_batch", 0.0)
     << " (" << escape_html(c.value("distance_batch", "")) << "), seed " << c.value("seed", 0) << "</p>\n";
 
+  // What was evaluated, by what.
+  if (in.eval.contains("checkpoint") || in.eval.contains("provenance")) {
+    h << "<p class=\"note\">";
+    if (in.eval.contains("checkpoint")) {
+      const auto& ck = in.eval.at("checkpoint");
+      h << "Evaluated " << escape_html(ck.value("path", "")) << " (epoch " << ck.value("epoch", 0) << ")";
+    }
+    if (in.eval.contains("provenance")) {
+      const auto& p = in.eval.at("provenance");
+      const auto commit = p.value("git_commit", "");
+      h << " with batchcam " << escape_html(p.value("batchcam", "")) << (commit.empty() ? "" : " (" + escape_html(commit) + ")")
+        << ", LibTorch " << escape_html(p.value("libtorch", "")) << ", on " << escape_html(p.value("host", "")) << ", "
+        << escape_html(p.value("device", "")) << ", " << p.value("threads", 0) << " CPU threads, "
+        << escape_html(p.value("time", ""));
+    }
+    h << ".</p>\n";
+  }
+
   // Metrics.
   const auto& e = in.eval;
   const auto get = [&](const char* a, const char* b = nullptr) {
     const auto& v = b ? e.at(a).at(b) : e.at(a);
-    return v.get<double>();
+    return number(v);
   };
   h << "<h2>Test metrics</h2>\n<table>\n";
   const auto row = [&](const std::string& name, const std::string& value) {
@@ -245,18 +275,18 @@ std::string render_report_html(const ReportInputs& in) {
       fixed(get("decoy", "cam_mass_share"), 4) + " / " + fixed(get("decoy", "pointing_game"), 4));
   const auto& decoy = e.at("decoy");  // the predicted-class keys are absent from older eval.json
   row("decoy, CAM of the predicted class: mass share / pointing game",
-      fixed(decoy.value("predicted_class_cam_mass_share", -1.0), 4) + " / " +
-          fixed(decoy.value("predicted_class_pointing_game", -1.0), 4));
+      fixed(number(decoy.value("predicted_class_cam_mass_share", nlohmann::json())), 4) + " / " +
+          fixed(number(decoy.value("predicted_class_pointing_game", nlohmann::json())), 4));
   row("decoy decides: predicted as the decoy's class where it misleads",
-      fixed(decoy.value("follows_decoy", -1.0), 4));
+      fixed(number(decoy.value("follows_decoy", nlohmann::json())), 4));
   const auto& f = e.at("faithfulness");
-  row("deletion AUC (lower is better)", fixed(f.at("deletion_auc").get<double>(), 4));
-  row("insertion AUC (higher is better)", fixed(f.at("insertion_auc").get<double>(), 4));
+  row("deletion AUC (lower is better)", fixed(number(f.at("deletion_auc")), 4));
+  row("insertion AUC (higher is better)", fixed(number(f.at("insertion_auc")), 4));
   row("inference ms/image: without / with CAM",
       fixed(get("timing", "ms_per_image"), 3) + " / " + fixed(get("timing", "ms_per_image_with_cam"), 3));
   h << "</table>\n<p class=\"note\">Deletion/insertion: " << f.at("images").get<int64_t>() << " images, "
     << f.at("steps").get<int64_t>() << " steps, pixels replaced by a " << escape_html(f.at("baseline").get<std::string>())
-    << ". Mass share and pointing game need ground-truth masks (&ndash; where the dataset has none).</p>\n";
+    << ". Mass share and pointing game need ground-truth masks (n/a where the dataset has none).</p>\n";
 
   // Training curves.
   if (!in.history.empty()) {
@@ -266,7 +296,7 @@ std::string render_report_html(const ReportInputs& in) {
       epochs.push_back(m.at("epoch").get<double>());
       for (const char* key : {"train_loss", "train_ce", "train_proto", "train_batch", "train_accuracy", "test_accuracy",
                               "test_proto_ssim", "test_loss"}) {
-        v[key].push_back(m.at(key).get<double>());
+        v[key].push_back(number(m.at(key)));
       }
     }
     const auto percent = [](std::vector<double> xs) {
@@ -346,9 +376,10 @@ std::string render_report_html(const ReportInputs& in) {
 EvalReport write_run_report(const std::string& run_dir, models::CamModel& model, const data::Dataset& test_set,
                             const data::Normalization& norm, const torch::Tensor& prototypes,
                             const nlohmann::json& config, const std::vector<nlohmann::json>& history,
-                            const EvalOptions& options) {
+                            const nlohmann::json& origin, const EvalOptions& options) {
   const auto report = evaluate_full(model, test_set, norm, prototypes, options);
-  const auto eval_json = to_json(report);
+  auto eval_json = to_json(report);
+  for (const auto& [key, value] : origin.items()) eval_json[key] = value;
   train::write_file_atomic((fs::path(run_dir) / "eval.json").string(), eval_json.dump(2) + "\n");
   ReportInputs in;
   in.title = "batchcam run " + fs::path(run_dir).filename().string();
@@ -356,6 +387,7 @@ EvalReport write_run_report(const std::string& run_dir, models::CamModel& model,
   in.history = history;
   in.eval = eval_json;
   in.prototypes_png = io::encode_png(prototype_strip(prototypes.cpu()));
+  if (options.on_phase) options.on_phase("report.html");
   in.class_grids = class_grids(model, test_set, norm);
   train::write_file_atomic((fs::path(run_dir) / "report.html").string(), render_report_html(in));
   return report;

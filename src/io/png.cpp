@@ -27,7 +27,8 @@ std::string encode_png(const torch::Tensor& image) {
               "encode_png expects uint8 [H, W] or [H, W, 3], got ", image.sizes(), " ", image.scalar_type());
   const auto img = image.contiguous().cpu();
   const auto h = static_cast<png_uint_32>(img.size(0)), w = static_cast<png_uint_32>(img.size(1));
-  const int channels = img.dim() == 2 ? 1 : 3;
+  // volatile: read after setjmp below (GCC's -Wclobbered cannot tell that it never changes).
+  const volatile int channels = img.dim() == 2 ? 1 : 3;
   std::string out;
   png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
   png_infop info = png ? png_create_info_struct(png) : nullptr;

@@ -3,6 +3,7 @@
 #include "batchcam/models/convnext_v2.h"
 #include "batchcam/models/resnet.h"
 #include "batchcam/models/simple_cnn.h"
+#include "batchcam/models/torchscript.h"
 
 #include <torch/torch.h>
 
@@ -24,7 +25,14 @@ std::vector<std::string> model_names() {
 CamModelPtr make_model(const ModelSpec& spec) {
   CamModelPtr model;
   const bool small = spec.image_size <= kSmallInputMax;
-  if (spec.name == "simple-cnn") {
+  if (is_torchscript(spec.name)) {
+    auto scripted = std::make_shared<TorchScriptModel>(torchscript_file(spec.name), spec.in_channels, spec.image_size);
+    if (scripted->num_classes() != spec.num_classes) {
+      throw std::runtime_error(torchscript_file(spec.name) + ": head(a) gives " + std::to_string(scripted->num_classes()) +
+                               " logits, the data has " + std::to_string(spec.num_classes) + " classes");
+    }
+    model = scripted;
+  } else if (spec.name == "simple-cnn") {
     model = SimpleCNN(SimpleCNNOptions(spec.in_channels, spec.num_classes)).ptr();
   } else if (spec.name == "resnet18") {
     model = ResNet18(ResNetOptions(spec.in_channels, spec.num_classes).small_input(small)).ptr();
@@ -34,7 +42,7 @@ CamModelPtr make_model(const ModelSpec& spec) {
   } else {
     std::string known;
     for (const auto& n : model_names()) known += (known.empty() ? "" : ", ") + n;
-    throw std::invalid_argument("unknown model '" + spec.name + "'; expected one of: " + known);
+    throw std::invalid_argument("unknown model '" + spec.name + "'; expected one of: " + known + ", or torchscript:FILE");
   }
   if (!spec.target_layer.empty()) model->set_target_layer(spec.target_layer);
   // Convolution weights in channels-last (NHWC) memory: oneDNN's convolutions then produce

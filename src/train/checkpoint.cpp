@@ -1,8 +1,10 @@
 #include "batchcam/train/checkpoint.h"
 
 #include "batchcam/data/datasets.h"
+#include "batchcam/models/torchscript.h"
 
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -12,15 +14,25 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <map>
+#include <set>
+#include <sstream>
 #include <stdexcept>
+#include <string>
 
 namespace batchcam::train {
 
 namespace {
-// v2: an outer archive holding the v1 archive's bytes ("payload") and their SHA-256, so a
-// damaged file is refused rather than loaded with other weights. v1 files still load.
-constexpr const char* kFormat = "batchcam-checkpoint-v1";
+// The file (format 3): a short text header, then the LibTorch archive's bytes (the payload):
+//   batchcam-checkpoint\n format 3\n sha256 <64 hex digits>\n size <bytes>\n \n <payload>
+// The payload is verified before LibTorch parses it: its TorchScript reader can crash on
+// damaged bytes (a fuzzer found a segfault in its type parser), so damage must be refused
+// first. Files of batchcam 0.1 (format 2: an outer LibTorch archive holding the payload and
+// its SHA-256; format 1: the bare archive) still load, without that protection.
+constexpr const char* kFormat = "batchcam-checkpoint-v1";  // the archive's "format" entry
 constexpr const char* kSealedFormat = "batchcam-checkpoint-v2";
+const std::string kMagic = "batchcam-checkpoint\n";
 
 std::string serialize(torch::serialize::OutputArchive& archive) {
   std::string bytes;
@@ -31,34 +43,85 @@ std::string serialize(torch::serialize::OutputArchive& archive) {
   return bytes;
 }
 
-// The checkpoint's archive (the payload of a v2 file, verified; a v1 file as it is) with
-// its tensors on `device`. Throws std::runtime_error naming the path.
+std::string seal(const std::string& payload) {
+  return kMagic + "format 3\nsha256 " + data::sha256_bytes(payload.data(), payload.size()) + "\nsize " +
+         std::to_string(payload.size()) + "\n\n" + payload;
+}
+
+// Where the verified payload of a format-3 file starts; throws std::runtime_error naming
+// the path when the header is unreadable or the content does not match it.
+size_t unseal(const std::string& path, const std::string& file) {
+  const auto damaged = [&](const std::string& what) {
+    return std::runtime_error(path + ": damaged checkpoint (" + what + "); use another checkpoint, e.g. best.pt beside it");
+  };
+  std::istringstream header(file.substr(kMagic.size(), 128));
+  std::string word;
+  int format = 0;
+  if (!(header >> word >> format) || word != "format") throw damaged("unreadable header");
+  if (format > 3) {
+    throw std::runtime_error(path + ": checkpoint format " + std::to_string(format) +
+                             " is newer than this batchcam reads (3); use a newer batchcam");
+  }
+  std::string sum_word, sum, size_word;
+  unsigned long long size = 0;
+  if (format != 3 || !(header >> sum_word >> sum >> size_word >> size) || sum_word != "sha256" ||
+      size_word != "size" || sum.size() != 64) {
+    throw damaged("unreadable header");
+  }
+  const auto body = file.find("\n\n", kMagic.size());
+  if (body == std::string::npos) throw damaged("unreadable header");
+  const size_t start = body + 2;
+  if (file.size() - start != size) {
+    throw damaged("holds " + std::to_string(file.size() - start) + " bytes of content, its header says " +
+                  std::to_string(size) + "; truncated?");
+  }
+  if (data::sha256_bytes(file.data() + start, file.size() - start) != sum) {
+    throw damaged("its content does not match its SHA-256");
+  }
+  return start;
+}
+
+// The checkpoint's archive (verified for format 3 and 2) with its tensors on `device`.
+// Throws std::runtime_error naming the path.
 torch::serialize::InputArchive open_archive(const std::string& path, torch::Device device) {
   if (!std::filesystem::is_regular_file(path)) throw std::runtime_error(path + ": no such checkpoint file");
-  torch::serialize::InputArchive outer;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path + ": cannot read (" + std::strerror(errno) + ")");
+  const std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  torch::serialize::InputArchive archive;
+  if (file.compare(0, kMagic.size(), kMagic) == 0) {
+    const size_t start = unseal(path, file);
+    try {
+      archive.load_from(file.data() + start, file.size() - start, device);
+    } catch (const std::exception&) {
+      throw std::runtime_error(path + ": not a readable checkpoint (corrupt payload)");
+    }
+    return archive;
+  }
+  // batchcam 0.1: a LibTorch archive (format 2 or 1).
   c10::IValue format;
   try {
     // Onto the CPU: a GPU run's optimiser state was saved on its device, and this machine
     // may have none.
-    outer.load_from(path, torch::Device(torch::kCPU));
+    archive.load_from(file.data(), file.size(), torch::Device(torch::kCPU));
   } catch (const std::exception&) {
     throw std::runtime_error(path + ": not a readable checkpoint (truncated or corrupt archive)");
   }
-  if (!outer.try_read("format", format) || !format.isString() ||
+  if (!archive.try_read("format", format) || !format.isString() ||
       (format.toStringRef() != kSealedFormat && format.toStringRef() != kFormat)) {
-    throw std::runtime_error(path + ": not a batchcam checkpoint (expected format " + kSealedFormat + ")");
+    throw std::runtime_error(path + ": not a batchcam checkpoint (expected a file starting with 'batchcam-checkpoint')");
   }
   if (format.toStringRef() == kFormat) {
-    if (device.is_cpu()) return outer;
+    if (device.is_cpu()) return archive;
     torch::serialize::InputArchive on_device;
-    on_device.load_from(path, device);
+    on_device.load_from(file.data(), file.size(), device);
     return on_device;
   }
   c10::IValue sum;
   torch::Tensor payload;
   try {
-    outer.read("sha256", sum);
-    outer.read("payload", payload);
+    archive.read("sha256", sum);
+    archive.read("payload", payload);
   } catch (const std::exception&) {
     throw std::runtime_error(path + ": damaged checkpoint (payload or checksum missing)");
   }
@@ -105,8 +168,10 @@ std::vector<double> tensor_vec(const torch::Tensor& t) {
 }
 
 nlohmann::json spec_json(const models::ModelSpec& s) {
-  return {{"name", s.name}, {"in_channels", s.in_channels}, {"num_classes", s.num_classes},
-          {"image_size", s.image_size}, {"target_layer", s.target_layer}};
+  nlohmann::json j = {{"name", s.name},         {"in_channels", s.in_channels},   {"num_classes", s.num_classes},
+                      {"image_size", s.image_size}, {"target_layer", s.target_layer}};
+  if (!s.script_sha256.empty()) j["script_sha256"] = s.script_sha256;
+  return j;
 }
 }  // namespace
 
@@ -157,6 +222,102 @@ void export_state_dict(models::CamModel& model, const std::string& path) {
   write_file_atomic(path, std::string(bytes.begin(), bytes.end()));
 }
 
+namespace {
+std::string shape_text(const torch::Tensor& t) {
+  std::string text = "[";
+  for (int64_t d = 0; d < t.dim(); ++d) text += (d ? ", " : "") + std::to_string(t.size(d));
+  return text + "]";
+}
+
+// "a, b, c and 4 more"
+std::string first_few(const std::vector<std::string>& items) {
+  std::string text;
+  for (size_t i = 0; i < items.size() && i < 5; ++i) text += (i ? ", " : "") + items[i];
+  if (items.size() > 5) text += " and " + std::to_string(items.size() - 5) + " more";
+  return text;
+}
+}  // namespace
+
+std::vector<std::string> load_initial_weights(models::CamModel& model, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path + ": cannot read (" + std::strerror(errno) + ")");
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  c10::IValue loaded;
+  try {
+    loaded = torch::pickle_load(bytes);
+  } catch (const std::exception& e) {
+    // LibTorch 1.13 cannot read the OrderedDict that model.state_dict() returns (its metadata).
+    const std::string what = e.what();
+    throw std::runtime_error(path + ": LibTorch " + TORCH_VERSION + " cannot read it (" +
+                             what.substr(0, what.find('\n')) +
+                             "); save the weights as a plain dict: torch.save(dict(model.state_dict()), FILE)");
+  }
+  if (!loaded.isGenericDict()) throw std::runtime_error(path + ": expected a dict name -> tensor (model.state_dict())");
+  std::map<std::string, torch::Tensor> file;
+  for (const auto& item : loaded.toGenericDict()) {
+    if (!item.key().isString() || !item.value().isTensor()) {
+      throw std::runtime_error(path + ": expected a dict name -> tensor (model.state_dict())");
+    }
+    file[item.key().toStringRef()] = item.value().toTensor();
+  }
+  // The model's tensors in registration order: parameters, then buffers.
+  std::vector<std::pair<std::string, torch::Tensor>> wanted;
+  for (const auto& p : model.named_parameters()) wanted.emplace_back(p.key(), p.value());
+  const size_t parameter_count = wanted.size();
+  for (const auto& b : model.named_buffers()) wanted.emplace_back(b.key(), b.value());
+  size_t first_conv = wanted.size();
+  for (size_t i = 0; i < parameter_count && first_conv == wanted.size(); ++i) {
+    if (wanted[i].second.dim() == 4) first_conv = i;
+  }
+  std::vector<std::string> missing, misshaped, notes, skipped;
+  std::set<std::string> used;
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> copies;  // (into, from), done when all are checked
+  for (size_t i = 0; i < wanted.size(); ++i) {
+    const auto& [name, tensor] = wanted[i];
+    const auto it = file.find(name);
+    if (it == file.end()) {
+      missing.push_back(name);
+      continue;
+    }
+    used.insert(name);
+    const auto& from = it->second;
+    if (from.sizes() == tensor.sizes()) {
+      copies.emplace_back(tensor, from);
+    } else if (i + 2 >= parameter_count && i < parameter_count && from.dim() == tensor.dim() &&
+               from.dim() >= 1 && from.sizes().slice(1) == tensor.sizes().slice(1)) {
+      skipped.push_back(name);  // the classifier of another class count
+    } else if (i == first_conv && from.dim() == 4 && from.size(1) == 3 && tensor.size(1) == 1 &&
+               from.size(0) == tensor.size(0) && from.size(2) == tensor.size(2) && from.size(3) == tensor.size(3)) {
+      copies.emplace_back(tensor, from.sum(1, /*keepdim=*/true));
+      notes.push_back(name + ": the RGB weights " + shape_text(from) + " summed for 1-channel input");
+    } else {
+      misshaped.push_back(name + " " + shape_text(from) + " (the model has " + shape_text(tensor) + ")");
+    }
+  }
+  std::vector<std::string> unexpected;
+  for (const auto& [name, tensor] : file) {
+    if (!used.count(name)) unexpected.push_back(name);
+  }
+  if (!missing.empty() || !unexpected.empty() || !misshaped.empty()) {
+    std::string problems;
+    const auto add = [&](const std::string& what, const std::vector<std::string>& keys) {
+      if (!keys.empty()) problems += (problems.empty() ? "" : "; ") + what + " " + first_few(keys);
+    };
+    add("missing", missing);
+    add("unexpected", unexpected);
+    add("mis-shaped", misshaped);
+    throw std::runtime_error(path + ": does not fit model " + model.name() + ": " + problems);
+  }
+  if (!skipped.empty()) {
+    notes.push_back(first_few(skipped) + ": kept their initialisation (the file's classifier has " +
+                    std::to_string(file.at(skipped.front()).size(0)) + " classes, the model " +
+                    std::to_string(model.num_classes()) + ")");
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [into, from] : copies) into.copy_(from);
+  return notes;
+}
+
 void save_checkpoint(const std::string& path, models::CamModel& model, const models::ModelSpec& spec,
                      const TrainConfig& config, int64_t epoch, const data::Normalization& normalization,
                      const torch::Tensor& prototypes, const TrainingState& state) {
@@ -183,13 +344,7 @@ void save_checkpoint(const std::string& path, models::CamModel& model, const mod
   // Serialised in memory, then written by write_file_atomic: LibTorch's own file writer
   // throws again from its destructor when a write fails (disk full, file-size limit), which
   // terminates the process instead of reporting the error.
-  auto payload = serialize(archive);
-  torch::serialize::OutputArchive sealed;
-  sealed.write("format", c10::IValue(std::string(kSealedFormat)));
-  sealed.write("sha256", c10::IValue(data::sha256_bytes(payload.data(), payload.size())));
-  sealed.write("payload",
-               torch::from_blob(payload.data(), {static_cast<int64_t>(payload.size())}, torch::kUInt8));
-  write_file_atomic(path, serialize(sealed));
+  write_file_atomic(path, seal(serialize(archive)));
 }
 
 Checkpoint load_checkpoint(const std::string& path, torch::Device device) {
@@ -211,6 +366,10 @@ Checkpoint load_checkpoint(const std::string& path, torch::Device device) {
     ck.spec.num_classes = s.at("num_classes").get<int64_t>();
     ck.spec.image_size = s.at("image_size").get<int64_t>();
     ck.spec.target_layer = s.at("target_layer").get<std::string>();
+    ck.spec.script_sha256 = s.value("script_sha256", "");
+    // The size the model was built for; batchcam 0.1 recorded 28 in the configuration of
+    // datasets whose size it did not change (CIFAR-10's 32).
+    ck.config.image_size = ck.spec.image_size;
     ck.epoch = epoch.toInt();
     c10::IValue step, progress;
     if (archive.try_read("step", step)) ck.step = step.toInt();
@@ -227,6 +386,18 @@ Checkpoint load_checkpoint(const std::string& path, torch::Device device) {
     ck.normalization.mean = tensor_vec(mean);
     ck.normalization.std = tensor_vec(stdev);
     if (archive.try_read("prototypes", protos)) ck.prototypes = protos;
+    if (!ck.spec.script_sha256.empty()) {
+      // The weights belong to the module of that file as it was: a changed file is refused.
+      const auto file = models::torchscript_file(ck.spec.name);
+      if (!std::filesystem::is_regular_file(file)) {
+        throw std::runtime_error("its TorchScript model " + file + " is missing (SHA-256 " + ck.spec.script_sha256 + ")");
+      }
+      const auto sum = data::sha256_file(file);
+      if (sum != ck.spec.script_sha256) {
+        throw std::runtime_error("its TorchScript model " + file + " has changed since (SHA-256 " + sum +
+                                 ", the checkpoint's " + ck.spec.script_sha256 + ")");
+      }
+    }
     ck.model = models::make_model(ck.spec);
     torch::NoGradGuard no_grad;
     const auto restore = [&](const torch::OrderedDict<std::string, torch::Tensor>& tensors, bool is_buffer) {

@@ -1,6 +1,7 @@
 #include "batchcam/train/config.h"
 
 #include "batchcam/data/datasets.h"
+#include "batchcam/models/torchscript.h"
 
 #include <algorithm>
 #include <cmath>
@@ -50,6 +51,7 @@ void for_each_field(TrainConfig& c, F&& f) {
   f("max_image_pixels", c.max_image_pixels);
   f("model", c.model);
   f("target_layer", c.target_layer);
+  f("init_weights", c.init_weights);
   f("epochs", c.epochs);
   f("batch_size", c.batch_size);
   f("optimizer", c.optimizer);
@@ -78,6 +80,7 @@ void for_each_field(TrainConfig& c, F&& f) {
   f("out_dir", c.out_dir);
   f("run_name", c.run_name);
   f("log_every", c.log_every);
+  f("report", c.report);
 }
 
 void require(bool ok, const std::string& field, const std::string& expected) {
@@ -98,7 +101,8 @@ void TrainConfig::validate() const {
   const bool digits = dataset == "mnist" || dataset == "decoy-mnist";
   require(!(digits && augment == Augment::shift_flip), "augment",
           "none or shift for digits (a flipped digit is another glyph)");
-  require(image_size >= 16 && image_size <= 512, "image_size", "in [16, 512]");
+  require(image_size == 0 || (image_size >= 16 && image_size <= 512), "image_size",
+          "0 (the dataset's own size) or in [16, 512]");
   require(max_image_pixels >= 1 && max_image_pixels <= (int64_t{1} << 36), "max_image_pixels", "in [1, 2^36]");
   require(epochs >= 1 && epochs <= 100000, "epochs", "in [1, 100000]");
   require(batch_size >= 2 && batch_size <= 1000000, "batch_size", "in [2, 1000000]");
@@ -127,6 +131,8 @@ void TrainConfig::validate() const {
   require(cam_warmup_epochs < epochs || (lambda_proto == 0.0 && lambda_batch == 0.0), "cam_warmup_epochs",
           "< epochs while a CAM loss is on (otherwise the CAM losses never start)");
   require(log_every >= 1 && log_every <= 1000000, "log_every", "in [1, 1000000]");
+  require(init_weights.empty() || !models::is_torchscript(model), "init_weights",
+          "empty for a TorchScript model (its file carries its weights)");
 }
 
 nlohmann::json to_json(const TrainConfig& config) {
@@ -164,6 +170,7 @@ TrainConfig config_from_json(const nlohmann::json& j) {
     };
   });
   for (const auto& [key, value] : j.items()) {
+    if (key == kProvenanceKey) continue;  // written with the configuration, not part of it
     auto it = setters.find(key);
     if (it == setters.end()) throw std::invalid_argument("config: unknown key '" + key + "'");
     it->second(value);

@@ -30,7 +30,7 @@ std::string default_run_name(const TrainConfig& c) {
 }
 }  // namespace
 
-RunDirectory RunDirectory::create(const TrainConfig& c) {
+RunDirectory RunDirectory::create(const TrainConfig& c, const nlohmann::json& provenance) {
   const std::string name = c.run_name.empty() ? default_run_name(c) : c.run_name;
   fs::path dir = fs::path(c.out_dir) / name;
   if (c.run_name.empty()) {
@@ -51,7 +51,7 @@ RunDirectory RunDirectory::create(const TrainConfig& c) {
   }
   fs::remove(probe, ec);
   RunDirectory run(dir.string());
-  write_file_atomic((dir / "config.json").string(), to_json(c).dump(2) + "\n");
+  run.write_config(c, provenance);
   return run;
 }
 
@@ -106,15 +106,27 @@ void RunDirectory::write_metrics(const std::vector<EpochMetrics>& history) {
   write_file_atomic((fs::path(path_) / "metrics.jsonl").string(), lines);
 }
 
-void RunDirectory::write_final(Trainer& trainer) {
+void RunDirectory::write_config(const TrainConfig& config, const nlohmann::json& provenance) {
+  auto j = to_json(config);
+  j[kProvenanceKey] = provenance;
+  write_file_atomic((fs::path(path_) / "config.json").string(), j.dump(2) + "\n");
+}
+
+void RunDirectory::write_final(Trainer& trainer, const std::function<void(const std::string&)>& on_phase) {
   const auto& test = trainer.splits().test;
+  if (on_phase) on_phase("pictures (prototypes.png, samples.png)");
   io::write_png((fs::path(path_) / "prototypes.png").string(), eval::prototype_strip(trainer.prototypes().cpu()));
   io::write_png((fs::path(path_) / "samples.png").string(),
                 eval::cam_examples(trainer.model(), test, trainer.normalization()));
   std::vector<nlohmann::json> history;
   for (const auto& m : trainer.history()) history.push_back(to_json(m));
+  eval::EvalOptions options;
+  options.on_phase = on_phase;
+  const nlohmann::json origin = {
+      {"checkpoint", {{"path", last_checkpoint()}, {"epoch", trainer.epochs_done()}}},
+      {"provenance", core::provenance(trainer.device())}};
   eval::write_run_report(path_, trainer.model(), test, trainer.normalization(), trainer.prototypes(),
-                         to_json(trainer.config()), history);
+                         to_json(trainer.config()), history, origin, options);
 }
 
 }  // namespace batchcam::train

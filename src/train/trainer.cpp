@@ -1,8 +1,11 @@
 #include "batchcam/train/trainer.h"
 
+#include "batchcam/models/torchscript.h"
+
 #include "batchcam/cam/grad_cam.h"
 #include "batchcam/data/datasets.h"
 #include "batchcam/losses/cam_losses.h"
+#include "batchcam/models/torchscript.h"
 #include "batchcam/train/run_directory.h"
 
 #include <torch/torch.h>
@@ -82,8 +85,8 @@ nlohmann::json to_json(const EpochMetrics& m) {
           {"test_proto_l1", m.test.proto_l1},
           {"test_proto_l2", m.test.proto_l2},
           {"test_proto_ssim", m.test.proto_ssim},
-          {"test_object_share", m.test.object_share},
-          {"test_decoy_share", m.test.decoy_share},
+          {"test_object_share", eval::json_metric(m.test.object_share)},
+          {"test_decoy_share", eval::json_metric(m.test.decoy_share)},
           {"seconds", m.seconds}};
 }
 
@@ -109,8 +112,13 @@ EpochMetrics epoch_metrics_from_json(const nlohmann::json& j) {
   m.test.proto_l1 = number("test_proto_l1");
   m.test.proto_l2 = number("test_proto_l2");
   m.test.proto_ssim = number("test_proto_ssim");
-  m.test.object_share = number("test_object_share");
-  m.test.decoy_share = number("test_decoy_share");
+  // Shares are never negative: batchcam 0.1 wrote -1 where they were not available.
+  const auto share = [&](const char* key) {
+    const double v = number(key);
+    return v < 0 ? eval::kNotAvailable : v;
+  };
+  m.test.object_share = share("test_object_share");
+  m.test.decoy_share = share("test_decoy_share");
   m.seconds = number("seconds");
   return m;
 }
@@ -133,8 +141,17 @@ Trainer::Trainer(const TrainConfig& config, const data::DatasetSplits& splits, t
   config_.validate();
   const auto& train_set = splits.train;
   spec_ = {config_.model, train_set.channels(), train_set.num_classes(), train_set.height(), config_.target_layer};
+  if (models::is_torchscript(config_.model)) {
+    const auto file = models::torchscript_file(config_.model);
+    if (!fs::is_regular_file(file)) throw std::runtime_error(file + ": no such TorchScript file (--model " + config_.model + ")");
+    spec_.script_sha256 = data::sha256_file(file);  // checkpoints refuse a changed file
+  }
   // Initialised on the CPU from the run's seed, so the weights are the same on every device.
   model_ = core::with_cpu_seed(config_.seed, [&] { return models::make_model(spec_); });
+  if (!config_.init_weights.empty()) {
+    notes_ = load_initial_weights(*model_, config_.init_weights);
+    notes_.insert(notes_.begin(), "initial weights: " + config_.init_weights);
+  }
   norm_ = data::Normalization::fit(train_set.images);
   prototypes_ = losses::image_prototypes(train_set.images, train_set.labels, train_set.num_classes());
   set_up(splits);
@@ -322,6 +339,8 @@ StepInfo Trainer::read_progress() {
   info.proto = v[kProto] / seen;
   info.batch = v[kBatch] / seen;
   info.accuracy = v[kCorrect] / seen;
+  info.lambda_proto = objective_.lambda_proto;
+  info.lambda_batch = objective_.lambda_batch;
   info.fresh = true;
   last_read_ = info;
   return info;
@@ -330,7 +349,9 @@ StepInfo Trainer::read_progress() {
 bool Trainer::run_epoch(const std::function<void(const StepInfo&)>& on_step, const std::function<bool()>& should_stop) {
   while (step_ < steps_) {
     step(batches_->get(step_));
-    const bool read = step_ == steps_ || step_ % config_.log_every == 0;
+    // Read every log_every steps, at the epoch's end, and at its first step (so that the
+    // first progress line shows this epoch's loss, not zeros or the last epoch's).
+    const bool read = step_ == steps_ || step_ % config_.log_every == 0 || step_ == epoch_first_step_ + 1;
     StepInfo info = read ? read_progress() : last_read_;
     if (!read) info.fresh = false;
     info.step = step_;
@@ -413,6 +434,9 @@ TrainResult drive(Trainer& trainer, RunDirectory& files, const TrainCallbacks& c
   result.best_checkpoint = files.best_checkpoint();
   result.device = core::device_name(trainer.device());
   if (callbacks.on_start) callbacks.on_start(files.path());
+  if (callbacks.on_notice) {
+    for (const auto& note : trainer.notes()) callbacks.on_notice(note);
+  }
   const auto stop_requested = [&] { return callbacks.should_stop && callbacks.should_stop(); };
   while (!trainer.finished()) {
     if (!trainer.run_epoch(callbacks.on_step, stop_requested)) {
@@ -437,8 +461,10 @@ TrainResult drive(Trainer& trainer, RunDirectory& files, const TrainCallbacks& c
     }
   }
   if (callbacks.on_final_outputs) callbacks.on_final_outputs();
-  files.write_final(trainer);
-  result.report = files.report();
+  if (trainer.config().report) {
+    files.write_final(trainer, callbacks.on_final_phase);
+    result.report = files.report();
+  }
   result.history = trainer.history();
   result.train_seconds = trainer.train_seconds();
   return result;
@@ -453,8 +479,10 @@ TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks) {
   // Data, model and target layer are checked before the run directory exists, so that a
   // failed start leaves no directory behind.
   const auto splits = load_dataset(config);
-  Trainer trainer(config, splits, device);
-  auto files = RunDirectory::create(config);
+  TrainConfig recorded = config;
+  recorded.image_size = splits.train.height();  // the size used, also when asked for by 0
+  Trainer trainer(recorded, splits, device);
+  auto files = RunDirectory::create(recorded, core::provenance(device));
   return drive(trainer, files, callbacks);
 }
 
@@ -465,12 +493,24 @@ TrainResult resume(const std::string& run_dir, const TrainCallbacks& callbacks, 
   const auto ck = load_checkpoint(path);
   TrainConfig config = ck.config;
   if (!options.device.empty()) config.device = options.device;
+  const bool extended = options.epochs > 0 && options.epochs != config.epochs;
+  if (options.epochs > 0) {
+    // A mid-epoch checkpoint has started epoch ck.epoch + 1: that one must be kept.
+    const int64_t least = ck.step > 0 ? ck.epoch + 1 : std::max<int64_t>(ck.epoch, 1);
+    if (options.epochs < least) {
+      throw std::invalid_argument("--epochs " + std::to_string(options.epochs) + ": " + run_dir + " has trained " +
+                                  std::to_string(ck.epoch) + (ck.step > 0 ? " epochs and part of the next" : " epochs") +
+                                  "; a resumed run can only be extended (--epochs >= " + std::to_string(least) + ")");
+    }
+    config.epochs = options.epochs;
+  }
   config.validate();
-  if (ck.epoch >= config.epochs && fs::exists(files.report())) {
+  const bool finals_done = !config.report || fs::exists(files.report());
+  if (ck.epoch >= config.epochs && finals_done) {
     throw std::runtime_error(run_dir + ": the run is already complete (" + std::to_string(ck.epoch) + " of " +
-                             std::to_string(config.epochs) + " epochs, report written); to train longer, start a " +
-                             "new run from its configuration: batchcam train --config " +
-                             (fs::path(run_dir) / "config.json").string() + " --epochs N --run-name NEW");
+                             std::to_string(config.epochs) + " epochs" + (config.report ? ", report written" : "") +
+                             "); to train longer: batchcam train --resume " + run_dir + " --epochs N (N > " +
+                             std::to_string(ck.epoch) + ")");
   }
   const auto device = core::resolve_device(config.device);
   auto checkpoint = ck;
@@ -479,6 +519,7 @@ TrainResult resume(const std::string& run_dir, const TrainCallbacks& callbacks, 
   Trainer trainer(checkpoint, path, splits, device);
   // A stop between the last.pt and best.pt commits leaves best.pt an epoch behind.
   if (trainer.last_epoch_was_best()) files.copy_last_to_best();
+  if (extended) files.write_config(config, core::provenance(device));
   return drive(trainer, files, callbacks);
 }
 

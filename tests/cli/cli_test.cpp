@@ -7,11 +7,15 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include <pty.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
+#include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -132,7 +136,7 @@ TEST(Cli, EnvReportsTheThreadsTheProcessMayUse) {
                      "env -u OMP_NUM_THREADS taskset -c 0");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("(1 CPU thread)"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("s on cpu."), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("epochs on cpu."), std::string::npos) << r.out;
   std::filesystem::remove_all(dir);
 }
 
@@ -306,9 +310,9 @@ TEST(Cli, RunKilledMidEpochAndResumedEndsWithTheSameWeights) {
   ASSERT_EQ(r.code, 0) << r.out;
   expect_same_weights((dir / "full" / "last.pt").string(), (dir / "killed" / "last.pt").string());
   // --resume takes the saved configuration: other flags are refused.
-  const auto bad = run("train --resume " + (dir / "killed").string() + " --epochs 9");
+  const auto bad = run("train --resume " + (dir / "killed").string() + " --lr 0.5");
   EXPECT_EQ(bad.code, 2) << bad.out;
-  EXPECT_NE(bad.out.find("--epochs"), std::string::npos) << bad.out;
+  EXPECT_NE(bad.out.find("--lr cannot be combined"), std::string::npos) << bad.out;
   std::filesystem::remove_all(dir);
 }
 
@@ -432,7 +436,7 @@ TEST(Cli, ASignalWhileTheFinalReportIsWrittenStopsAtOnceAndResumeFinishesIt) {
                           log);
   bool reached = false;
   for (int i = 0; i < 1200 && !reached; ++i) {
-    reached = read_text(log).find("writing the final evaluation") != std::string::npos;
+    reached = read_text(log).find("final outputs: ") != std::string::npos;
     if (!reached) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   ASSERT_TRUE(reached) << read_text(log);
@@ -449,4 +453,241 @@ TEST(Cli, ASignalWhileTheFinalReportIsWrittenStopsAtOnceAndResumeFinishesIt) {
   EXPECT_EQ(again.code, 1) << again.out;
   EXPECT_NE(again.out.find("already complete"), std::string::npos) << again.out;
   fs::remove_all(dir);
+}
+
+// Issue 16: what a new user trips over.
+
+namespace {
+// Runs the CLI on a pseudo-terminal `columns` wide; everything it wrote there.
+std::string run_on_terminal(const std::vector<std::string>& args, int columns) {
+  winsize size{};
+  size.ws_row = 24;
+  size.ws_col = static_cast<unsigned short>(columns);
+  int terminal = -1;
+  const pid_t pid = ::forkpty(&terminal, nullptr, nullptr, &size);
+  if (pid == 0) {
+    std::vector<char*> argv{const_cast<char*>(BATCHCAM_CLI)};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(BATCHCAM_CLI, argv.data());
+    ::_exit(127);
+  }
+  std::string out;
+  std::array<char, 4096> buf{};
+  for (;;) {
+    const ssize_t n = ::read(terminal, buf.data(), buf.size());
+    if (n > 0) {
+      out.append(buf.data(), static_cast<size_t>(n));
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else {
+      break;  // EIO once the program has exited and closed the terminal
+    }
+  }
+  ::close(terminal);
+  EXPECT_EQ(wait_exit(pid), 0) << out;
+  return out;
+}
+
+// The text a terminal shows for each '\r'- or '\n'-separated piece, escape sequences removed.
+std::vector<std::string> terminal_pieces(const std::string& out) {
+  std::vector<std::string> pieces(1);
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (out[i] == '\033' && i + 1 < out.size() && out[i + 1] == '[') {
+      i += 2;
+      while (i < out.size() && !std::isalpha(static_cast<unsigned char>(out[i]))) ++i;
+    } else if (out[i] == '\r' || out[i] == '\n') {
+      if (!pieces.back().empty()) pieces.emplace_back();
+    } else {
+      pieces.back() += out[i];
+    }
+  }
+  return pieces;
+}
+
+std::filesystem::path temp_dir(const std::string& name) {
+  const auto dir = std::filesystem::temp_directory_path() / ("batchcam-" + name + "-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  return dir;
+}
+}  // namespace
+
+TEST(NewUser, TheProgressLineFitsAn80ColumnTerminalUpdatesInPlaceAndShowsOnlyTermsThatAreOn) {
+  const auto dir = temp_dir("tty");
+  const auto out = run_on_terminal({"train", "--train-size", "320", "--test-size", "32", "--batch-size", "32",
+                                    "--epochs", "1", "--log-every", "1", "--out-dir", dir.string()},
+                                   80);
+  int progress = 0;
+  for (const auto& piece : terminal_pieces(out)) {
+    if (piece.rfind("epoch 1/1 [", 0) != 0) continue;
+    ++progress;
+    EXPECT_LE(piece.size(), 79u) << "wraps at 80 columns: '" << piece << "'";
+    EXPECT_NE(piece.find("ETA "), std::string::npos) << piece;
+    EXPECT_NE(piece.find("proto "), std::string::npos) << "the Prototype Loss is on by default: " << piece;
+    EXPECT_EQ(piece.find("batch "), std::string::npos) << "the Batch-CAM Loss is off by default: " << piece;
+  }
+  EXPECT_EQ(progress, 10) << "one in-place update per step:\n" << out;
+  // A wider terminal has room for the speed too.
+  const auto wide = run_on_terminal({"train", "--train-size", "64", "--test-size", "16", "--batch-size", "32", "--epochs",
+                                     "1", "--no-report", "--out-dir", dir.string()},
+                                    120);
+  EXPECT_NE(wide.find(" img/s ETA "), std::string::npos) << wide;
+  // Redrawn in place: no newline between the first and the last drawing of the line.
+  const auto first = out.find("epoch 1/1 ["), last = out.rfind("epoch 1/1 [");
+  EXPECT_EQ(out.substr(first, last - first).find('\n'), std::string::npos) << out;
+  EXPECT_NE(out.find("final outputs: evaluation of 32 test images"), std::string::npos) << out;
+  EXPECT_NE(out.find("final outputs: report.html"), std::string::npos) << out;
+  std::filesystem::remove_all(dir);
+}
+
+TEST(NewUser, APipeGetsProgressLinesForTheFinalOutputsAndTheSummaryGivesBothTimes) {
+  const auto dir = temp_dir("pipe");
+  const auto r = run("train --train-size 128 --test-size 32 --batch-size 32 --epochs 1 --out-dir " + dir.string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (const char* part : {"final outputs: evaluation of 32 test images", "final outputs: deletion and insertion",
+                           "final outputs: parameter randomisation check", "final outputs: report.html",
+                           "training time", "total time"}) {
+    EXPECT_NE(r.out.find(part), std::string::npos) << part << " missing from:\n" << r.out;
+  }
+  EXPECT_EQ(r.out.find("batch 0.0000"), std::string::npos) << r.out;
+  std::filesystem::remove_all(dir);
+}
+
+TEST(NewUser, NoReportSkipsTheFinalOutputsAndSaysHowToWriteThem) {
+  const auto dir = temp_dir("noreport");
+  const auto r = run("train --quiet --no-report --train-size 64 --test-size 16 --batch-size 32 --epochs 1 --out-dir " +
+                     dir.string() + " --run-name n");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_FALSE(std::filesystem::exists(dir / "n" / "report.html"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "n" / "eval.json"));
+  EXPECT_NE(r.out.find("batchcam report " + (dir / "n" / "last.pt").string()), std::string::npos) << r.out;
+  const auto again = run("train --quiet --resume " + (dir / "n").string());
+  EXPECT_EQ(again.code, 1) << again.out;
+  EXPECT_NE(again.out.find("already complete"), std::string::npos) << again.out;
+  const auto report = run("report " + (dir / "n" / "last.pt").string());
+  ASSERT_EQ(report.code, 0) << report.out;
+  for (const char* file : {"report.html", "eval.json", "prototypes.png", "samples.png"}) {
+    EXPECT_TRUE(std::filesystem::exists(dir / "n" / file)) << file;
+  }
+  const auto eval_json = nlohmann::json::parse(read_text((dir / "n" / "eval.json").string()));
+  EXPECT_EQ(eval_json.at("checkpoint").at("path").get<std::string>(), (dir / "n" / "last.pt").string());
+  std::filesystem::remove_all(dir);
+}
+
+TEST(NewUser, AFailedStartLeavesNoRunDirectory) {
+  const auto dir = temp_dir("failed");
+  for (const std::string args : {"--target-layer nope", "--dataset folder --data-dir /nonexistent/images",
+                                 "--dataset cifar10 --data-dir /nonexistent/cifar"}) {
+    const auto r = run("train --quiet " + args + " --out-dir " + dir.string());
+    EXPECT_NE(r.code, 0) << args << ": " << r.out;
+    EXPECT_EQ(count_lines(r.out), 1) << args << ": " << r.out;
+    EXPECT_FALSE(std::filesystem::exists(dir)) << args << ": left " << dir;
+  }
+}
+
+TEST(NewUser, ResumeWithMoreEpochsContinuesAndEndsWithTheWeightsOfTheLongerRun) {
+  const auto dir = temp_dir("extend");
+  const std::string common = "train --quiet --device cpu --threads 2 --train-size 128 --test-size 32 --batch-size 32 "
+                             "--schedule step --step-size 1 --gamma 0.5 --out-dir " + dir.string();
+  ASSERT_EQ(run(common + " --epochs 3 --run-name long").code, 0);
+  const auto short_run = run(common + " --epochs 1 --run-name short");
+  ASSERT_EQ(short_run.code, 0) << short_run.out;
+  const auto extended = run("train --quiet --resume " + (dir / "short").string() + " --epochs 3");
+  ASSERT_EQ(extended.code, 0) << extended.out;
+  expect_same_weights((dir / "long" / "last.pt").string(), (dir / "short" / "last.pt").string());
+  // The same metrics, epoch by epoch (the times aside).
+  const auto metrics = [&](const std::string& run_name) {
+    std::vector<nlohmann::json> lines;
+    std::istringstream in(read_text((dir / run_name / "metrics.jsonl").string()));
+    for (std::string line; std::getline(in, line);) {
+      auto j = nlohmann::json::parse(line);
+      j.erase("seconds");
+      lines.push_back(j);
+    }
+    return lines;
+  };
+  ASSERT_EQ(metrics("short").size(), 3u);
+  EXPECT_EQ(nlohmann::json(metrics("short")).dump(), nlohmann::json(metrics("long")).dump());
+  const auto config = nlohmann::json::parse(read_text((dir / "short" / "config.json").string()));
+  EXPECT_EQ(config.at("epochs").get<int>(), 3) << "config.json follows the extension";
+  // Fewer epochs than done: refused, naming what is possible.
+  const auto fewer = run("train --quiet --resume " + (dir / "short").string() + " --epochs 2");
+  EXPECT_EQ(fewer.code, 2) << fewer.out;
+  EXPECT_NE(fewer.out.find("can only be extended (--epochs >= 3)"), std::string::npos) << fewer.out;
+  std::filesystem::remove_all(dir);
+}
+
+TEST(NewUser, MessagesSayWhatIsExpectedAndSuggestTheNearestName) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"train --lr -1", "--lr: must be > 0, got -1"},
+      {"train --epochs=abc", "--epochs: must be an integer, got 'abc'"},
+      {"train --epochs 0", "--epochs: must be in [1, 100000], got 0"},
+      {"train --gamma 2", "--gamma: must be in (0, 1], got 2"},
+      {"trian", "did you mean 'train'?"},
+      {"train --epoch 3", "did you mean '--epochs'?"},
+      {"eval " + std::filesystem::temp_directory_path().string() + " --randomisation-count",
+       "did you mean '--randomization-count'?"},
+      {"train --epochs 0 --quite", "--epochs: must be in [1, 100000], got 0 (see"}};  // no suggestion for a value
+  for (const auto& [args, expected] : cases) {
+    const auto r = run(args);
+    EXPECT_EQ(r.code, 2) << args << ": " << r.out;
+    EXPECT_EQ(count_lines(r.out), 1) << args << ": " << r.out;
+    EXPECT_NE(r.out.find(expected), std::string::npos) << args << ": " << r.out;
+    EXPECT_EQ(r.out.find("1.79769"), std::string::npos) << args << ": " << r.out;
+  }
+  // No arguments: the usage, exit code 2.
+  const auto none = run("");
+  EXPECT_EQ(none.code, 2) << none.out;
+  EXPECT_NE(none.out.find("Usage:"), std::string::npos) << none.out;
+  // A repeated option: the last one wins.
+  const auto dir = temp_dir("repeat");
+  const auto r = run("train --quiet --no-report --train-size 64 --test-size 16 --batch-size 32 --epochs 3 --epochs 02 "
+                     "--out-dir " + dir.string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("for 2 epochs"), std::string::npos) << "the last value, read as decimal: " << r.out;
+  std::filesystem::remove_all(dir);
+}
+
+TEST(NewUser, ARunRecordsItsProvenanceAndEvalSaysWhichCheckpointItEvaluated) {
+  const auto dir = temp_dir("provenance");
+  ASSERT_EQ(run("train --quiet --device cpu --train-size 64 --test-size 16 --batch-size 32 --epochs 1 --out-dir " +
+                dir.string() + " --run-name p").code, 0);
+  const auto config = nlohmann::json::parse(read_text((dir / "p" / "config.json").string()));
+  const auto& p = config.at("provenance");
+  EXPECT_EQ(p.at("batchcam").get<std::string>(), "0.2.0");
+  EXPECT_TRUE(p.contains("git_commit"));
+  EXPECT_EQ(p.at("libtorch").get<std::string>(), TORCH_VERSION);
+  EXPECT_FALSE(p.at("host").get<std::string>().empty());
+  EXPECT_EQ(p.at("device").get<std::string>(), "cpu");
+  EXPECT_GE(p.at("threads").get<int>(), 1);
+  EXPECT_EQ(config.at("image_size").get<int>(), 28) << "the size used is recorded, not 0";
+  const auto eval_json = nlohmann::json::parse(read_text((dir / "p" / "eval.json").string()));
+  EXPECT_EQ(eval_json.at("checkpoint").at("path").get<std::string>(), (dir / "p" / "last.pt").string());
+  EXPECT_EQ(eval_json.at("provenance").at("libtorch").get<std::string>(), TORCH_VERSION);
+  // eval, explain, report and export take RUN_OR_CHECKPOINT: a run means its best.pt, said on stderr.
+  const auto e = run("eval " + (dir / "p").string() + " --json --faithfulness-count 8 --randomization-count 0 --out " +
+                     (dir / "e.json").string());
+  ASSERT_EQ(e.code, 0) << e.out;
+  EXPECT_NE(e.out.find("using " + (dir / "p" / "best.pt").string()), std::string::npos) << e.out;
+  const auto evaluated = nlohmann::json::parse(read_text((dir / "e.json").string()));
+  EXPECT_EQ(evaluated.at("checkpoint").at("path").get<std::string>(), (dir / "p" / "best.pt").string());
+  EXPECT_EQ(evaluated.at("checkpoint").at("epoch").get<int>(), 1);
+  const auto x = run("export " + (dir / "p").string() + " " + (dir / "w.pt").string());
+  ASSERT_EQ(x.code, 0) << x.out;
+  EXPECT_NE(x.out.find("best.pt"), std::string::npos) << x.out;
+  // The run's config.json still repeats the run: the provenance is not a setting.
+  const auto again = run("train --quiet --no-report --config " + (dir / "p" / "config.json").string() + " --run-name q");
+  EXPECT_EQ(again.code, 0) << again.out;
+  std::filesystem::remove_all(dir);
+}
+
+TEST(NewUser, ScriptsDevPrintsItsUsage) {
+  const std::string dev = std::string(BATCHCAM_SOURCE_DIR) + "/scripts/dev";
+  const auto help = batchcam::test_support::run_shell(dev + " --help");
+  EXPECT_EQ(help.code, 0) << help.out;
+  EXPECT_EQ(help.out.rfind("Usage: scripts/dev COMMAND", 0), 0u) << help.out;
+  EXPECT_EQ(help.out.find("set -euo"), std::string::npos) << help.out;
+  const auto unknown = batchcam::test_support::run_shell(dev + " frobnicate");
+  EXPECT_EQ(unknown.code, 2) << unknown.out;
+  EXPECT_NE(unknown.out.find("Usage: scripts/dev"), std::string::npos) << unknown.out;
 }

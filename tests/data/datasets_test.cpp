@@ -433,3 +433,34 @@ TEST(Images, TruncatedJpegsAreRejectedLikeTruncatedPngs) {
   EXPECT_EQ(io::read_image((dir / "whole.jpg").string()).height, 64);
   fs::remove_all(dir);
 }
+
+TEST(ImageSize, FixedSizeDatasetsKeepTheirSizeByDefaultAndAreResizedWhenAsked) {
+  // Decoy-MNIST from small IDX files of 28 x 28 digits (all pixels 100): the images and the
+  // swatch masks follow --image-size; 0 keeps 28.
+  const auto dir = fresh_dir("imagesize");
+  const int n = 20;
+  std::vector<uint8_t> pixels(static_cast<size_t>(n) * 28 * 28, 100), labels(n);
+  for (int i = 0; i < n; ++i) labels[static_cast<size_t>(i)] = static_cast<uint8_t>(i % 10);
+  for (const char* split : {"train", "t10k"}) {
+    write_bytes(dir / (std::string(split) + "-images-idx3-ubyte"), idx_bytes({n, 28, 28}, pixels));
+    write_bytes(dir / (std::string(split) + "-labels-idx1-ubyte"), idx_bytes({n}, labels));
+  }
+  data::DatasetOptions o;
+  o.name = "decoy-mnist";
+  o.dir = dir.string();
+  const auto native = data::load_dataset(o);
+  EXPECT_EQ(native.train.images.sizes(), (torch::IntArrayRef{n, 1, 28, 28}));
+  o.image_size = 56;
+  const auto large = data::load_dataset(o);
+  ASSERT_EQ(large.train.images.sizes(), (torch::IntArrayRef{n, 1, 56, 56}));
+  ASSERT_EQ(large.test.decoy_masks.sizes(), (torch::IntArrayRef{n, 56, 56}));
+  // Doubling: each 4 x 4 swatch becomes 8 x 8 in the same corner, and the digit area keeps its value.
+  EXPECT_EQ(large.train.decoy_masks.sum(torch::IntArrayRef{1, 2}).min().item<int64_t>(), 64);
+  EXPECT_EQ(large.train.decoy_masks.sum(torch::IntArrayRef{1, 2}).max().item<int64_t>(), 64);
+  EXPECT_EQ(large.train.images[0][0][28][28].item<int>(), 100);
+  o.image_size = 14;
+  const auto small = data::load_dataset(o);
+  EXPECT_EQ(small.test.images.sizes(), (torch::IntArrayRef{n, 1, 14, 14}));
+  EXPECT_EQ(small.test.decoy_masks.sum(torch::IntArrayRef{1, 2}).min().item<int64_t>(), 4);
+  fs::remove_all(dir);
+}

@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
+
 using namespace batchcam;
 
 TEST(MassShare, KnownCases) {
@@ -39,7 +41,7 @@ TEST(Evaluate, IsStableAndReportsEveryMetricInRange) {
   EXPECT_LE(a.decoy_share, 1.0);
   EXPECT_TRUE(model->is_training());  // mode restored
   const auto no_cam = eval::evaluate(*model, d, norm, torch::Tensor());
-  EXPECT_EQ(no_cam.object_share, -1.0);
+  EXPECT_TRUE(std::isnan(no_cam.object_share)) << "not available without CAMs";
   EXPECT_NEAR(no_cam.accuracy, a.accuracy, 1e-12);
 }
 
@@ -65,7 +67,7 @@ TEST(DecoyFollowing, CountsPredictionsOfTheDecoysClassWhereItDisagreesWithTheLab
   EXPECT_DOUBLE_EQ(eval::decoy_following(predicted, labels, decoys), 0.5);
   EXPECT_DOUBLE_EQ(eval::decoy_following(decoys, labels, decoys), 1.0) << "a model that only reads the decoy";
   EXPECT_DOUBLE_EQ(eval::decoy_following(labels, labels, decoys), 0.0) << "a perfect model";
-  EXPECT_DOUBLE_EQ(eval::decoy_following(labels, labels, labels), -1.0) << "no misleading decoy";
+  EXPECT_TRUE(std::isnan(eval::decoy_following(labels, labels, labels))) << "no misleading decoy: not available";
 }
 
 namespace {
@@ -144,4 +146,23 @@ TEST(EvaluateFull, IsStableForAFixedModelAndLeavesItUnchanged) {
   const auto table = eval::format_report(a);
   EXPECT_NE(table.find("deletion AUC"), std::string::npos) << table;
   EXPECT_NE(table.find("Parameter randomisation"), std::string::npos) << table;
+}
+
+TEST(EvaluateFull, NotAvailableIsNullInJsonAndNaInTextAndNegativeValuesPrintAsNumbers) {
+  eval::EvalReport r;
+  r.metrics.count = 2;
+  r.class_names = {"a", "b"};
+  r.per_class_accuracy = {0.5, 0.5};
+  r.confusion = {{1, 1}, {1, 1}};
+  r.randomization.push_back({"classifier", -0.125, -0.0625});  // a real, negative correlation
+  const auto j = eval::to_json(r);
+  EXPECT_TRUE(j.at("object").at("cam_mass_share").is_null()) << j.dump();
+  EXPECT_TRUE(j.at("decoy").at("follows_decoy").is_null()) << j.dump();
+  EXPECT_TRUE(j.at("faithfulness").at("deletion_auc").is_null()) << j.dump();
+  EXPECT_DOUBLE_EQ(j.at("randomization").at(0).at("rank_correlation").get<double>(), -0.0625);
+  const auto table = eval::format_report(r);
+  EXPECT_NE(table.find("-0.125"), std::string::npos) << table;
+  EXPECT_NE(table.find("-0.062"), std::string::npos) << table;
+  r.ms_per_image = 1.5;  // shown rows: a value that is there, and one that is not
+  EXPECT_NE(eval::format_report(r).find("1.500 / n/a"), std::string::npos) << eval::format_report(r);
 }

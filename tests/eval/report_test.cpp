@@ -1,6 +1,7 @@
 // The evaluation, explanation and report commands as a user runs them, and the report as
 // a browser shows it (headless Chromium, when installed: the test command installs it).
 
+#include "batchcam/eval/evaluate.h"
 #include "batchcam/eval/report.h"
 #include "batchcam/io/image.h"
 #include "support/process.h"
@@ -67,6 +68,28 @@ TEST(Plot, LinePlotIsAnSvgWithTextAndLines) {
   EXPECT_GT(svg.size(), 2000u) << "axes, ticks, glyphs of the labels and two series";
 }
 
+TEST(Report, NotAvailableShowsAsNaAndNegativeValuesAsNumbers) {
+  batchcam::eval::EvalReport r;
+  r.metrics.count = 2;
+  r.class_names = {"a", "b"};
+  r.per_class_accuracy = {0.5, 0.5};
+  r.confusion = {{1, 1}, {1, 1}};
+  r.randomization.push_back({"classifier", 0.25, -0.068});  // a real, negative rank correlation
+  batchcam::eval::ReportInputs in;
+  in.title = "t";
+  in.config = nlohmann::json::object();
+  in.eval = batchcam::eval::to_json(r);
+  // An epoch whose test metrics were not available: null in metrics.jsonl, a gap in the plot.
+  in.history = {{{"epoch", 1}, {"train_loss", 1.0}, {"train_ce", 1.0}, {"train_proto", 0.0}, {"train_batch", 0.0},
+                 {"train_accuracy", 0.5}, {"test_accuracy", 0.5}, {"test_proto_ssim", nullptr}, {"test_loss", 1.0}},
+                {{"epoch", 2}, {"train_loss", 0.5}, {"train_ce", 0.5}, {"train_proto", 0.0}, {"train_batch", 0.0},
+                 {"train_accuracy", 0.7}, {"test_accuracy", 0.6}, {"test_proto_ssim", 0.3}, {"test_loss", 0.8}}};
+  const auto html = batchcam::eval::render_report_html(in);
+  EXPECT_NE(html.find("-0.068"), std::string::npos) << "the negative correlation is printed";
+  EXPECT_NE(html.find("<td>n/a / n/a</td>"), std::string::npos) << "masks absent: n/a";
+  EXPECT_EQ(html.find("&ndash;"), std::string::npos);
+}
+
 TEST(ReportCli, TrainWritesEvalJsonAndASelfContainedReport) {
   const auto& run = trained_run();
   ASSERT_TRUE(fs::exists(run / "report.html"));
@@ -87,13 +110,15 @@ TEST(ReportCli, TrainWritesEvalJsonAndASelfContainedReport) {
 
 TEST(ReportCli, EvalIsStableAndExplainWritesPicturesAndStatistics) {
   const auto& run = trained_run();
-  const auto a = cli("eval " + run.string() + " --json --faithfulness-count 50 --randomization-count 20");
-  const auto b = cli("eval " + (run / "last.pt").string() + " --json --faithfulness-count 50 --randomization-count 20");
+  // A run directory means its best.pt: the same numbers as naming the file.
+  const auto a = cli("eval " + run.string() + " --faithfulness-count 50 --randomization-count 20 --out " +
+                     (run.parent_path() / "a.json").string());
+  const auto b = cli("eval " + (run / "best.pt").string() + " --json --faithfulness-count 50 --randomization-count 20");
   ASSERT_EQ(a.code, 0) << a.out;
   ASSERT_EQ(b.code, 0) << b.out;
-  auto ja = nlohmann::json::parse(a.out), jb = nlohmann::json::parse(b.out);
-  ja.erase("timing");
-  jb.erase("timing");
+  auto ja = nlohmann::json::parse(read_text(run.parent_path() / "a.json")), jb = nlohmann::json::parse(b.out);
+  EXPECT_EQ(ja.at("checkpoint"), jb.at("checkpoint")) << "the run directory's best.pt";
+  for (const char* key : {"timing", "provenance"}) ja.erase(key), jb.erase(key);
   EXPECT_EQ(ja, jb) << "the same checkpoint gives the same numbers";
   const auto table = cli("eval " + run.string() + " --faithfulness-count 20 --randomization-count 0");
   EXPECT_NE(table.out.find("deletion AUC"), std::string::npos) << table.out;

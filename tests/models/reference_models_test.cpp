@@ -10,8 +10,12 @@
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <set>
+#include <vector>
 
 using namespace batchcam;
 
@@ -159,6 +163,84 @@ TEST(ReferenceModels, ExportedResNetLoadsIntoTorchvisionWithTheSameLogits) {
     while (std::fgets(buf, sizeof buf, pipe)) out += buf;
     EXPECT_EQ(::pclose(pipe), 0) << out;
     EXPECT_NE(out.find("max abs difference"), std::string::npos) << out;
+  }
+  std::filesystem::remove_all(dir);
+}
+
+// --init-weights: a state dict saved by Python (torchvision's resnet18) starts a built-in
+// model. Needs Debian's python3-torch and python3-torchvision; skipped otherwise.
+TEST(ReferenceModels, TorchvisionWeightsSavedByPythonLoadWithTheSameLogits) {
+  const std::string python = "/usr/bin/python3";
+  if (std::system((python + " -c 'import torch, torchvision' > /dev/null 2>&1").c_str()) != 0) {
+    GTEST_SKIP() << "python3-torch and python3-torchvision are not installed";
+  }
+  const auto dir = std::filesystem::temp_directory_path() / ("batchcam-init-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const auto weights = (dir / "weights.pt").string(), io_path = (dir / "io.pt").string();
+  const auto save = [&](int classes, const std::string& how = "") {
+    const auto cmd = python + " " + BATCHCAM_SOURCE_DIR + "/tests/models/torchvision_weights.py " + weights + " " +
+                     io_path + " " + std::to_string(classes) + " 96 " + how;
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  };
+  // model.state_dict() itself is an OrderedDict with metadata, which LibTorch 1.13's reader
+  // refuses: then the error says how to save it.
+  save(10, "ordered");
+  try {
+    auto ordered = build("resnet18", 3, 10, 96);
+    (void)train::load_initial_weights(*ordered, weights);
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("torch.save(dict(model.state_dict()), FILE)"), std::string::npos) << e.what();
+  }
+  save(10);
+  // 3 channels, the reference stem (above 64 px): the same logits as torchvision's.
+  auto model = build("resnet18", 3, 10, 96);
+  EXPECT_TRUE(train::load_initial_weights(*model, weights).empty()) << "nothing to adapt";
+  std::ifstream in(io_path, std::ios::binary);
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto io = torch::pickle_load(bytes).toGenericDict();
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const auto logits = model->forward(io.at("x").toTensor());
+  EXPECT_LT((logits - io.at("logits").toTensor()).abs().max().item<double>(), 1e-4);
+
+  // Another class count and one channel: the classifier keeps its initialisation, conv1 sums RGB.
+  save(1000);
+  auto gray = build("resnet18", 1, 7, 96);
+  const auto fc_before = gray->named_parameters()["fc.weight"].clone();
+  const auto notes = train::load_initial_weights(*gray, weights);
+  ASSERT_EQ(notes.size(), 2u);
+  EXPECT_NE(notes[0].find("conv1.weight: the RGB weights [64, 3, 7, 7] summed"), std::string::npos) << notes[0];
+  EXPECT_NE(notes[1].find("fc.weight, fc.bias: kept their initialisation (the file's classifier has 1000 classes"),
+            std::string::npos)
+      << notes[1];
+  EXPECT_TRUE(torch::equal(gray->named_parameters()["fc.weight"], fc_before));
+  c10::Dict<std::string, torch::Tensor> saved;
+  for (const auto& item : torch::pickle_load([&] {
+         std::ifstream w(weights, std::ios::binary);
+         return std::vector<char>((std::istreambuf_iterator<char>(w)), std::istreambuf_iterator<char>());
+       }()).toGenericDict()) {
+    saved.insert(item.key().toStringRef(), item.value().toTensor());
+  }
+  EXPECT_TRUE(torch::allclose(gray->named_parameters()["conv1.weight"], saved.at("conv1.weight").sum(1, true)));
+
+  // Strict: a model of other shapes gets one error listing what does not fit.
+  auto small_stem = build("resnet18", 3, 10, 28);  // 3x3 conv1, no max-pool
+  try {
+    (void)train::load_initial_weights(*small_stem, weights);
+    FAIL() << "a 7x7 conv1 must not load into a 3x3 one";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("mis-shaped conv1.weight [64, 3, 7, 7] (the model has [64, 3, 3, 3])"),
+              std::string::npos)
+        << e.what();
+  }
+  auto convnext = build("convnext-v2-atto", 3, 10, 96);
+  try {
+    (void)train::load_initial_weights(*convnext, weights);
+    FAIL() << "resnet weights must not load into a ConvNeXt";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("missing "), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("unexpected "), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(" more"), std::string::npos) << "long lists are shortened: " << e.what();
   }
   std::filesystem::remove_all(dir);
 }

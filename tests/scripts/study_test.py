@@ -170,7 +170,10 @@ class ChooseTest(unittest.TestCase):
         c = [{"accuracy": v} for v in (3.0, 4.0, 5.0)]
         self.assertEqual(study.difference(c, b, "accuracy"), (3.0, True))
         self.assertEqual(study.difference(a[2:], b, "accuracy"), (2.0, None), "one run: no verdict")
-        self.assertEqual(study.difference([{"accuracy": -1}], b, "accuracy"), (None, None), "-1 means not measured")
+        self.assertEqual(study.difference([{"accuracy": None}], b, "accuracy"), (None, None), "null: not measured")
+        # A share cannot be negative: -1 there is batchcam 0.1's "not measured"; an SSIM can.
+        self.assertEqual(study.values([{"decoy_share": -1}, {"decoy_share": 0.25}], "decoy_share"), [0.25])
+        self.assertEqual(study.values([{"input_ssim": -0.125}], "input_ssim"), [-0.125])
 
 
 if __name__ == "__main__":

@@ -12,12 +12,18 @@
 
 namespace batchcam::data {
 
+/// The side of shapes and folder images when no size is asked for.
+inline constexpr int64_t kDefaultImageSize = 28;
+
 struct DatasetOptions {
   std::string name = "shapes";  ///< one of dataset_names()
   std::string dir;              ///< the files' directory; "" = default_data_dir(name)
   int64_t train_size = 0;       ///< shapes: images generated (0 = 6000); others: first N (0 = all)
   int64_t test_size = 0;        ///< shapes: images generated (0 = 1000); others: first N (0 = all)
-  int64_t image_size = 28;      ///< shapes: side generated; folder: side the images are resized to
+  /// Image side: 0 = the dataset's own (MNIST-type 28, CIFAR-10 32; shapes and folder
+  /// kDefaultImageSize); otherwise generated at it (shapes) or resized to it (the rest:
+  /// images bilinear, antialiased when shrinking; masks nearest).
+  int64_t image_size = 0;
   bool spurious = false;        ///< shapes only
   uint64_t seed = 0;            ///< shapes' drawing, decoy corners and shades, folder split
   int64_t max_image_pixels = io::kMaxImagePixels;  ///< folder: larger images are refused before decoding

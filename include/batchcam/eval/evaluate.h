@@ -8,12 +8,21 @@
 #include <nlohmann/json.hpp>
 #include <torch/types.h>
 
+#include <cmath>
 #include <functional>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace batchcam::eval {
+
+/// A metric that could not be computed (no masks, no decoys, skipped): NaN, written as
+/// null in JSON and "n/a" in text and on the report page.
+inline constexpr double kNotAvailable = std::numeric_limits<double>::quiet_NaN();
+inline bool available(double v) { return !std::isnan(v); }
+/// A metric for JSON: the number, or null when it is not available.
+inline nlohmann::json json_metric(double v) { return available(v) ? nlohmann::json(v) : nlohmann::json(); }
 
 struct EvalMetrics {
   int64_t count = 0;
@@ -23,9 +32,9 @@ struct EvalMetrics {
   // prototypes are given. SSIM is a similarity (higher is better), L1/L2 distances.
   double proto_l1 = 0.0, proto_l2 = 0.0, proto_ssim = 0.0;
   // Share of CAM mass on the ground-truth object and on the spurious decoy (mean over
-  // samples of sum(M * mask) / sum(M)); -1 where the dataset has no such masks or no
-  // prototypes were given (no CAMs computed).
-  double object_share = -1.0, decoy_share = -1.0;
+  // samples of sum(M * mask) / sum(M)); not available where the dataset has no such masks
+  // or no prototypes were given (no CAMs computed).
+  double object_share = kNotAvailable, decoy_share = kNotAvailable;
 };
 
 /// Per-sample share of CAM mass inside a mask: maps [B, H, W] >= 0, masks [B, H, W] bool
@@ -44,7 +53,7 @@ torch::Tensor pointing_game(const torch::Tensor& maps, const torch::Tensor& mask
 /// How often the decoy decides: among samples whose decoy encodes another class than their
 /// label (decoy_labels != labels), the share predicted as the decoy's class. A model that
 /// ignores the decoy scores about its error rate / (K - 1); one that only reads it scores 1.
-/// -1 when no sample's decoy disagrees with its label.
+/// kNotAvailable when no sample's decoy disagrees with its label.
 double decoy_following(const torch::Tensor& predicted, const torch::Tensor& labels, const torch::Tensor& decoy_labels);
 
 /// Deletion and insertion curves (Petsiuk et al. 2018). Pixels are ranked by `maps`
@@ -65,6 +74,8 @@ struct EvalOptions {
   int64_t faithfulness_steps = 16;
   int64_t randomization_count = 256;  ///< first N test images for the sanity check (0 = skip)
   bool timing = true;                 ///< measure inference time per image
+  /// Told before each part of evaluate_full (for progress output); may be empty.
+  std::function<void(const std::string& what)> on_phase;
 };
 
 /// One step of the cascading parameter randomisation (Adebayo et al. 2018): the layers
@@ -83,15 +94,16 @@ struct EvalReport {
   std::vector<double> per_class_accuracy;
   std::vector<std::vector<int64_t>> confusion;  ///< [true class][predicted class]
   double input_l1 = 0.0, input_l2 = 0.0, input_ssim = 0.0;  ///< CAM vs the input (unit gray)
-  double object_pointing = -1.0, decoy_pointing = -1.0;    ///< -1 without masks
+  double object_pointing = kNotAvailable, decoy_pointing = kNotAvailable;  ///< without masks: not available
   /// The decoy seen from the decision: CAM mass share and pointing game of the Grad-CAM for
-  /// the predicted class, and decoy_following(); -1 without decoys.
-  double decoy_share_predicted = -1.0, decoy_pointing_predicted = -1.0, decoy_following = -1.0;
+  /// the predicted class, and decoy_following(); not available without decoys.
+  double decoy_share_predicted = kNotAvailable, decoy_pointing_predicted = kNotAvailable,
+         decoy_following = kNotAvailable;
   int64_t faithfulness_count = 0, faithfulness_steps = 0;
-  double deletion_auc = -1.0, insertion_auc = -1.0;  ///< -1 when skipped
+  double deletion_auc = kNotAvailable, insertion_auc = kNotAvailable;  ///< not available when skipped
   std::string faithfulness_baseline = "black image (pixel value 0)";
   std::vector<RandomizationStep> randomization;
-  double ms_per_image = -1.0, ms_per_image_with_cam = -1.0;  ///< -1 when not timed
+  double ms_per_image = kNotAvailable, ms_per_image_with_cam = kNotAvailable;  ///< not available when not timed
 };
 
 /// The full evaluation of `model` on `dataset` with CAMs for the true class. The model's

@@ -44,10 +44,11 @@ std::string render_report_html(const ReportInputs& inputs);
 /// Evaluates the model (evaluate_full), then writes eval.json and report.html into
 /// `run_dir` (atomically). `config` and `history` (one JSON object per epoch, as in
 /// metrics.jsonl) are the run's, as the caller holds them (the checkpoint's, not files that
-/// may have been edited since).
+/// may have been edited since). `origin` (an object: the evaluated checkpoint, the
+/// provenance) is added to eval.json and shown on the page.
 EvalReport write_run_report(const std::string& run_dir, models::CamModel& model, const data::Dataset& test_set,
                             const data::Normalization& norm, const torch::Tensor& prototypes,
                             const nlohmann::json& config, const std::vector<nlohmann::json>& history,
-                            const EvalOptions& options = {});
+                            const nlohmann::json& origin = nlohmann::json::object(), const EvalOptions& options = {});
 
 }  // namespace batchcam::eval

@@ -36,11 +36,11 @@ class CamModel : public torch::nn::Module {
 
   /// Names the first module after the target layer that mixes samples in the current
   /// mode (BatchNorm in training mode), or returns "" when the head is per-sample.
-  std::string head_sample_mixing_module() const;
+  virtual std::string head_sample_mixing_module() const;
 
   /// The trainable parameters by layer from the output down: {"classifier", ...} then
   /// each stage from the last to the first (for cascading randomisation checks).
-  std::vector<std::pair<std::string, std::vector<torch::Tensor>>> parameters_top_down() const;
+  virtual std::vector<std::pair<std::string, std::vector<torch::Tensor>>> parameters_top_down() const;
 
   /// Short model name as used on the command line, e.g. "simple-cnn".
   virtual std::string name() const = 0;

@@ -3,20 +3,34 @@
 
 #include "batchcam/models/cam_model.h"
 
+#include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace batchcam::models {
 
 struct ModelSpec {
+  ModelSpec(std::string name = "", int64_t in_channels = 1, int64_t num_classes = 10, int64_t image_size = 28,
+            std::string target_layer = "")
+      : name(std::move(name)),
+        in_channels(in_channels),
+        num_classes(num_classes),
+        image_size(image_size),
+        target_layer(std::move(target_layer)) {}
+
   std::string name;         ///< e.g. "simple-cnn"
   int64_t in_channels = 1;  ///< image channels
   int64_t num_classes = 10;
   int64_t image_size = 28;  ///< input height = width, used to pick stems
   std::string target_layer; ///< "" keeps the model's default (its last stage)
+  /// For "torchscript:FILE": the SHA-256 of FILE when the run started ("" = not recorded).
+  std::string script_sha256;
 };
 
-/// Requires: spec.name is one of model_names(). Throws std::invalid_argument otherwise.
+/// Requires: spec.name is one of model_names() or "torchscript:FILE" (models/torchscript.h).
+/// Throws std::invalid_argument for another name, std::runtime_error for a TorchScript file
+/// that cannot be used (naming it) or whose class count is not spec.num_classes.
 CamModelPtr make_model(const ModelSpec& spec);
 
 /// Every model name make_model() accepts.

@@ -14,6 +14,7 @@ class Optimizer;
 }
 
 #include <string>
+#include <vector>
 
 namespace batchcam::train {
 
@@ -60,6 +61,17 @@ Checkpoint load_checkpoint(const std::string& path, torch::Device device = torch
 /// torch.load reads (torch::pickle_save format), atomically. Names follow the model's
 /// reference implementation (torchvision for resnet18).
 void export_state_dict(models::CamModel& model, const std::string& path);
+
+/// Loads a state dict saved by Python's torch.save(dict(model.state_dict())) into `model`
+/// (LibTorch 1.13 cannot read the OrderedDict itself; the error says so):
+/// torchvision's names for resnet18, the reference implementation's for ConvNeXt-V2 (the
+/// names `batchcam export` writes). Strict: every parameter and buffer of the model must be
+/// in the file with its shape, and nothing else, with two differences bridged: the
+/// classifier (the model's last two parameters) keeps its initialisation when the file has
+/// another class count, and the first convolution's RGB weights are summed for a 1-channel
+/// model. Returns one note per bridged difference. Throws std::runtime_error naming the file
+/// and listing the missing, unexpected and mis-shaped keys.
+std::vector<std::string> load_initial_weights(models::CamModel& model, const std::string& path);
 
 /// Writes `content` to `path` atomically (temporary file in the same directory, fsync, rename).
 /// A symbolic link is followed (its target is replaced); a FIFO or device is written directly.

@@ -56,7 +56,9 @@ struct TrainConfig {
   std::string data_dir;            ///< files of the file-based datasets ("" = data/<dataset>)
   int64_t train_size = 0;  ///< shapes: images generated (0 = 6000); others: the first N (0 = all)
   int64_t test_size = 0;   ///< shapes: images generated (0 = 1000); others: the first N (0 = all)
-  int64_t image_size = 28;    ///< shapes: side generated; folder: side images are resized to
+  /// Image side: 0 = the dataset's own (MNIST-type 28, CIFAR-10 32; shapes and folder 28);
+  /// other sizes are generated (shapes) or resized to (the rest). A run records the size used.
+  int64_t image_size = 0;
   bool spurious = false;      ///< shapes only: class-coded corner patch in training
   Augment augment = Augment::none;  ///< random shift by up to 1/8 of the side (and flip)
   /// folder: an image whose header claims more pixels is refused before it is decoded.
@@ -65,6 +67,9 @@ struct TrainConfig {
   // Model
   std::string model = "simple-cnn";
   std::string target_layer;  ///< "" = the model's last stage
+  /// A state dict saved by Python's torch.save(dict(model.state_dict())) to start from (transfer
+  /// learning; train::load_initial_weights); "" = the seed's random initialisation.
+  std::string init_weights;
 
   // Optimisation
   int64_t epochs = 4;
@@ -106,12 +111,18 @@ struct TrainConfig {
   /// Steps between reads of the running loss from the device (progress, the non-finite
   /// check); the end of an epoch is always read. Other steps run without host synchronisation.
   int64_t log_every = 10;
+  /// After the last epoch: the final evaluation (eval.json), pictures and report.html.
+  /// When off, `batchcam report RUN/last.pt` writes them later.
+  bool report = true;
 
   /// Throws std::invalid_argument naming the first field with a value out of range.
   void validate() const;
 };
 
 nlohmann::json to_json(const TrainConfig& c);
+/// The key of config.json that records what made the run (core::provenance()); it is
+/// not a setting, and config_from_json skips it, so a run's config.json repeats the run.
+inline constexpr const char* kProvenanceKey = "provenance";
 /// Requires every key to be a TrainConfig field of the right type; missing keys keep
 /// their defaults. Throws std::invalid_argument naming the key otherwise.
 TrainConfig config_from_json(const nlohmann::json& j);

@@ -29,6 +29,7 @@ struct StepInfo {
   /// Running means over the epoch, as of the last read from the device (every
   /// config.log_every steps and at the end of the epoch); `fresh` when read at this step.
   double loss = 0, ce = 0, proto = 0, batch = 0, accuracy = 0;
+  double lambda_proto = 0, lambda_batch = 0;  ///< the CAM terms' weights in effect (0 = off)
   bool fresh = false;
   double images_per_second = 0;
   double eta_seconds = 0;  ///< training time left for the whole run at the current speed
@@ -104,6 +105,8 @@ class Trainer {
   TrainingState training_state();
   /// Epochs completed, as a checkpoint records them.
   int64_t epochs_done() const { return epoch_ - 1; }
+  /// How --init-weights were adapted to the model (load_initial_weights' notes).
+  const std::vector<std::string>& notes() const { return notes_; }
 
  private:
   void set_up(const data::DatasetSplits& splits);
@@ -129,6 +132,7 @@ class Trainer {
   int64_t epoch_first_step_ = 0;
   int64_t skipped_in_a_row_ = 0;
   double best_accuracy_ = -1.0;
+  std::vector<std::string> notes_;
   bool last_best_ = false;
   double train_seconds_ = 0;
   std::vector<EpochMetrics> history_;
@@ -137,11 +141,16 @@ class Trainer {
 
 struct TrainCallbacks {
   std::function<void(const std::string& run_dir)> on_start;
+  /// After on_start, things worth a line in a log (how initial weights were adapted).
+  std::function<void(const std::string& message)> on_notice;
   std::function<void(const StepInfo&)> on_step;
   std::function<void(const EpochMetrics&)> on_epoch;
   /// After the last epoch's checkpoint, before the final evaluation, pictures and report:
   /// from here on nothing is lost by stopping (resume() writes what is missing).
   std::function<void()> on_final_outputs;
+  /// Before each part of the final outputs (evaluation, deletion/insertion, randomisation
+  /// check, timing, pictures, report), with a short description of it.
+  std::function<void(const std::string& what)> on_final_phase;
   /// Polled after every step; returning true saves a mid-epoch checkpoint and returns
   /// with TrainResult::interrupted set (the CLI sets it from SIGINT/SIGTERM).
   std::function<bool()> should_stop;
@@ -169,11 +178,18 @@ TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks = {
 /// What may change when a run is continued.
 struct ResumeOptions {
   std::string device;  ///< "" = the run's config.device
+  /// 0 = the run's; more extends a finished or stopped run to that many epochs (never fewer
+  /// than it has done). The learning-rate schedule then runs over the new length from the
+  /// step where the run stands: constant and step schedules continue unchanged (the result
+  /// equals a run trained that long from the start); cosine and onecycle are recomputed for
+  /// the new length, so the rate jumps to the new curve's value at that step.
+  int64_t epochs = 0;
 };
 
 /// Continues the run in `run_dir` from its last.pt with its saved configuration. On the CPU
 /// with the same thread count the result equals the uninterrupted run. A run whose epochs are
 /// done but whose final outputs are not (stopped while they were written) gets them written.
+/// An extended run's config.json is rewritten with the new number of epochs.
 /// Removes temporary files that stopped writers left behind. Throws like train(), and
 /// std::runtime_error when there is nothing to resume or the run is already complete.
 TrainResult resume(const std::string& run_dir, const TrainCallbacks& callbacks = {},

@@ -1,0 +1,58 @@
+"""Scripts a SimpleCNN-like module for batchcam's TorchScript contract and saves it.
+
+    scripted_cnn.py OUT.pt [--weights STATE_DICT.pt] [--batchnorm-head] [--classes K]
+
+--weights loads a state dict exported by `batchcam export` (the built-in SimpleCNN's names),
+so both models start from the same weights. --batchnorm-head puts a BatchNorm1d after the
+target layer, which mixes samples in training mode (batchcam must refuse it).
+"""
+import argparse
+
+import torch
+from torch import nn
+
+
+def block(cin, cout, pool):
+    layers = [nn.MaxPool2d(2)] if pool else []
+    layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+               nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class Net(nn.Module):
+    def __init__(self, channels: int, classes: int, width: int, batchnorm_head: bool):
+        super().__init__()
+        self.block1 = block(channels, width, False)
+        self.block2 = block(width, 2 * width, True)
+        self.block3 = block(2 * width, 4 * width, True)
+        self.norm = nn.BatchNorm1d(4 * width) if batchnorm_head else nn.Identity()
+        self.fc = nn.Linear(4 * width, classes)
+
+    @torch.jit.export
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block3(self.block2(self.block1(x)))
+
+    @torch.jit.export
+    def head(self, a: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(a.mean((2, 3))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--weights")
+    parser.add_argument("--batchnorm-head", action="store_true")
+    parser.add_argument("--classes", type=int, default=10)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    net = Net(1, args.classes, 16, args.batchnorm_head)
+    if args.weights:
+        net.load_state_dict(torch.load(args.weights))
+    torch.jit.script(net).save(args.out)
+
+
+if __name__ == "__main__":
+    main()
