@@ -560,8 +560,10 @@ int run_explain(const ExplainArgs& a) {
     }
     inputs.images = torch::stack(pixels);
     inputs.labels = torch::full({inputs.images.size(0)}, -1, torch::kInt64);
-    inputs.class_names = e.ck.config.dataset == "shapes" ? batchcam::data::shapes_class_names()
-                                                         : std::vector<std::string>();
+    // The checkpoint's class names (runs of batchcam 0.1 have none: shapes' are known).
+    inputs.class_names = !e.ck.spec.class_names.empty()       ? e.ck.spec.class_names
+                         : e.ck.config.dataset == "shapes" ? batchcam::data::shapes_class_names()
+                                                           : std::vector<std::string>();
   } else {
     e = load_evaluated(a.checkpoint, a.dataset, a.data_dir, 0, device);
     const int64_t n = std::min<int64_t>(a.count, e.splits.test.size());
@@ -671,7 +673,31 @@ int run_report(const std::string& run_or_checkpoint, const std::string& device_n
   return 0;
 }
 
+// What a program needs besides the weights to use an exported model: architecture, input
+// size and normalisation, class names, where it came from.
+nlohmann::json export_metadata(const batchcam::train::Checkpoint& ck, const std::string& checkpoint,
+                               const std::string& format) {
+  const auto& spec = ck.spec;
+  return {{"format", format},
+          {"model", spec.name},
+          {"in_channels", spec.in_channels},
+          {"image_size", spec.image_size},
+          {"small_input_stem", spec.image_size <= batchcam::models::kSmallInputMax},
+          {"num_classes", spec.num_classes},
+          {"class_names", spec.class_names},
+          {"target_layer", ck.model->target_layer()},
+          {"normalization",
+           {{"mean", ck.normalization.mean},
+            {"std", ck.normalization.std},
+            {"input", "x = (pixel / 255 - mean) / std, per channel, on [C, image_size, image_size] images"}}},
+          {"checkpoint", {{"path", checkpoint}, {"epoch", ck.epoch}}},
+          {"provenance", batchcam::core::provenance(torch::kCPU)}};
+}
+
 int run_export(const std::string& run_or_checkpoint, const std::string& format, const std::string& out) {
+  if (std::filesystem::path(out).extension() == ".json") {
+    throw std::invalid_argument("export: OUT must not end in .json (the metadata goes beside it, as OUT with .json)");
+  }
   const auto checkpoint = checkpoint_of(run_or_checkpoint);
   const auto ck = batchcam::train::load_checkpoint(checkpoint);
   if (format == "state-dict") batchcam::train::export_state_dict(*ck.model, out);
@@ -683,7 +709,10 @@ int run_export(const std::string& run_or_checkpoint, const std::string& format, 
     }
     batchcam::train::write_file_atomic(out, scripted->save_bytes());
   }
-  std::cout << "wrote " << out << " (" << format << " of " << ck.spec.name << ", " << checkpoint << ")\n";
+  const auto metadata = std::filesystem::path(out).replace_extension(".json").string();
+  batchcam::train::write_file_atomic(metadata, export_metadata(ck, checkpoint, format).dump(2) + "\n");
+  std::cout << "wrote " << out << " (" << format << " of " << ck.spec.name << ", " << checkpoint << ") and "
+            << metadata << " (input size, normalisation, class names)\n";
   return 0;
 }
 

@@ -12,8 +12,6 @@
 namespace batchcam::models {
 
 namespace {
-// Inputs up to this side use the small-input stems (no early downsampling).
-constexpr int64_t kSmallInputMax = 64;
 const char* const kConvNeXtPrefix = "convnext-v2-";
 }  // namespace
 

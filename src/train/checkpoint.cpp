@@ -171,6 +171,7 @@ nlohmann::json spec_json(const models::ModelSpec& s) {
   nlohmann::json j = {{"name", s.name},         {"in_channels", s.in_channels},   {"num_classes", s.num_classes},
                       {"image_size", s.image_size}, {"target_layer", s.target_layer}};
   if (!s.script_sha256.empty()) j["script_sha256"] = s.script_sha256;
+  if (!s.class_names.empty()) j["class_names"] = s.class_names;
   return j;
 }
 }  // namespace
@@ -367,6 +368,7 @@ Checkpoint load_checkpoint(const std::string& path, torch::Device device) {
     ck.spec.image_size = s.at("image_size").get<int64_t>();
     ck.spec.target_layer = s.at("target_layer").get<std::string>();
     ck.spec.script_sha256 = s.value("script_sha256", "");
+    ck.spec.class_names = s.value("class_names", std::vector<std::string>());
     // The size the model was built for; batchcam 0.1 recorded 28 in the configuration of
     // datasets whose size it did not change (CIFAR-10's 32).
     ck.config.image_size = ck.spec.image_size;

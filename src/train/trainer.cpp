@@ -141,6 +141,7 @@ Trainer::Trainer(const TrainConfig& config, const data::DatasetSplits& splits, t
   config_.validate();
   const auto& train_set = splits.train;
   spec_ = {config_.model, train_set.channels(), train_set.num_classes(), train_set.height(), config_.target_layer};
+  spec_.class_names = train_set.class_names;
   if (models::is_torchscript(config_.model)) {
     const auto file = models::torchscript_file(config_.model);
     if (!fs::is_regular_file(file)) throw std::runtime_error(file + ": no such TorchScript file (--model " + config_.model + ")");

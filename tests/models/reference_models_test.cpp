@@ -1,13 +1,19 @@
 #include "batchcam/cam/grad_cam.h"
+#include "batchcam/data/shapes.h"
+#include "batchcam/io/png.h"
 #include "batchcam/models/convnext_v2.h"
 #include "batchcam/models/registry.h"
 #include "batchcam/models/resnet.h"
 #include "batchcam/train/checkpoint.h"
 
+#include "support/process.h"
 #include "support/tensor_asserts.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -15,6 +21,8 @@
 #include <fstream>
 #include <iterator>
 #include <set>
+#include <sstream>
+#include <string>
 #include <vector>
 
 using namespace batchcam;
@@ -243,4 +251,59 @@ TEST(ReferenceModels, TorchvisionWeightsSavedByPythonLoadWithTheSameLogits) {
     EXPECT_NE(std::string(e.what()).find(" more"), std::string::npos) << "long lists are shortened: " << e.what();
   }
   std::filesystem::remove_all(dir);
+}
+
+// The README's Python snippet for an exported ResNet-18, run as written: it must predict
+// what batchcam predicts for the same image. Needs Debian's python3-torch and
+// python3-torchvision; skipped otherwise.
+TEST(ReferenceModels, TheReadmeSnippetReproducesBatchcamsPredictionFromTheExportedFiles) {
+  const std::string python = "/usr/bin/python3";
+  if (std::system((python + " -c 'import torch, torchvision' > /dev/null 2>&1").c_str()) != 0) {
+    GTEST_SKIP() << "python3-torch and python3-torchvision are not installed";
+  }
+  namespace fs = std::filesystem;
+  const auto dir = fs::temp_directory_path() / ("batchcam-snippet-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const auto cli = [&](const std::string& args) { return test_support::run_shell(std::string(BATCHCAM_CLI) + " " + args); };
+  const auto trained = cli("train --quiet --no-report --model resnet18 --train-size 128 --test-size 32 --batch-size 32 "
+                           "--epochs 1 --out-dir " + dir.string() + " --run-name r");
+  ASSERT_EQ(trained.code, 0) << trained.out;
+  const auto exported = cli("export " + (dir / "r").string() + " " + (dir / "weights.pt").string());
+  ASSERT_EQ(exported.code, 0) << exported.out;
+  const auto meta = nlohmann::json::parse(test_support::read_text((dir / "weights.json").string()));
+  EXPECT_EQ(meta.at("class_names").at(1).get<std::string>(), "ring");
+  EXPECT_TRUE(meta.at("small_input_stem").get<bool>());
+  // A test image of the run's size, and what batchcam predicts for it.
+  const auto image = data::generate_shapes(1, 28, 99, data::SpuriousCue::none, 0.05).images[0][0];
+  io::write_png((dir / "image.png").string(), image);
+  const auto explained = cli("explain " + (dir / "r").string() + " --images " + (dir / "image.png").string() +
+                             " --out " + (dir / "x").string());
+  ASSERT_EQ(explained.code, 0) << explained.out;
+  std::istringstream csv(test_support::read_text((dir / "x" / "cam_stats.csv").string()));
+  std::string header, row;
+  std::getline(csv, header);
+  std::getline(csv, row);
+  std::vector<std::string> fields;
+  std::istringstream cells(row);
+  for (std::string cell; std::getline(cells, cell, ',');) fields.push_back(cell);
+  ASSERT_GE(fields.size(), 6u) << row;
+  const auto predicted = fields[3];  // index,source,label,predicted,target,target_probability,...
+  const double probability = std::stod(fields[5]);
+  // The snippet, cut from the README, run where weights.pt, weights.json and image.png are.
+  const auto readme = test_support::read_text(std::string(BATCHCAM_SOURCE_DIR) + "/README.md");
+  const auto marker = readme.find("<!-- export-snippet -->");
+  ASSERT_NE(marker, std::string::npos);
+  const auto start = readme.find("```python\n", marker) + 10;
+  const auto end = readme.find("```", start);
+  std::ofstream(dir / "snippet.py") << readme.substr(start, end - start);
+  const auto ran = test_support::run_shell("cd " + dir.string() + " && " + python + " snippet.py");
+  ASSERT_EQ(ran.code, 0) << ran.out;
+  std::istringstream printed(ran.out);
+  std::string python_class;
+  double python_probability = 0;
+  printed >> python_class >> python_probability;
+  EXPECT_EQ(python_class, predicted) << ran.out;
+  EXPECT_NEAR(python_probability, probability, 1e-4) << ran.out;
+  fs::remove_all(dir);
 }

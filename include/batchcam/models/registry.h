@@ -26,7 +26,13 @@ struct ModelSpec {
   std::string target_layer; ///< "" keeps the model's default (its last stage)
   /// For "torchscript:FILE": the SHA-256 of FILE when the run started ("" = not recorded).
   std::string script_sha256;
+  /// The name of each output class ("" entries or an empty list when unknown).
+  std::vector<std::string> class_names;
 };
+
+/// Inputs up to this side get the small-input stems (ResNet: 3x3 stride-1 conv1 and no
+/// max-pool; ConvNeXt-V2: a 3x3 stride-1 stem); larger ones the reference stems.
+inline constexpr int64_t kSmallInputMax = 64;
 
 /// Requires: spec.name is one of model_names() or "torchscript:FILE" (models/torchscript.h).
 /// Throws std::invalid_argument for another name, std::runtime_error for a TorchScript file
