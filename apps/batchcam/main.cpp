@@ -700,9 +700,13 @@ int run_export(const std::string& run_or_checkpoint, const std::string& format, 
   }
   const auto checkpoint = checkpoint_of(run_or_checkpoint);
   const auto ck = batchcam::train::load_checkpoint(checkpoint);
+  const auto* scripted = dynamic_cast<const batchcam::models::TorchScriptModel*>(ck.model.get());
+  if (format == "state-dict" && scripted != nullptr) {
+    throw std::invalid_argument("--format state-dict: " + checkpoint + " holds a TorchScript model; export it with "
+                                "--format torchscript (its parameter names are the module's own there)");
+  }
   if (format == "state-dict") batchcam::train::export_state_dict(*ck.model, out);
   if (format == "torchscript") {
-    const auto* scripted = dynamic_cast<const batchcam::models::TorchScriptModel*>(ck.model.get());
     if (scripted == nullptr) {
       throw std::invalid_argument("--format torchscript: " + checkpoint + " holds the built-in model " + ck.spec.name +
                                   ", which LibTorch cannot script; export it as state-dict");

@@ -76,7 +76,7 @@ void require_per_sample_head(const models::CamModel& model) {
   if (!module.empty()) {
     throw std::invalid_argument("model " + model.name() + ": module '" + module + "' after target layer '" +
                                 model.target_layer() +
-                                "' mixes samples (BatchNorm in training mode); choose a later target layer or "
+                                "' mixes samples (e.g. BatchNorm in training mode); choose a later target layer or "
                                 "put the model in eval mode");
   }
 }

@@ -1,5 +1,7 @@
 #include "batchcam/models/torchscript.h"
 
+#include "batchcam/core/runtime.h"
+
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/script.h>
 #include <torch/torch.h>
@@ -51,7 +53,6 @@ TorchScriptModel::TorchScriptModel(const std::string& file, int64_t in_channels,
   add_stage("features", [this](const torch::Tensor& x) { return run("features", x); }, {});
   // The contract, on a small input in eval mode (no batch statistics change).
   torch::NoGradGuard no_grad;
-  const bool was_training = module_.is_training();
   module_.eval();
   torch::Tensor a, logits;
   try {
@@ -63,7 +64,7 @@ TorchScriptModel::TorchScriptModel(const std::string& file, int64_t in_channels,
                              std::to_string(image_size) + ", " + std::to_string(image_size) + "] input (" +
                              what.substr(0, what.find('\n')) + ")");
   }
-  module_.train(was_training);
+  module_.train(is_training());  // the mode of this module, whatever the file was saved in
   if (a.dim() != 4) {
     throw std::runtime_error(file + ": features(x) must return [B, D, h, w], got " + std::to_string(a.dim()) +
                              " dimensions");
@@ -99,10 +100,17 @@ std::string TorchScriptModel::head_sample_mixing_module() const {
   for (const auto& b : self.buffers()) saved.push_back(b.clone());
   const auto parameters = self.parameters();
   const auto device = parameters.empty() ? torch::Device(torch::kCPU) : parameters.front().device();
+  // Random layers (Dropout) draw the same numbers in both runs, and the caller's generators
+  // are left as they were.
+  const auto generators = core::generator_state();
   const auto a = self.run("features", probe_input(4, in_channels_, image_size_, device));
   auto changed = a.clone();
   changed[0].mul_(-2.0).add_(1.0);
-  const auto before = self.run("head", a), after = self.run("head", changed);
+  core::set_generator_state(generators);
+  const auto before = self.run("head", a);
+  core::set_generator_state(generators);
+  const auto after = self.run("head", changed);
+  core::set_generator_state(generators);
   const auto buffers = self.buffers();
   for (size_t i = 0; i < buffers.size(); ++i) buffers[i].copy_(saved[i]);
   const bool mixes = !torch::allclose(before.slice(0, 1), after.slice(0, 1), 1e-5, 1e-6);

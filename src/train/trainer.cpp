@@ -1,6 +1,5 @@
 #include "batchcam/train/trainer.h"
 
-#include "batchcam/models/torchscript.h"
 
 #include "batchcam/cam/grad_cam.h"
 #include "batchcam/data/datasets.h"
@@ -146,6 +145,8 @@ Trainer::Trainer(const TrainConfig& config, const data::DatasetSplits& splits, t
     const auto file = models::torchscript_file(config_.model);
     if (!fs::is_regular_file(file)) throw std::runtime_error(file + ": no such TorchScript file (--model " + config_.model + ")");
     spec_.script_sha256 = data::sha256_file(file);  // checkpoints refuse a changed file
+    // An absolute path, so that the checkpoint can be used from another directory.
+    spec_.name = models::kTorchScriptPrefix + fs::absolute(file).string();
   }
   // Initialised on the CPU from the run's seed, so the weights are the same on every device.
   model_ = core::with_cpu_seed(config_.seed, [&] { return models::make_model(spec_); });

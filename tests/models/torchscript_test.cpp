@@ -179,6 +179,16 @@ TEST(TorchScript, AHeadThatMixesSamplesAndABrokenContractAreRefusedBeforeTrainin
   EXPECT_EQ(scripted.head_sample_mixing_module(), "");
   scripted.train();
   EXPECT_NE(scripted.head_sample_mixing_module(), "");
+  // Dropout is random but per-sample: accepted in training mode, and the caller's random
+  // state is untouched by the check.
+  script(dir / "dropout.pt", "--dropout-head");
+  models::TorchScriptModel dropout((dir / "dropout.pt").string(), 1, 28);
+  dropout.train();
+  torch::manual_seed(5);
+  const auto expected = torch::rand({4});
+  torch::manual_seed(5);
+  EXPECT_EQ(dropout.head_sample_mixing_module(), "");
+  EXPECT_TRUE(torch::equal(torch::rand({4}), expected)) << "the generator's state is restored";
   // Wrong class count, wrong file.
   script(dir / "five.pt", "--classes 5");
   c.model = "torchscript:" + (dir / "five.pt").string();

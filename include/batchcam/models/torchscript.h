@@ -7,7 +7,8 @@
 //   @torch.jit.export
 //   def head(self, a: Tensor) -> Tensor       # A -> logits [B, K]
 // head must treat samples independently (no BatchNorm over the batch after the target
-// layer in training mode); batchcam checks this by running it.
+// layer in training mode); batchcam checks this by running it. The module's parameters and
+// buffers are trained and saved; other tensor attributes are not (they stay on the CPU).
 
 #include "batchcam/models/cam_model.h"
 
