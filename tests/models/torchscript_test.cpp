@@ -208,3 +208,45 @@ TEST(TorchScript, AHeadThatMixesSamplesAndABrokenContractAreRefusedBeforeTrainin
   }
   fs::remove_all(dir);
 }
+
+// Without Python: a module defined in TorchScript from C++ (so that this path also runs
+// where Python's torch is absent, e.g. against LibTorch 2.x) trains with the Prototype Loss
+// and survives a checkpoint.
+TEST(TorchScript, AModuleDefinedInCxxTrainsAndSurvivesACheckpoint) {
+  const auto dir = fresh_dir("cxx");
+  torch::jit::Module net("Net");
+  torch::manual_seed(0);
+  // (name, tensor, is_buffer): trainable parameters, as nn.Parameter makes them in Python.
+  net.register_parameter("conv_weight", torch::randn({8, 1, 3, 3}).mul(0.3).requires_grad_(), false);
+  net.register_parameter("fc_weight", torch::randn({10, 8}).mul(0.3).requires_grad_(), false);
+  net.register_parameter("fc_bias", torch::zeros({10}).requires_grad_(), false);
+  net.define(R"(
+def features(self, x):
+    return torch.relu(torch.conv2d(x, self.conv_weight, None, [1, 1], [1, 1]))
+
+def head(self, a):
+    return a.mean([2, 3]).matmul(self.fc_weight.t()) + self.fc_bias
+)");
+  const auto file = (dir / "net.pt").string();
+  net.save(file);
+  auto c = small_run(dir);
+  c.train_size = 640;
+  c.test_size = 128;
+  c.run_name = "r";
+  c.report = false;
+  c.model = "torchscript:" + file;
+  const auto r = train::train(c);
+  ASSERT_EQ(r.history.size(), 1u);
+  EXPECT_TRUE(std::isfinite(r.history.back().train_loss));
+  EXPECT_GT(r.history.back().train_proto, 0.0) << "the Prototype Loss was on";
+  const auto ck = train::load_checkpoint(r.checkpoint);
+  const auto* scripted = dynamic_cast<const models::TorchScriptModel*>(ck.model.get());
+  ASSERT_NE(scripted, nullptr);
+  // The trained weights, not the file's: they changed, and the checkpoint holds them.
+  torch::NoGradGuard no_grad;
+  const auto fresh = models::make_model(ck.spec);
+  fresh->eval();
+  ck.model->eval();
+  EXPECT_FALSE(torch::equal(fresh->forward(probe()), ck.model->forward(probe())));
+  fs::remove_all(dir);
+}
