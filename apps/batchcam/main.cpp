@@ -459,13 +459,6 @@ std::string checkpoint_of(const std::string& run_or_checkpoint) {
   throw std::runtime_error(run_or_checkpoint + ": neither best.pt nor last.pt in this directory (not a run directory?)");
 }
 
-// eval.json's record of what was evaluated and by what.
-nlohmann::json evaluation_origin(const std::string& checkpoint, const batchcam::train::Checkpoint& ck,
-                                 const torch::Device& device) {
-  return {{"checkpoint", {{"path", checkpoint}, {"epoch", ck.epoch}}},
-          {"provenance", batchcam::core::provenance(device)}};
-}
-
 // A checkpoint and the test split it is evaluated on: `target` is a run directory or a
 // checkpoint file (checkpoint_of); the dataset is the run's unless overridden.
 struct Evaluated {
@@ -516,7 +509,7 @@ int run_eval(const EvalArgs& a) {
   const auto report = batchcam::eval::evaluate_full(*e.ck.model, e.splits.test, e.ck.normalization, e.ck.prototypes,
                                                     options);
   auto j = batchcam::eval::to_json(report);
-  const auto origin = evaluation_origin(e.checkpoint, e.ck, device);
+  const auto origin = batchcam::eval::evaluation_origin(e.checkpoint, e.ck.epoch, device);
   for (const auto& [key, value] : origin.items()) j[key] = value;
   const auto json = j.dump(2) + "\n";
   if (!a.out.empty()) batchcam::train::write_file_atomic(a.out, json);
@@ -667,7 +660,7 @@ int run_report(const std::string& run_or_checkpoint, const std::string& device_n
   options.on_phase = [](const std::string& what) { spdlog::info("{} ...", what); };
   batchcam::eval::write_run_report(out_dir.string(), *e.ck.model, e.splits.test, e.ck.normalization,
                                    e.ck.prototypes, batchcam::train::to_json(e.ck.config), history,
-                                   evaluation_origin(e.checkpoint, e.ck, device), options);
+                                   batchcam::eval::evaluation_origin(e.checkpoint, e.ck.epoch, device), options);
   std::cout << "wrote " << (out_dir / "report.html").string() << ", eval.json and the pictures of " << e.checkpoint
             << "\n";
   return 0;
@@ -678,7 +671,8 @@ int run_report(const std::string& run_or_checkpoint, const std::string& device_n
 nlohmann::json export_metadata(const batchcam::train::Checkpoint& ck, const std::string& checkpoint,
                                const std::string& format) {
   const auto& spec = ck.spec;
-  return {{"format", format},
+  auto j = batchcam::eval::evaluation_origin(checkpoint, ck.epoch, torch::kCPU);
+  j.update(nlohmann::json{{"format", format},
           {"model", spec.name},
           {"in_channels", spec.in_channels},
           {"image_size", spec.image_size},
@@ -689,9 +683,8 @@ nlohmann::json export_metadata(const batchcam::train::Checkpoint& ck, const std:
           {"normalization",
            {{"mean", ck.normalization.mean},
             {"std", ck.normalization.std},
-            {"input", "x = (pixel / 255 - mean) / std, per channel, on [C, image_size, image_size] images"}}},
-          {"checkpoint", {{"path", checkpoint}, {"epoch", ck.epoch}}},
-          {"provenance", batchcam::core::provenance(torch::kCPU)}};
+            {"input", "x = (pixel / 255 - mean) / std, per channel, on [C, image_size, image_size] images"}}}});
+  return j;
 }
 
 int run_export(const std::string& run_or_checkpoint, const std::string& format, const std::string& out) {

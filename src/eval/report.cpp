@@ -373,6 +373,10 @@ std::string render_report_html(const ReportInputs& in) {
   return h.str();
 }
 
+nlohmann::json evaluation_origin(const std::string& checkpoint, int64_t epoch, const torch::Device& device) {
+  return {{"checkpoint", {{"path", checkpoint}, {"epoch", epoch}}}, {"provenance", core::provenance(device)}};
+}
+
 EvalReport write_run_report(const std::string& run_dir, models::CamModel& model, const data::Dataset& test_set,
                             const data::Normalization& norm, const torch::Tensor& prototypes,
                             const nlohmann::json& config, const std::vector<nlohmann::json>& history,

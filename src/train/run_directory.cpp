@@ -122,11 +122,9 @@ void RunDirectory::write_final(Trainer& trainer, const std::function<void(const 
   for (const auto& m : trainer.history()) history.push_back(to_json(m));
   eval::EvalOptions options;
   options.on_phase = on_phase;
-  const nlohmann::json origin = {
-      {"checkpoint", {{"path", last_checkpoint()}, {"epoch", trainer.epochs_done()}}},
-      {"provenance", core::provenance(trainer.device())}};
   eval::write_run_report(path_, trainer.model(), test, trainer.normalization(), trainer.prototypes(),
-                         to_json(trainer.config()), history, origin, options);
+                         to_json(trainer.config()), history,
+                         eval::evaluation_origin(last_checkpoint(), trainer.epochs_done(), trainer.device()), options);
 }
 
 }  // namespace batchcam::train

@@ -8,16 +8,15 @@ target layer, which mixes samples in training mode (batchcam must refuse it); --
 a Dropout there, which is random but per-sample (batchcam must accept it).
 """
 import argparse
+import os
+import sys
 
 import torch
 from torch import nn
 
-
-def block(cin, cout, pool):
-    layers = [nn.MaxPool2d(2)] if pool else []
-    layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-               nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers)
+# The blocks of batchcam's SimpleCNN, as the benchmark's Python side builds them.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench"))
+from python_step import conv_bn_relu_twice as block  # noqa: E402
 
 
 class Net(nn.Module):

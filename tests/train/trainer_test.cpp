@@ -34,6 +34,15 @@ fs::path fresh_dir(const std::string& name) {
   return dir;
 }
 
+// A checkpoint of an untrained SimpleCNN at `epoch`, without training state.
+void save_untrained_checkpoint(const std::string& path, int64_t epoch) {
+  models::ModelSpec spec;
+  spec.name = "simple-cnn";
+  auto model = models::make_model(spec);
+  train::save_checkpoint(path, *model, spec, train::TrainConfig{}, epoch, data::Normalization{{0.1}, {0.3}},
+                         torch::rand({10, 28, 28}));
+}
+
 struct FixedBatch {
   data::Dataset dataset = data::generate_shapes(64, 28, 11, data::SpuriousCue::none, 0.05);
   data::Normalization norm = data::Normalization::fit(dataset.images);
@@ -576,12 +585,8 @@ TEST(Checkpoint, HoldsCpuTensorsAndLoadsOntoTheRequestedDevice) {
 
 TEST(Checkpoint, FilesOfBatchcam01StillLoad) {
   const auto dir = fresh_dir("ckold");
-  models::ModelSpec spec;
-  spec.name = "simple-cnn";
-  auto model = models::make_model(spec);
   const auto path = (dir / "new.pt").string();
-  train::save_checkpoint(path, *model, spec, train::TrainConfig{}, 3, data::Normalization{{0.1}, {0.3}},
-                         torch::rand({10, 28, 28}));
+  save_untrained_checkpoint(path, 3);
   const auto file = test_support::read_text(path);
   const auto payload = file.substr(file.find("\n\n") + 2);
   // Format 1: the bare archive. Format 2: an archive holding it and its SHA-256.
@@ -777,12 +782,8 @@ TEST(Reliability, ResumeUsesTheCheckpointsConfigurationNotAnEditedConfigJson) {
 
 TEST(Reliability, ABitFlipInACheckpointIsRefusedNeverLoadedAsOtherWeights) {
   const auto dir = fresh_dir("flips");
-  models::ModelSpec spec;
-  spec.name = "simple-cnn";
-  auto model = models::make_model(spec);
   const auto path = (dir / "c.pt").string();
-  train::save_checkpoint(path, *model, spec, train::TrainConfig{}, 1, data::Normalization{{0.1}, {0.3}},
-                         torch::rand({10, 28, 28}));
+  save_untrained_checkpoint(path, 1);
   ASSERT_NO_THROW((void)train::load_checkpoint(path));
   const auto bytes = test_support::read_text(path);
   std::mt19937_64 rng(7);

@@ -41,6 +41,10 @@ struct ReportInputs {
 /// The HTML page, with every picture embedded (data: URIs): it needs no network or files.
 std::string render_report_html(const ReportInputs& inputs);
 
+/// What a result was computed from and by what, as eval.json and export metadata record it:
+/// {"checkpoint": {"path", "epoch"}, "provenance": core::provenance(device)}.
+nlohmann::json evaluation_origin(const std::string& checkpoint, int64_t epoch, const torch::Device& device);
+
 /// Evaluates the model (evaluate_full), then writes eval.json and report.html into
 /// `run_dir` (atomically). `config` and `history` (one JSON object per epoch, as in
 /// metrics.jsonl) are the run's, as the caller holds them (the checkpoint's, not files that
