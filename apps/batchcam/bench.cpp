@@ -8,6 +8,7 @@
 #include "batchcam/core/runtime.h"
 #include "batchcam/data/datasets.h"
 #include "batchcam/data/shapes.h"
+#include "batchcam/io/file.h"
 #include "batchcam/losses/cam_losses.h"
 #include "batchcam/models/registry.h"
 #include "batchcam/train/checkpoint.h"
@@ -351,10 +352,10 @@ int run_bench(const BenchArgs& a, const std::string& self_path) {
     d.images = torch::randint(0, 256, {60000, 1, 28, 28}, torch::kUInt8);
     d.labels = torch::randint(0, 10, {60000}, torch::kInt64);
     d.class_names.assign(10, "c");
-    batchcam::data::BatchIterator plain(d, batchcam::data::Normalization::fit(d.images.narrow(0, 0, 1000)), kBatch,
-                                        true, 0, true);
-    auto shifted = plain;
-    shifted.set_augmentation({3, false});
+    const auto norm = batchcam::data::Normalization::fit(d.images.narrow(0, 0, 1000));
+    batchcam::data::BatchIterator plain(d, norm, kBatch, true, 0, true);
+    batchcam::data::BatchIterator shifted(d, norm, kBatch, true, 0, true);
+    shifted.set_augmentation({3, false, false});
     int64_t i = 0;
     auto stats = interleaved({{"plain", [&] { (void)plain.get(i++ % plain.size()); }},
                               {"shift", [&] { (void)shifted.get(i++ % shifted.size()); }}},
@@ -386,6 +387,6 @@ int run_bench(const BenchArgs& a, const std::string& self_path) {
                                cam ? "CE + Batch-CAM" : "CE only", result.train_seconds);
     }
   }
-  if (!a.json_out.empty()) batchcam::train::write_file_atomic(a.json_out, results.dump(2) + "\n");
+  if (!a.json_out.empty()) batchcam::io::write_file_atomic(a.json_out, results.dump(2) + "\n");
   return 0;
 }

@@ -11,6 +11,7 @@
 #include "batchcam/eval/evaluate.h"
 #include "batchcam/eval/pictures.h"
 #include "batchcam/eval/report.h"
+#include "batchcam/io/file.h"
 #include "batchcam/io/image.h"
 #include "batchcam/io/png.h"
 #include "batchcam/losses/cam_losses.h"
@@ -98,10 +99,15 @@ void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
   cmd.add_option("--data-dir", c.data_dir,
                  "Directory of the dataset's files (default: data/<dataset>; MNIST-type files are downloaded there when missing)")
       ->group("Data");
-  cmd.add_option("--train-size", c.train_size, "Training images (shapes: generated, 0 = 6000; others: the first N, 0 = all)")
+  cmd.add_option("--train-size", c.train_size,
+                 "Training images (shapes: generated, 0 = 6000; folder: a stratified random subset, 0 = all; others: "
+                 "the first N, 0 = all)")
       ->check(integer_in(0, 10000000))->group("Data");
-  cmd.add_option("--test-size", c.test_size, "Test images (shapes: generated, 0 = 1000; others: the first N, 0 = all)")
+  cmd.add_option("--test-size", c.test_size, "Test images, as --train-size (shapes: 0 = 1000)")
       ->check(integer_in(0, 10000000))->group("Data");
+  cmd.add_option("--val-split", c.val_split,
+                 "folder without train/ and test/: the share of each class held out for testing")
+      ->check(number_check([](double v) { return v > 0 && v < 1; }, "in (0, 1)"))->group("Data");
   cmd.add_option("--image-size", c.image_size,
                  "Image side in pixels: 0 = the dataset's own (MNIST-type 28, CIFAR-10 32, shapes and folder 28); "
                  "shapes are drawn at it, other images resized to it")
@@ -116,8 +122,13 @@ void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
   cmd.add_option("--max-image-pixels", c.max_image_pixels,
                  "folder: refuse images whose header claims more pixels (before decoding them)")
       ->check(integer_in(1, int64_t{1} << 36))->group("Data");
-  add_enum_option(cmd, "--augment", c.augment, "Training augmentation: none, shift (random shift), shift-flip (+ horizontal flip)")
+  add_enum_option(cmd, "--augment", c.augment,
+                  "Training augmentation: none, shift (random shift), shift-flip (+ horizontal flip), crop-jitter-flip "
+                  "(folder: random resized crop, colour jitter, horizontal flip)")
       ->group("Data");
+  cmd.add_option("--workers", c.workers,
+                 "folder: threads decoding the next batch while a step runs (0 = decode in the step's thread)")
+      ->check(integer_in(0, 64))->group("Data");
 
   cmd.add_option("--model", c.model,
                  "Model: a built-in (see 'batchcam models') or torchscript:FILE, a module scripted in Python that "
@@ -489,7 +500,7 @@ Evaluated load_evaluated(const std::string& target, const std::string& dataset, 
         test.height(), test.width(), test.num_classes()));
   }
   if (!e.ck.prototypes.defined()) {
-    e.ck.prototypes = batchcam::losses::image_prototypes(e.splits.train.images, e.splits.train.labels, spec.num_classes);
+    e.ck.prototypes = batchcam::losses::image_prototypes(e.splits.train);
   }
   return e;
 }
@@ -512,7 +523,7 @@ int run_eval(const EvalArgs& a) {
   const auto origin = batchcam::eval::evaluation_origin(e.checkpoint, e.ck.epoch, device);
   for (const auto& [key, value] : origin.items()) j[key] = value;
   const auto json = j.dump(2) + "\n";
-  if (!a.out.empty()) batchcam::train::write_file_atomic(a.out, json);
+  if (!a.out.empty()) batchcam::io::write_file_atomic(a.out, json);
   if (a.json) {
     std::cout << json;
   } else {
@@ -539,31 +550,20 @@ int run_explain(const ExplainArgs& a) {
     e.checkpoint = checkpoint_of(a.checkpoint);
     e.ck = batchcam::train::load_checkpoint(e.checkpoint, device);
     const auto& spec = e.ck.spec;
-    std::vector<torch::Tensor> pixels;
-    for (const auto& file : a.images) {
-      const auto image = batchcam::io::read_image(file);
-      auto t = torch::from_blob(const_cast<uint8_t*>(image.pixels.data()), {image.height, image.width, image.channels},
-                                torch::kUInt8).permute({2, 0, 1}).to(torch::kFloat32).unsqueeze(0);
-      if (t.size(1) != spec.in_channels) t = spec.in_channels == 1 ? t.mean(1, true) : t.expand({-1, 3, -1, -1});
-      namespace F = torch::nn::functional;
-      t = F::interpolate(t, F::InterpolateFuncOptions().size(std::vector<int64_t>{spec.image_size, spec.image_size})
-                                .mode(torch::kBilinear).align_corners(false));
-      pixels.push_back(t.round().clamp(0, 255).to(torch::kUInt8).squeeze(0));
-      sources.push_back(file);
-    }
-    inputs.images = torch::stack(pixels);
-    inputs.labels = torch::full({inputs.images.size(0)}, -1, torch::kInt64);
+    // Decoded as the test images of a folder are (the shorter side scaled, the centre kept).
+    inputs.files = std::make_shared<const batchcam::data::ImageFiles>(a.images, spec.image_size, spec.in_channels,
+                                                                      e.ck.config.max_image_pixels, 0);
+    inputs.labels = torch::full({static_cast<int64_t>(a.images.size())}, -1, torch::kInt64);
     // The checkpoint's class names (runs of batchcam 0.1 have none: shapes' are known).
     inputs.class_names = !e.ck.spec.class_names.empty()       ? e.ck.spec.class_names
                          : e.ck.config.dataset == "shapes" ? batchcam::data::shapes_class_names()
                                                            : std::vector<std::string>();
   } else {
     e = load_evaluated(a.checkpoint, a.dataset, a.data_dir, 0, device);
-    const int64_t n = std::min<int64_t>(a.count, e.splits.test.size());
-    inputs = e.splits.test;
-    inputs.images = inputs.images.narrow(0, 0, n);
-    inputs.labels = inputs.labels.narrow(0, 0, n);
-    for (int64_t i = 0; i < n; ++i) sources.push_back("test:" + std::to_string(i));
+    inputs = e.splits.test.first(a.count);
+  }
+  for (int64_t i = 0; i < inputs.size(); ++i) {
+    sources.push_back(inputs.streamed() ? inputs.sample_name(i) : "test:" + std::to_string(i));
   }
   auto& model = *e.ck.model;
   const auto& norm = e.ck.normalization;
@@ -584,7 +584,7 @@ int run_explain(const ExplainArgs& a) {
     }
   }
   model.eval();
-  const auto x = norm.apply(inputs.images.to(device));
+  const auto x = norm.apply(inputs.images_at(torch::arange(inputs.size(), torch::kInt64)).to(device));
   torch::Tensor logits;
   {
     torch::NoGradGuard no_grad;
@@ -624,7 +624,7 @@ int run_explain(const ExplainArgs& a) {
     batchcam::io::write_png((fs::path(a.out) / fmt::format("class-{}.png", c)).string(),
                             batchcam::eval::stack_rows(rows));
   }
-  batchcam::train::write_file_atomic((fs::path(a.out) / "cam_stats.csv").string(), csv);
+  batchcam::io::write_file_atomic((fs::path(a.out) / "cam_stats.csv").string(), csv);
   std::cout << "wrote " << x.size(0) << " explanations (image | CAM | overlay | reconstruction) to " << a.out
             << "/images, " << by_class.size() << " class grids and cam_stats.csv\n";
   return 0;
@@ -704,10 +704,10 @@ int run_export(const std::string& run_or_checkpoint, const std::string& format, 
       throw std::invalid_argument("--format torchscript: " + checkpoint + " holds the built-in model " + ck.spec.name +
                                   ", which LibTorch cannot script; export it as state-dict");
     }
-    batchcam::train::write_file_atomic(out, scripted->save_bytes());
+    batchcam::io::write_file_atomic(out, scripted->save_bytes());
   }
   const auto metadata = std::filesystem::path(out).replace_extension(".json").string();
-  batchcam::train::write_file_atomic(metadata, export_metadata(ck, checkpoint, format).dump(2) + "\n");
+  batchcam::io::write_file_atomic(metadata, export_metadata(ck, checkpoint, format).dump(2) + "\n");
   std::cout << "wrote " << out << " (" << format << " of " << ck.spec.name << ", " << checkpoint << ") and "
             << metadata << " (input size, normalisation, class names)\n";
   return 0;

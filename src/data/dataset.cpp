@@ -4,19 +4,86 @@
 
 #include <torch/torch.h>
 
+#include <future>
 #include <numeric>
 #include <stdexcept>
 
 namespace batchcam::data {
 
+torch::Tensor Dataset::images_at(const torch::Tensor& index) const {
+  if (!files) return images.index_select(0, index);
+  const auto i = index.to(torch::kInt64).contiguous();
+  return files->load(std::vector<int64_t>(i.data_ptr<int64_t>(), i.data_ptr<int64_t>() + i.numel()));
+}
+
+Dataset Dataset::subset(const torch::Tensor& index) const {
+  Dataset out = *this;
+  const auto pick = [&](const torch::Tensor& t) { return t.defined() ? t.index_select(0, index) : t; };
+  if (files) {
+    const auto i = index.to(torch::kInt64).contiguous();
+    out.files = std::make_shared<const ImageFiles>(
+        files->subset(std::vector<int64_t>(i.data_ptr<int64_t>(), i.data_ptr<int64_t>() + i.numel())));
+  }
+  out.images = pick(images);
+  out.labels = pick(labels);
+  out.object_masks = pick(object_masks);
+  out.decoy_masks = pick(decoy_masks);
+  out.decoy_labels = pick(decoy_labels);
+  return out;
+}
+
+Dataset Dataset::first(int64_t n) const {
+  if (n <= 0 || n >= size()) return *this;
+  return subset(torch::arange(n, torch::kInt64));
+}
+
+std::string Dataset::sample_name(int64_t i) const {
+  if (files) return files->paths().at(static_cast<size_t>(i));
+  return "#" + std::to_string(i);
+}
+
+void for_each_chunk(const Dataset& dataset, int64_t chunk,
+                    const std::function<void(const torch::Tensor& images, const torch::Tensor& labels)>& visit) {
+  TORCH_CHECK(chunk > 0, "for_each_chunk: chunk must be > 0");
+  for (int64_t begin = 0; begin < dataset.size(); begin += chunk) {
+    const auto index = torch::arange(begin, std::min(begin + chunk, dataset.size()), torch::kInt64);
+    visit(dataset.images_at(index), dataset.labels.index_select(0, index));
+  }
+}
+
 Normalization Normalization::fit(const torch::Tensor& images) {
-  TORCH_CHECK(images.dim() == 4 && images.scalar_type() == torch::kUInt8,
-              "Normalization::fit expects uint8 images [N, C, H, W], got ", images.sizes());
+  Dataset d;
+  d.images = images;
+  return fit(d);
+}
+
+Normalization Normalization::fit(const Dataset& dataset) {
+  TORCH_CHECK(dataset.size() > 0, "Normalization::fit: no images");
+  TORCH_CHECK(dataset.streamed() || (dataset.images.dim() == 4 && dataset.images.scalar_type() == torch::kUInt8),
+              "Normalization::fit expects uint8 images [N, C, H, W], got ", dataset.images.sizes());
+  // Sums in double, chunk by chunk; the variance about a first estimate of the mean keeps
+  // E[x^2] - E[x]^2 from cancelling.
+  torch::Tensor sum, sum_sq, shift;
+  double count = 0;
+  Dataset images_only = dataset;
+  images_only.labels = torch::zeros({dataset.size()}, torch::kInt64);
+  for_each_chunk(images_only, 4096, [&](const torch::Tensor& images, const torch::Tensor&) {
+    const auto x = images.to(torch::kDouble).div_(255.0).transpose(0, 1).flatten(1);  // [C, n*H*W]
+    if (!shift.defined()) {
+      shift = x.mean(1, /*keepdim=*/true);
+      sum = torch::zeros_like(shift.squeeze(1));
+      sum_sq = torch::zeros_like(sum);
+    }
+    const auto centred = x - shift;
+    sum += centred.sum(1);
+    sum_sq += centred.square().sum(1);
+    count += static_cast<double>(x.size(1));
+  });
+  const auto mean_centred = sum / count;
+  const auto mean = shift.squeeze(1) + mean_centred;
+  const auto stdev = (sum_sq / count - mean_centred.square()).clamp_min(0).sqrt().clamp_min(1e-6);
   Normalization n;
-  const auto x = images.to(torch::kDouble).div_(255.0).transpose(0, 1).flatten(1);  // [C, N*H*W]
-  const auto mean = x.mean(1);
-  const auto stdev = x.std(1, /*unbiased=*/false).clamp_min(1e-6);
-  for (int64_t c = 0; c < x.size(0); ++c) {
+  for (int64_t c = 0; c < mean.size(0); ++c) {
     n.mean.push_back(mean[c].item<double>());
     n.std.push_back(stdev[c].item<double>());
   }
@@ -52,7 +119,17 @@ BatchIterator::BatchIterator(const Dataset& dataset, Normalization norm, int64_t
   set_epoch(0);
 }
 
+BatchIterator::~BatchIterator() { drop_prefetch(); }
+
+// Waits for a batch decoding in the background (it reads order_) and forgets it.
+void BatchIterator::drop_prefetch() {
+  if (next_.valid()) next_.wait();
+  next_ = {};
+  next_index_ = -1;
+}
+
 void BatchIterator::set_epoch(int64_t epoch) {
+  drop_prefetch();
   epoch_ = epoch;
   if (!shuffle_) return;
   std::iota(order_.begin(), order_.end(), 0);
@@ -65,17 +142,27 @@ int64_t BatchIterator::size() const {
   return drop_last_ ? n / batch_size_ : (n + batch_size_ - 1) / batch_size_;
 }
 
-Batch BatchIterator::get(int64_t i) const {
-  TORCH_CHECK(i >= 0 && i < size(), "batch index ", i, " out of range [0, ", size(), ")");
+std::vector<int64_t> BatchIterator::batch_indices(int64_t i) const {
   const int64_t begin = i * batch_size_;
   const int64_t end = std::min<int64_t>(begin + batch_size_, dataset_->size());
-  auto index = torch::from_blob(const_cast<int64_t*>(order_.data() + begin), {end - begin}, torch::kInt64).clone();
-  Batch b;
-  b.index = index;
-  auto images = dataset_->images.index_select(0, index);
+  return {order_.begin() + begin, order_.begin() + end};
+}
+
+torch::Tensor BatchIterator::batch_images(int64_t i) const {
+  const auto index = batch_indices(i);
+  const auto n = static_cast<int64_t>(index.size());
+  // Every draw depends on (seed, epoch, batch i) only.
+  const uint64_t batch_seed = mix_seed(mix_seed(seed_, static_cast<uint64_t>(epoch_)), 0x5eed0000ULL + static_cast<uint64_t>(i));
+  torch::Tensor images;
+  if (dataset_->streamed()) {
+    const CropJitter crop;
+    images = dataset_->files->load(index, augmentation_.crop_jitter ? &crop : nullptr, mix_seed(batch_seed, 1));
+  } else {
+    images = dataset_->images.index_select(0, torch::tensor(index, torch::kInt64));
+  }
   if (augmentation_.max_shift > 0 || augmentation_.flip) {
-    const int64_t n = end - begin, s = augmentation_.max_shift;
-    Rng rng(mix_seed(mix_seed(seed_, static_cast<uint64_t>(epoch_)), 0x5eed0000ULL + static_cast<uint64_t>(i)));
+    const int64_t s = augmentation_.max_shift;
+    Rng rng(batch_seed);
     std::vector<int64_t> dy(n), dx(n);
     std::vector<uint8_t> flip(n);
     for (int64_t k = 0; k < n; ++k) {
@@ -86,7 +173,26 @@ Batch BatchIterator::get(int64_t i) const {
     images = shift_and_flip(images, torch::tensor(dy), torch::tensor(dx),
                             torch::from_blob(flip.data(), {n}, torch::kUInt8).to(torch::kBool));
   }
-  b.y = dataset_->labels.index_select(0, index);
+  return images;
+}
+
+Batch BatchIterator::get(int64_t i) {
+  TORCH_CHECK(i >= 0 && i < size(), "batch index ", i, " out of range [0, ", size(), ")");
+  torch::Tensor images;
+  if (next_.valid() && next_index_ == i) {
+    images = next_.get();
+    next_index_ = -1;
+  } else {
+    drop_prefetch();
+    images = batch_images(i);
+  }
+  if (dataset_->streamed() && dataset_->files->workers() > 0 && i + 1 < size()) {
+    next_index_ = i + 1;
+    next_ = std::async(std::launch::async, [this, i] { return batch_images(i + 1); });
+  }
+  Batch b;
+  b.index = torch::tensor(batch_indices(i), torch::kInt64);
+  b.y = dataset_->labels.index_select(0, b.index);
   if (device_.is_cuda()) {
     // Page-locked memory lets the copies run asynchronously, overlapping the previous step.
     images = images.pin_memory().to(device_, /*non_blocking=*/true);

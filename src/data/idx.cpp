@@ -1,5 +1,7 @@
 #include "batchcam/data/idx.h"
 
+#include "batchcam/io/file.h"
+
 #include <zlib.h>
 
 #include <fstream>
@@ -83,11 +85,7 @@ IdxArray parse_idx(const std::string& raw, const std::string& name) {
 }
 
 IdxArray read_idx(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(path + ": cannot open for reading");
-  const std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-  if (in.bad()) throw std::runtime_error(path + ": read error");
-  return parse_idx(bytes, path);
+  return parse_idx(io::read_file(path), path);
 }
 
 }  // namespace batchcam::data

@@ -142,10 +142,7 @@ EvalMetrics evaluation_pass(models::CamModel& model, const data::Dataset& datase
 }
 
 data::Dataset first_images(const data::Dataset& d, int64_t n) {
-  data::Dataset out = d;
-  n = std::min(n, d.size());
-  out.images = d.images.narrow(0, 0, n);
-  out.labels = d.labels.narrow(0, 0, n);
+  data::Dataset out = d.first(n);
   out.object_masks = torch::Tensor();
   out.decoy_masks = torch::Tensor();
   out.decoy_labels = torch::Tensor();
@@ -231,7 +228,7 @@ EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, 
     for (int64_t i = 0; i < batches.size(); ++i) {
       const auto b = batches.get(i);
       const auto maps = cams_for(model, b.x, b.y);
-      const auto baseline = norm.apply(torch::zeros_like(subset.images.narrow(0, 0, 1)).to(device)).expand_as(b.x);
+      const auto baseline = norm.apply(torch::zeros({1, subset.channels(), subset.height(), subset.width()}, torch::kUInt8).to(device)).expand_as(b.x);
       const auto [del, ins] =
           deletion_insertion_curves(forward, b.x, b.y, maps, baseline, options.faithfulness_steps);
       deletion += curve_auc(del).sum().item<double>();

@@ -64,7 +64,7 @@ torch::Tensor cam_examples(models::CamModel& model, const data::Dataset& dataset
   TORCH_CHECK(!picks.empty(), "cam_examples: the dataset is empty");
   const auto index = torch::tensor(picks, torch::kLong);
   const auto device = core::module_device(model);
-  const auto x = norm.apply(dataset.images.index_select(0, index).to(device));
+  const auto x = norm.apply(dataset.images_at(index).to(device));
   const bool was_training = model.is_training();
   model.eval();
   const auto out = cam::grad_cam(model, x, dataset.labels.index_select(0, index).to(device),

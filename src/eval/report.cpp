@@ -3,7 +3,7 @@
 #include "batchcam/cam/grad_cam.h"
 #include "batchcam/eval/pictures.h"
 #include "batchcam/io/png.h"
-#include "batchcam/train/checkpoint.h"
+#include "batchcam/io/file.h"
 
 #include <cairo-svg.h>
 #include <cairo.h>
@@ -98,7 +98,7 @@ std::vector<std::pair<std::string, std::string>> class_grids(models::CamModel& m
     if (where.numel() == 0) continue;
     const auto index = where.narrow(0, 0, std::min<int64_t>(per_class, where.numel()));
     const auto device = core::module_device(model);
-    const auto x = norm.apply(dataset.images.index_select(0, index).to(device));
+    const auto x = norm.apply(dataset.images_at(index).to(device));
     const auto maps = cam::grad_cam(model, x, dataset.labels.index_select(0, index).to(device),
                                     cam::GradCamOptions().output_size({x.size(2), x.size(3)}))
                           .cam.maps.detach()
@@ -384,7 +384,7 @@ EvalReport write_run_report(const std::string& run_dir, models::CamModel& model,
   const auto report = evaluate_full(model, test_set, norm, prototypes, options);
   auto eval_json = to_json(report);
   for (const auto& [key, value] : origin.items()) eval_json[key] = value;
-  train::write_file_atomic((fs::path(run_dir) / "eval.json").string(), eval_json.dump(2) + "\n");
+  io::write_file_atomic((fs::path(run_dir) / "eval.json").string(), eval_json.dump(2) + "\n");
   ReportInputs in;
   in.title = "batchcam run " + fs::path(run_dir).filename().string();
   in.config = config;
@@ -393,7 +393,7 @@ EvalReport write_run_report(const std::string& run_dir, models::CamModel& model,
   in.prototypes_png = io::encode_png(prototype_strip(prototypes.cpu()));
   if (options.on_phase) options.on_phase("report.html");
   in.class_grids = class_grids(model, test_set, norm);
-  train::write_file_atomic((fs::path(run_dir) / "report.html").string(), render_report_html(in));
+  io::write_file_atomic((fs::path(run_dir) / "report.html").string(), render_report_html(in));
   return report;
 }
 

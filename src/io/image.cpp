@@ -1,5 +1,7 @@
 #include "batchcam/io/image.h"
 
+#include "batchcam/io/file.h"
+
 #include <jpeglib.h>
 #include <png.h>
 
@@ -24,7 +26,7 @@ void check_size(const std::string& path, int64_t width, int64_t height, int64_t 
   }
 }
 
-Image decode_png(const std::string& path, const std::string& bytes, int64_t max_pixels) {
+Image decode_png(const std::string& path, const std::string& bytes, int64_t max_pixels, bool header_only) {
   png_image image{};
   image.version = PNG_IMAGE_VERSION;
   if (!png_image_begin_read_from_memory(&image, bytes.data(), bytes.size())) {
@@ -40,6 +42,10 @@ Image decode_png(const std::string& path, const std::string& bytes, int64_t max_
   out.width = image.width;
   out.height = image.height;
   out.channels = color ? 3 : 1;
+  if (header_only) {
+    png_image_free(&image);
+    return out;
+  }
   out.pixels.resize(PNG_IMAGE_SIZE(image));
   if (!png_image_finish_read(&image, nullptr, out.pixels.data(), 0, nullptr)) {
     const std::string message = image.message;
@@ -70,7 +76,8 @@ void on_jpeg_message(j_common_ptr info, int level) {
 // Decodes into `out` (in the caller's frame, so longjmp leaves it intact); returns false
 // with libjpeg's message on an error, or with `too_large` set (and no pixels allocated)
 // when the header claims more than max_pixels.
-bool decode_jpeg_into(const std::string& bytes, int64_t max_pixels, Image& out, JpegError& error, bool& too_large) {
+bool decode_jpeg_into(const std::string& bytes, int64_t max_pixels, bool header_only, Image& out, JpegError& error,
+                      bool& too_large) {
   jpeg_decompress_struct info{};
   info.err = jpeg_std_error(&error.manager);
   error.manager.error_exit = on_jpeg_error;
@@ -90,6 +97,11 @@ bool decode_jpeg_into(const std::string& bytes, int64_t max_pixels, Image& out, 
     return false;
   }
   info.out_color_space = info.num_components == 1 ? JCS_GRAYSCALE : JCS_RGB;
+  if (header_only) {
+    out.channels = info.num_components == 1 ? 1 : 3;
+    jpeg_destroy_decompress(&info);
+    return true;
+  }
   jpeg_start_decompress(&info);
   out.width = info.output_width;
   out.height = info.output_height;
@@ -104,26 +116,18 @@ bool decode_jpeg_into(const std::string& bytes, int64_t max_pixels, Image& out, 
   return true;
 }
 
-Image decode_jpeg(const std::string& path, const std::string& bytes, int64_t max_pixels) {
+Image decode_jpeg(const std::string& path, const std::string& bytes, int64_t max_pixels, bool header_only) {
   Image out;
   JpegError error{};
   bool too_large = false;
-  if (!decode_jpeg_into(bytes, max_pixels, out, error, too_large)) {
+  if (!decode_jpeg_into(bytes, max_pixels, header_only, out, error, too_large)) {
     if (too_large) check_size(path, out.width, out.height, max_pixels);
     fail(path, std::string("unreadable JPEG (") + error.message + ")");
   }
   return out;
 }
-}  // namespace
 
-Image read_image(const std::string& path, int64_t max_pixels) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, "cannot open for reading");
-  const std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-  return decode_image(bytes, path, max_pixels);
-}
-
-Image decode_image(const std::string& bytes, const std::string& path, int64_t max_pixels) {
+Image decode(const std::string& bytes, const std::string& path, int64_t max_pixels, bool header_only) {
   const auto starts_with = [&](std::initializer_list<unsigned char> magic) {
     size_t i = 0;
     for (const unsigned char b : magic) {
@@ -131,9 +135,35 @@ Image decode_image(const std::string& bytes, const std::string& path, int64_t ma
     }
     return true;
   };
-  if (starts_with({0x89, 'P', 'N', 'G'})) return decode_png(path, bytes, max_pixels);
-  if (starts_with({0xFF, 0xD8, 0xFF})) return decode_jpeg(path, bytes, max_pixels);
+  if (starts_with({0x89, 'P', 'N', 'G'})) return decode_png(path, bytes, max_pixels, header_only);
+  if (starts_with({0xFF, 0xD8, 0xFF})) return decode_jpeg(path, bytes, max_pixels, header_only);
   fail(path, "not a PNG or JPEG image");
+}
+}  // namespace
+
+Image read_image(const std::string& path, int64_t max_pixels) {
+  return decode(read_file(path), path, max_pixels, /*header_only=*/false);
+}
+
+Image decode_image(const std::string& bytes, const std::string& path, int64_t max_pixels) {
+  return decode(bytes, path, max_pixels, /*header_only=*/false);
+}
+
+Image read_image_info(const std::string& path, int64_t max_pixels) {
+  // The header lies in the first bytes (a JPEG's after its metadata segments, each at most
+  // 64 KiB): read a prefix, and the whole file only when the prefix does not hold it.
+  constexpr std::streamsize kPrefix = 1 << 20;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path, "cannot open for reading");
+  std::string prefix(static_cast<size_t>(kPrefix), '\0');
+  in.read(prefix.data(), kPrefix);
+  prefix.resize(static_cast<size_t>(in.gcount()));
+  if (in.gcount() < kPrefix) return decode(prefix, path, max_pixels, /*header_only=*/true);
+  try {
+    return decode(prefix, path, max_pixels, /*header_only=*/true);
+  } catch (const std::runtime_error&) {
+    return decode(read_file(path), path, max_pixels, /*header_only=*/true);
+  }
 }
 
 }  // namespace batchcam::io

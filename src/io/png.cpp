@@ -1,6 +1,6 @@
 #include "batchcam/io/png.h"
 
-#include "batchcam/train/checkpoint.h"
+#include "batchcam/io/file.h"
 
 #include <png.h>
 #include <torch/torch.h>
@@ -53,7 +53,7 @@ std::string encode_png(const torch::Tensor& image) {
 }
 
 void write_png(const std::string& path, const torch::Tensor& image) {
-  train::write_file_atomic(path, encode_png(image));
+  io::write_file_atomic(path, encode_png(image));
 }
 
 torch::Tensor heat_colors(const torch::Tensor& map) {

@@ -83,18 +83,24 @@ torch::Tensor image_prototypes(const torch::Tensor& images, const torch::Tensor&
   TORCH_CHECK(images.dim() == 4 && images.scalar_type() == torch::kUInt8,
               "image_prototypes: images must be uint8 [N, C, H, W], got ", images.sizes());
   TORCH_CHECK(labels.dim() == 1 && labels.size(0) == images.size(0), "image_prototypes: need one label per image");
-  const int64_t h = images.size(2), w = images.size(3);
-  auto sums = torch::zeros({num_classes, h * w}, torch::kDouble);
-  auto counts = torch::zeros({num_classes}, torch::kDouble);
-  constexpr int64_t kChunk = 4096;  // bounds the float copy for large datasets
-  for (int64_t begin = 0; begin < images.size(0); begin += kChunk) {
-    const int64_t end = std::min(begin + kChunk, images.size(0));
-    const auto gray = images.slice(0, begin, end).to(torch::kDouble).div_(255.0).mean(1).flatten(1);  // [n, HW]
-    const auto y = labels.slice(0, begin, end);
+  data::Dataset d;
+  d.images = images;
+  d.labels = labels;
+  d.class_names.resize(static_cast<size_t>(num_classes));
+  return image_prototypes(d);
+}
+
+torch::Tensor image_prototypes(const data::Dataset& dataset) {
+  const int64_t k = dataset.num_classes(), h = dataset.height(), w = dataset.width();
+  auto sums = torch::zeros({k, h * w}, torch::kDouble);
+  auto counts = torch::zeros({k}, torch::kDouble);
+  // In chunks: bounds the float copy for large datasets, and the decoding of streamed ones.
+  data::for_each_chunk(dataset, 4096, [&](const torch::Tensor& images, const torch::Tensor& y) {
+    const auto gray = images.to(torch::kDouble).div_(255.0).mean(1).flatten(1);  // [n, HW]
     sums.index_add_(0, y, gray);
-    counts.index_add_(0, y, torch::ones({end - begin}, torch::kDouble));
-  }
-  auto mean = (sums / counts.clamp_min(1.0).unsqueeze(1)).view({num_classes, h, w});
+    counts.index_add_(0, y, torch::ones({y.size(0)}, torch::kDouble));
+  });
+  auto mean = (sums / counts.clamp_min(1.0).unsqueeze(1)).view({k, h, w});
   return cam::normalize_maps(mean).to(torch::kFloat32);
 }
 

@@ -1,6 +1,7 @@
 #include "batchcam/train/checkpoint.h"
 
-#include "batchcam/data/datasets.h"
+#include "batchcam/io/download.h"
+#include "batchcam/io/file.h"
 #include "batchcam/models/torchscript.h"
 
 #include <torch/torch.h>
@@ -44,7 +45,7 @@ std::string serialize(torch::serialize::OutputArchive& archive) {
 }
 
 std::string seal(const std::string& payload) {
-  return kMagic + "format 3\nsha256 " + data::sha256_bytes(payload.data(), payload.size()) + "\nsize " +
+  return kMagic + "format 3\nsha256 " + io::sha256_bytes(payload.data(), payload.size()) + "\nsize " +
          std::to_string(payload.size()) + "\n\n" + payload;
 }
 
@@ -75,7 +76,7 @@ size_t unseal(const std::string& path, const std::string& file) {
     throw damaged("holds " + std::to_string(file.size() - start) + " bytes of content, its header says " +
                   std::to_string(size) + "; truncated?");
   }
-  if (data::sha256_bytes(file.data() + start, file.size() - start) != sum) {
+  if (io::sha256_bytes(file.data() + start, file.size() - start) != sum) {
     throw damaged("its content does not match its SHA-256");
   }
   return start;
@@ -85,9 +86,7 @@ size_t unseal(const std::string& path, const std::string& file) {
 // Throws std::runtime_error naming the path.
 torch::serialize::InputArchive open_archive(const std::string& path, torch::Device device) {
   if (!std::filesystem::is_regular_file(path)) throw std::runtime_error(path + ": no such checkpoint file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(path + ": cannot read (" + std::strerror(errno) + ")");
-  const std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string file = io::read_file(path);
   torch::serialize::InputArchive archive;
   if (file.compare(0, kMagic.size(), kMagic) == 0) {
     const size_t start = unseal(path, file);
@@ -127,7 +126,7 @@ torch::serialize::InputArchive open_archive(const std::string& path, torch::Devi
   }
   payload = payload.contiguous();
   if (!sum.isString() || payload.scalar_type() != torch::kUInt8 ||
-      data::sha256_bytes(payload.data_ptr(), static_cast<size_t>(payload.numel())) != sum.toStringRef()) {
+      io::sha256_bytes(payload.data_ptr(), static_cast<size_t>(payload.numel())) != sum.toStringRef()) {
     throw std::runtime_error(path + ": damaged checkpoint (its content does not match its SHA-256); use another "
                                     "checkpoint, e.g. best.pt beside it");
   }
@@ -139,27 +138,6 @@ torch::serialize::InputArchive open_archive(const std::string& path, torch::Devi
   }
   return inner;
 }
-
-void fsync_path(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) return;
-  ::fsync(fd);
-  ::close(fd);
-}
-
-// Moves a finished temporary file over `path` and makes the rename durable.
-void commit_temp(const std::string& tmp, const std::string& path) {
-  fsync_path(tmp);
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string err = std::strerror(errno);
-    std::remove(tmp.c_str());
-    throw std::runtime_error(path + ": cannot write (" + err + ")");
-  }
-  const auto dir = std::filesystem::path(path).parent_path();
-  fsync_path(dir.empty() ? "." : dir.string());
-}
-
-std::string temp_name(const std::string& path) { return path + ".tmp." + std::to_string(::getpid()); }
 
 torch::Tensor vec_tensor(const std::vector<double>& v) { return torch::tensor(v, torch::kDouble); }
 std::vector<double> tensor_vec(const torch::Tensor& t) {
@@ -176,51 +154,12 @@ nlohmann::json spec_json(const models::ModelSpec& s) {
 }
 }  // namespace
 
-namespace {
-// The file a path names: symbolic links followed (even to a target that does not exist yet).
-std::string resolve_links(const std::string& requested) {
-  namespace fs = std::filesystem;
-  fs::path path = requested;
-  for (int hops = 0; hops < 40 && fs::is_symlink(fs::symlink_status(path)); ++hops) {
-    const auto target = fs::read_symlink(path);
-    path = target.is_absolute() ? target : path.parent_path() / target;
-  }
-  return path.string();
-}
-}  // namespace
-
-void write_file_atomic(const std::string& requested, const std::string& content) {
-  // A link keeps pointing where it did: its target is replaced. A FIFO or a device is
-  // written directly: renaming a file over it would replace the node itself.
-  const auto path = resolve_links(requested);
-  const auto status = std::filesystem::status(path);
-  if (std::filesystem::exists(status) && !std::filesystem::is_regular_file(status)) {
-    std::ofstream out(path, std::ios::binary);
-    out << content;
-    out.close();
-    if (!out) throw std::runtime_error(requested + ": cannot write (" + std::strerror(errno) + ")");
-    return;
-  }
-  const auto tmp = temp_name(path);
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << content;
-    out.close();
-    if (!out) {
-      const std::string err = std::strerror(errno);
-      std::remove(tmp.c_str());
-      throw std::runtime_error(path + ": cannot write (" + err + ")");
-    }
-  }
-  commit_temp(tmp, path);
-}
-
 void export_state_dict(models::CamModel& model, const std::string& path) {
   c10::Dict<std::string, torch::Tensor> dict;
   for (const auto& p : model.named_parameters()) dict.insert(p.key(), p.value().detach().cpu().contiguous());
   for (const auto& b : model.named_buffers()) dict.insert(b.key(), b.value().detach().cpu().contiguous());
   const auto bytes = torch::pickle_save(c10::IValue(dict));
-  write_file_atomic(path, std::string(bytes.begin(), bytes.end()));
+  io::write_file_atomic(path, std::string(bytes.begin(), bytes.end()));
 }
 
 namespace {
@@ -240,9 +179,8 @@ std::string first_few(const std::vector<std::string>& items) {
 }  // namespace
 
 std::vector<std::string> load_initial_weights(models::CamModel& model, const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(path + ": cannot read (" + std::strerror(errno) + ")");
-  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string contents = io::read_file(path);
+  const std::vector<char> bytes(contents.begin(), contents.end());
   c10::IValue loaded;
   try {
     loaded = torch::pickle_load(bytes);
@@ -345,7 +283,7 @@ void save_checkpoint(const std::string& path, models::CamModel& model, const mod
   // Serialised in memory, then written by write_file_atomic: LibTorch's own file writer
   // throws again from its destructor when a write fails (disk full, file-size limit), which
   // terminates the process instead of reporting the error.
-  write_file_atomic(path, seal(serialize(archive)));
+  io::write_file_atomic(path, seal(serialize(archive)));
 }
 
 Checkpoint load_checkpoint(const std::string& path, torch::Device device) {
@@ -394,7 +332,7 @@ Checkpoint load_checkpoint(const std::string& path, torch::Device device) {
       if (!std::filesystem::is_regular_file(file)) {
         throw std::runtime_error("its TorchScript model " + file + " is missing (SHA-256 " + ck.spec.script_sha256 + ")");
       }
-      const auto sum = data::sha256_file(file);
+      const auto sum = io::sha256_file(file);
       if (sum != ck.spec.script_sha256) {
         throw std::runtime_error("its TorchScript model " + file + " has changed since (SHA-256 " + sum +
                                  ", the checkpoint's " + ck.spec.script_sha256 + ")");

@@ -28,7 +28,7 @@ template <> const std::vector<std::string>& names<BatchTarget>() {
   return n;
 }
 template <> const std::vector<std::string>& names<Augment>() {
-  static const std::vector<std::string> n = {"none", "shift", "shift-flip"};
+  static const std::vector<std::string> n = {"none", "shift", "shift-flip", "crop-jitter-flip"};
   return n;
 }
 template <> const std::vector<std::string>& names<losses::Distance>() {
@@ -45,9 +45,11 @@ void for_each_field(TrainConfig& c, F&& f) {
   f("data_dir", c.data_dir);
   f("train_size", c.train_size);
   f("test_size", c.test_size);
+  f("val_split", c.val_split);
   f("image_size", c.image_size);
   f("spurious", c.spurious);
   f("augment", c.augment);
+  f("workers", c.workers);
   f("max_image_pixels", c.max_image_pixels);
   f("model", c.model);
   f("target_layer", c.target_layer);
@@ -98,6 +100,10 @@ void TrainConfig::validate() const {
   require(train_size >= 0 && train_size <= 10000000, "train_size", "in [0, 10000000] (0 = the dataset's default)");
   require(test_size >= 0 && test_size <= 10000000, "test_size", "in [0, 10000000] (0 = the dataset's default)");
   require(dataset != "folder" || !data_dir.empty(), "data_dir", "set for dataset 'folder' (its directory)");
+  require(val_split > 0.0 && val_split < 1.0, "val_split", "in (0, 1)");
+  require(workers >= 0 && workers <= 64, "workers", "in [0, 64]");
+  require(augment != Augment::crop_jitter_flip || dataset == "folder", "augment",
+          "none, shift or shift-flip for dataset '" + dataset + "' (crop-jitter-flip is for folder images)");
   const bool digits = dataset == "mnist" || dataset == "decoy-mnist";
   require(!(digits && augment == Augment::shift_flip), "augment",
           "none or shift for digits (a flipped digit is another glyph)");

@@ -2,6 +2,7 @@
 
 #include "batchcam/eval/pictures.h"
 #include "batchcam/eval/report.h"
+#include "batchcam/io/file.h"
 #include "batchcam/io/png.h"
 #include "batchcam/train/checkpoint.h"
 #include "batchcam/train/trainer.h"
@@ -79,10 +80,7 @@ void RunDirectory::save_checkpoint(Trainer& trainer, bool best) {
 }
 
 void RunDirectory::copy_last_to_best() {
-  std::ifstream in(last_checkpoint(), std::ios::binary);
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (!in.good() && !in.eof()) throw std::runtime_error(last_checkpoint() + ": cannot read");
-  write_file_atomic(best_checkpoint(), bytes);
+  io::write_file_atomic(best_checkpoint(), io::read_file(last_checkpoint()));
 }
 
 void RunDirectory::remove_stale_temporaries() {
@@ -103,13 +101,13 @@ void RunDirectory::remove_stale_temporaries() {
 void RunDirectory::write_metrics(const std::vector<EpochMetrics>& history) {
   std::string lines;
   for (const auto& m : history) lines += to_json(m).dump() + "\n";
-  write_file_atomic((fs::path(path_) / "metrics.jsonl").string(), lines);
+  io::write_file_atomic((fs::path(path_) / "metrics.jsonl").string(), lines);
 }
 
 void RunDirectory::write_config(const TrainConfig& config, const nlohmann::json& provenance) {
   auto j = to_json(config);
   j[kProvenanceKey] = provenance;
-  write_file_atomic((fs::path(path_) / "config.json").string(), j.dump(2) + "\n");
+  io::write_file_atomic((fs::path(path_) / "config.json").string(), j.dump(2) + "\n");
 }
 
 void RunDirectory::write_final(Trainer& trainer, const std::function<void(const std::string&)>& on_phase) {

@@ -1,8 +1,8 @@
 #include "batchcam/train/trainer.h"
 
-
 #include "batchcam/cam/grad_cam.h"
 #include "batchcam/data/datasets.h"
+#include "batchcam/io/download.h"
 #include "batchcam/losses/cam_losses.h"
 #include "batchcam/models/torchscript.h"
 #include "batchcam/train/run_directory.h"
@@ -132,6 +132,8 @@ data::DatasetSplits load_dataset(const TrainConfig& c) {
   o.spurious = c.spurious;
   o.seed = c.seed;
   o.max_image_pixels = c.max_image_pixels;
+  o.val_split = c.val_split;
+  o.workers = c.workers;
   return data::load_dataset(o);
 }
 
@@ -144,7 +146,7 @@ Trainer::Trainer(const TrainConfig& config, const data::DatasetSplits& splits, t
   if (models::is_torchscript(config_.model)) {
     const auto file = models::torchscript_file(config_.model);
     if (!fs::is_regular_file(file)) throw std::runtime_error(file + ": no such TorchScript file (--model " + config_.model + ")");
-    spec_.script_sha256 = data::sha256_file(file);  // checkpoints refuse a changed file
+    spec_.script_sha256 = io::sha256_file(file);  // checkpoints refuse a changed file
     // An absolute path, so that the checkpoint can be used from another directory.
     spec_.name = models::kTorchScriptPrefix + fs::absolute(file).string();
   }
@@ -154,8 +156,8 @@ Trainer::Trainer(const TrainConfig& config, const data::DatasetSplits& splits, t
     notes_ = load_initial_weights(*model_, config_.init_weights);
     notes_.insert(notes_.begin(), "initial weights: " + config_.init_weights);
   }
-  norm_ = data::Normalization::fit(train_set.images);
-  prototypes_ = losses::image_prototypes(train_set.images, train_set.labels, train_set.num_classes());
+  norm_ = data::Normalization::fit(train_set);
+  prototypes_ = losses::image_prototypes(train_set);
   set_up(splits);
   begin_epoch();
 }
@@ -171,7 +173,7 @@ Trainer::Trainer(const Checkpoint& ck, const std::string& path, const data::Data
   norm_ = ck.normalization;
   prototypes_ = ck.prototypes.defined()
                     ? ck.prototypes
-                    : losses::image_prototypes(splits.train.images, splits.train.labels, splits.train.num_classes());
+                    : losses::image_prototypes(splits.train);
   set_up(splits);
   restore_optimizer(path, *optimizer_, device_);
   core::set_generator_state(ck.rng);
@@ -240,9 +242,11 @@ void Trainer::set_up(const data::DatasetSplits& splits) {
   if (config_.precision == core::Precision::fp16) scaler_ = std::make_unique<LossScaler>(device_);
   batches_ = std::make_unique<data::BatchIterator>(train_set, norm_, config_.batch_size, /*shuffle=*/true,
                                                    config_.seed, /*drop_last=*/true);
-  if (config_.augment != Augment::none) {
+  if (config_.augment == Augment::shift || config_.augment == Augment::shift_flip) {
     batches_->set_augmentation(
-        {std::max<int64_t>(1, train_set.height() / 8), config_.augment == Augment::shift_flip});
+        {std::max<int64_t>(1, train_set.height() / 8), config_.augment == Augment::shift_flip, false});
+  } else if (config_.augment == Augment::crop_jitter_flip) {
+    batches_->set_augmentation({0, true, true});
   }
   batches_->set_device(device_);
   steps_ = batches_->size();

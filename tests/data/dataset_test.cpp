@@ -10,7 +10,7 @@ using namespace batchcam::data;
 
 namespace {
 Dataset small_dataset() { return generate_shapes(50, 16, 2, SpuriousCue::none, 0.1); }
-std::vector<int64_t> epoch_indices(const BatchIterator& it) {
+std::vector<int64_t> epoch_indices(BatchIterator& it) {
   std::vector<int64_t> out;
   for (int64_t i = 0; i < it.size(); ++i) {
     const auto idx = it.get(i).index;

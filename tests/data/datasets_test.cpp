@@ -4,6 +4,7 @@
 #include "batchcam/data/datasets.h"
 #include "batchcam/data/idx.h"
 #include "batchcam/data/shapes.h"
+#include "batchcam/io/download.h"
 #include "batchcam/io/image.h"
 #include "batchcam/io/png.h"
 
@@ -12,9 +13,11 @@
 #include <torch/torch.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 using namespace batchcam;
 namespace fs = std::filesystem;
@@ -156,7 +159,7 @@ TEST(Idx, EveryKindOfBadFileGetsAMessageNamingTheFileAndTheProblem) {
             std::string::npos);
   EXPECT_NE(load("images", "labels-2d").find("expected a label file of 1 dimension"), std::string::npos);
   EXPECT_NE(load("labels3", "labels3").find("expected an image file of 3 dimensions"), std::string::npos);
-  EXPECT_NE(load("missing", "labels3").find("missing: cannot open"), std::string::npos);
+  EXPECT_NE(load("missing", "labels3").find("missing: no such file"), std::string::npos);
   fs::remove_all(dir);
 }
 
@@ -225,7 +228,16 @@ TEST(Cifar10, BinaryBatchDecodesChannelPlanarRecords) {
   fs::remove_all(dir);
 }
 
-TEST(ImageFolder, PngAndJpegClassesAreResizedAndLabelledBySortedFolderName) {
+data::FolderOptions folder_options(int64_t image_size, uint64_t seed) {
+  data::FolderOptions o;
+  o.image_size = image_size;
+  o.seed = seed;
+  return o;
+}
+
+torch::Tensor all_images(const data::Dataset& d) { return d.images_at(torch::arange(d.size(), torch::kInt64)); }
+
+TEST(ImageFolder, PngAndJpegClassesAreStreamedAndLabelledBySortedFolderName) {
   const auto dir = fresh_dir("folder");
   for (const char* split : {"train", "test"}) {
     fs::create_directories(dir / split / "cat");
@@ -234,15 +246,19 @@ TEST(ImageFolder, PngAndJpegClassesAreResizedAndLabelledBySortedFolderName) {
     io::write_png((dir / split / "ant" / "a.png").string(), torch::full({8, 8}, 40, torch::kUInt8));
     write_jpeg(dir / split / "cat" / "c.JPG", 16, 8, 200);
   }
-  const auto s = data::image_folder(dir.string(), 8, 0);
+  const auto s = data::image_folder(dir.string(), folder_options(8, 0));
   EXPECT_EQ(s.train.class_names, (std::vector<std::string>{"ant", "cat"}));
-  ASSERT_EQ(s.train.images.sizes(), (torch::IntArrayRef{2, 3, 8, 8})) << "RGB because one image is in colour";
+  ASSERT_TRUE(s.train.streamed()) << "folder images stay on disk until a batch asks for them";
+  EXPECT_FALSE(s.train.images.defined());
+  EXPECT_EQ(s.train.sample_name(1), (dir / "train" / "cat" / "c.JPG").string());
+  const auto images = all_images(s.train);
+  ASSERT_EQ(images.sizes(), (torch::IntArrayRef{2, 3, 8, 8})) << "RGB because one image is in colour";
   EXPECT_TRUE(torch::equal(s.train.labels, torch::tensor({0, 1}, torch::kInt64)));
-  EXPECT_TRUE(torch::equal(s.train.images[0], torch::full({3, 8, 8}, 40, torch::kUInt8))) << "gray replicated";
-  EXPECT_LE((s.train.images[1].to(torch::kInt) - 200).abs().max().item<int>(), 2) << "JPEG, resized 16 x 8 -> 8 x 8";
+  EXPECT_TRUE(torch::equal(images[0], torch::full({3, 8, 8}, 40, torch::kUInt8))) << "gray replicated";
+  EXPECT_LE((images[1].to(torch::kInt) - 200).abs().max().item<int>(), 2) << "JPEG, centre 8 x 8 of 16 x 8";
   EXPECT_EQ(s.test.size(), 2);
 
-  // Without train/ and test/, every fifth image of a class goes to the test split.
+  // Without train/ and test/, a random fifth of each class (val_split 0.2) is the test split.
   const auto flat = fresh_dir("folder-flat");
   for (const char* cls : {"x", "y"}) {
     fs::create_directories(flat / cls);
@@ -250,29 +266,151 @@ TEST(ImageFolder, PngAndJpegClassesAreResizedAndLabelledBySortedFolderName) {
       io::write_png((flat / cls / (std::to_string(i) + ".png")).string(), torch::full({4, 4}, i, torch::kUInt8));
     }
   }
-  const auto f = data::image_folder(flat.string(), 4, 3);
+  const auto f = data::image_folder(flat.string(), folder_options(4, 3));
   EXPECT_EQ(f.train.size(), 16);
   EXPECT_EQ(f.test.size(), 4);
   EXPECT_EQ(f.train.channels(), 1) << "gray when every image is gray";
+  auto held_out = folder_options(4, 3);
+  held_out.val_split = 0.3;
+  const auto g = data::image_folder(flat.string(), held_out);
+  EXPECT_EQ(g.test.size(), 6);
+  EXPECT_EQ(g.test.labels.eq(0).sum().item<int64_t>(), 3) << "the share is taken from each class";
+  // Train and test never share a file.
+  std::set<std::string> train_files(g.train.files->paths().begin(), g.train.files->paths().end());
+  for (const auto& p : g.test.files->paths()) EXPECT_EQ(train_files.count(p), 0u) << p;
 
-  // Bad input: unreadable image, empty class folder, a single class.
+  // Bad input, found when the folder is opened (headers are read then): unreadable image,
+  // empty class folder, a single class, an oversized image.
   write_bytes(flat / "x" / "broken.png", "\x89PNG not really");
-  EXPECT_NE(error_of([&] { data::image_folder(flat.string(), 4, 3); }).find("broken.png: unreadable PNG"),
+  EXPECT_NE(error_of([&] { data::image_folder(flat.string(), folder_options(4, 3)); }).find("broken.png: unreadable PNG"),
             std::string::npos);
   fs::remove(flat / "x" / "broken.png");
   write_bytes(flat / "x" / "text.jpg", "hello");
-  EXPECT_NE(error_of([&] { data::image_folder(flat.string(), 4, 3); }).find("text.jpg: not a PNG or JPEG image"),
+  EXPECT_NE(error_of([&] { data::image_folder(flat.string(), folder_options(4, 3)); })
+                .find("text.jpg: not a PNG or JPEG image"),
             std::string::npos);
   fs::remove(flat / "x" / "text.jpg");
+  auto small_limit = folder_options(4, 3);
+  small_limit.max_pixels = 15;
+  EXPECT_NE(error_of([&] { data::image_folder(flat.string(), small_limit); }).find("exceeds the limit of 15 pixels"),
+            std::string::npos);
   fs::create_directories(flat / "z");
-  EXPECT_NE(error_of([&] { data::image_folder(flat.string(), 4, 3); }).find("z: empty class folder"),
+  EXPECT_NE(error_of([&] { data::image_folder(flat.string(), folder_options(4, 3)); }).find("z: empty class folder"),
             std::string::npos);
   fs::remove_all(flat / "z");
   fs::remove_all(flat / "y");
-  EXPECT_NE(error_of([&] { data::image_folder(flat.string(), 4, 3); }).find("expected one subfolder per class"),
+  EXPECT_NE(error_of([&] { data::image_folder(flat.string(), folder_options(4, 3)); })
+                .find("expected one subfolder per class"),
             std::string::npos);
   fs::remove_all(dir);
   fs::remove_all(flat);
+}
+
+TEST(ImageFolder, ImagesKeepTheirAspectRatioAndTheCentreIsKept) {
+  // A 30 x 10 RGB image in three vertical bands (0 | 200 | 90): scaled to 6 px it is
+  // 18 x 6 and its centre 6 x 6 is the middle band; squashing it would mix all three.
+  const auto dir = fresh_dir("aspect");
+  auto pixels = torch::zeros({10, 30, 3}, torch::kUInt8);
+  pixels.narrow(1, 10, 10).fill_(200);
+  pixels.narrow(1, 20, 10).fill_(90);
+  io::write_png((dir / "wide.png").string(), pixels);
+  const auto x = data::load_image((dir / "wide.png").string(), 6, 3);
+  ASSERT_EQ(x.sizes(), (torch::IntArrayRef{3, 6, 6}));
+  EXPECT_LE((x.to(torch::kInt) - 200).abs().max().item<int>(), 1) << x;
+  // Tall images the same way; gray output averages RGB with the luminance weights.
+  io::write_png((dir / "tall.png").string(), pixels.transpose(0, 1).contiguous());
+  const auto gray = data::load_image((dir / "tall.png").string(), 5, 1);
+  ASSERT_EQ(gray.sizes(), (torch::IntArrayRef{1, 5, 5}));
+  EXPECT_LE((gray.to(torch::kInt) - 200).abs().max().item<int>(), 1);
+  // The training crop: each draw a region of the image, in range, reproducible from its seed.
+  const data::CropJitter crop;
+  data::Rng a(7), b(7), c(8);
+  const auto first = data::load_image((dir / "wide.png").string(), 6, 3, io::kMaxImagePixels, &crop, &a);
+  EXPECT_TRUE(torch::equal(first, data::load_image((dir / "wide.png").string(), 6, 3, io::kMaxImagePixels, &crop, &b)));
+  bool differs = false;
+  for (int i = 0; i < 5 && !differs; ++i) {
+    differs = !torch::equal(first, data::load_image((dir / "wide.png").string(), 6, 3, io::kMaxImagePixels, &crop, &c));
+  }
+  EXPECT_TRUE(differs) << "another seed, another crop";
+  fs::remove_all(dir);
+}
+
+TEST(ImageFolder, SubsetsAreStratifiedAndRandom) {
+  // 60 samples of classes 0, 1, 2 in proportion 1 : 2 : 3, sorted by class as a folder is.
+  std::vector<int64_t> labels;
+  for (int64_t c = 0; c < 3; ++c) labels.insert(labels.end(), static_cast<size_t>(10 * (c + 1)), c);
+  const auto count = [&](const std::vector<int64_t>& picked, int64_t c) {
+    return std::count_if(picked.begin(), picked.end(), [&](int64_t i) { return labels[static_cast<size_t>(i)] == c; });
+  };
+  const auto twelve = data::stratified_subset(labels, 3, 12, 0);
+  ASSERT_EQ(twelve.size(), 12u);
+  EXPECT_EQ(count(twelve, 0), 2);
+  EXPECT_EQ(count(twelve, 1), 4);
+  EXPECT_EQ(count(twelve, 2), 6);
+  EXPECT_EQ(std::set<int64_t>(twelve.begin(), twelve.end()).size(), 12u) << "no sample twice";
+  // Tiny subsets still hold every class; the draw depends on the seed and only on it.
+  const auto four = data::stratified_subset(labels, 3, 4, 0);
+  for (int64_t c = 0; c < 3; ++c) EXPECT_GE(count(four, c), 1) << "class " << c;
+  EXPECT_EQ(data::stratified_subset(labels, 3, 12, 0), twelve);
+  EXPECT_NE(data::stratified_subset(labels, 3, 12, 1), twelve);
+  EXPECT_EQ(data::stratified_subset(labels, 3, 0, 0).size(), 60u) << "0 = all";
+
+  // Through a folder: --train-size 12 --test-size 4 on two sorted classes keeps both.
+  const auto dir = fresh_dir("stratified");
+  for (const char* cls : {"a", "b"}) {
+    fs::create_directories(dir / cls);
+    for (int i = 0; i < 10; ++i) {
+      io::write_png((dir / cls / (std::to_string(i) + ".png")).string(), torch::full({4, 4}, i, torch::kUInt8));
+    }
+  }
+  auto o = folder_options(4, 0);
+  o.train_size = 12;
+  o.test_size = 2;
+  const auto s = data::image_folder(dir.string(), o);
+  EXPECT_EQ(s.train.size(), 12);
+  EXPECT_EQ(s.train.labels.eq(0).sum().item<int64_t>(), 6);
+  EXPECT_EQ(s.test.size(), 2);
+  EXPECT_EQ(s.test.labels.eq(1).sum().item<int64_t>(), 1);
+  fs::remove_all(dir);
+}
+
+TEST(ImageFolder, BatchesDoNotDependOnWorkersOrOnTheOrderTheyAreAskedFor) {
+  const auto dir = fresh_dir("workers");
+  for (int c = 0; c < 3; ++c) {
+    fs::create_directories(dir / std::to_string(c));
+    for (int i = 0; i < 8; ++i) {
+      auto pixels = torch::randint(0, 256, {12 + i, 20 - i, 3}, torch::kUInt8);
+      io::write_png((dir / std::to_string(c) / (std::to_string(i) + ".png")).string(), pixels);
+    }
+  }
+  const auto batches = [&](int64_t workers, bool crop, bool backwards) {
+    auto o = folder_options(10, 0);
+    o.workers = workers;
+    const auto s = data::image_folder(dir.string(), o);
+    data::BatchIterator it(s.train, data::Normalization::fit(s.train), 4, true, 5, true);
+    it.set_augmentation({0, crop, crop});
+    it.set_epoch(2);
+    std::vector<torch::Tensor> out(static_cast<size_t>(it.size()));
+    for (int64_t k = 0; k < it.size(); ++k) {
+      const int64_t i = backwards ? it.size() - 1 - k : k;
+      out[static_cast<size_t>(i)] = it.get(i).x;
+    }
+    return torch::cat(out);
+  };
+  for (const bool crop : {false, true}) {
+    const auto reference = batches(0, crop, false);
+    EXPECT_TRUE(torch::equal(reference, batches(2, crop, false))) << "2 workers, crop " << crop;
+    EXPECT_TRUE(torch::equal(reference, batches(3, crop, true))) << "3 workers, backwards, crop " << crop;
+  }
+  EXPECT_FALSE(torch::equal(batches(0, false, false), batches(0, true, false))) << "the crop changes the images";
+  // A file that breaks after the folder was opened: the batch that needs it names it.
+  auto o = folder_options(10, 0);
+  o.workers = 2;
+  const auto s = data::image_folder(dir.string(), o);
+  for (const auto& p : s.train.files->paths()) write_bytes(p, "\x89PNG gone");
+  data::BatchIterator it(s.train, data::Normalization{{0, 0, 0}, {1, 1, 1}}, 4, false, 0, false);
+  EXPECT_NE(error_of([&] { it.get(0); }).find(": unreadable PNG"), std::string::npos);
+  fs::remove_all(dir);
 }
 
 TEST(Augmentation, ShiftMovesPixelsWithZeroFillAndFlipMirrors) {
@@ -330,17 +468,17 @@ TEST(MnistFiles, DownloadVerifiesTheChecksumAndPlacesTheFiles) {
   const auto dir = fresh_dir("download");
   // libcurl reads file:// URLs the same way as http(s)://, so the shared copy acts as a mirror.
   const std::string mirror = "file://" + fs::canonical(source).string() + "/";
-  const std::vector<data::DataFile> labels = {
+  const std::vector<io::DataFile> labels = {
       {"train-labels-idx1-ubyte.gz", "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"}};
-  data::ensure_files((dir / "ok").string(), labels, {"file:///nonexistent/", mirror});
-  EXPECT_EQ(data::sha256_file((dir / "ok" / "train-labels-idx1-ubyte.gz").string()), labels[0].sha256);
+  io::ensure_files((dir / "ok").string(), labels, {"file:///nonexistent/", mirror});
+  EXPECT_EQ(io::sha256_file((dir / "ok" / "train-labels-idx1-ubyte.gz").string()), labels[0].sha256);
   EXPECT_EQ(std::distance(fs::directory_iterator(dir / "ok"), fs::directory_iterator()), 1) << "no temporary left";
 
   // A mirror serving other bytes: refused, nothing placed.
   fs::create_directories(dir / "evil");
   write_bytes(dir / "evil" / "train-labels-idx1-ubyte.gz", "not the file");
   const auto message = error_of(
-      [&] { data::ensure_files((dir / "bad").string(), labels, {"file://" + (dir / "evil").string()}); });
+      [&] { io::ensure_files((dir / "bad").string(), labels, {"file://" + (dir / "evil").string()}); });
   EXPECT_NE(message.find("is not the published 3552534a"), std::string::npos) << message;
   EXPECT_FALSE(fs::exists(dir / "bad" / "train-labels-idx1-ubyte.gz"));
   // A mirror sending more than the file's known size is stopped there, nothing placed.
@@ -348,7 +486,7 @@ TEST(MnistFiles, DownloadVerifiesTheChecksumAndPlacesTheFiles) {
   auto sized = labels;
   sized[0].size = 28881;
   const auto endless = error_of(
-      [&] { data::ensure_files((dir / "big").string(), sized, {"file://" + (dir / "evil").string()}); });
+      [&] { io::ensure_files((dir / "big").string(), sized, {"file://" + (dir / "evil").string()}); });
   EXPECT_NE(endless.find("more data than the expected 28881 bytes"), std::string::npos) << endless;
   EXPECT_EQ(std::distance(fs::directory_iterator(dir / "big"), fs::directory_iterator()), 0) << "no partial file";
   fs::remove_all(dir);

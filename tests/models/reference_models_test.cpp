@@ -1,5 +1,6 @@
 #include "batchcam/cam/grad_cam.h"
 #include "batchcam/data/shapes.h"
+#include "batchcam/io/file.h"
 #include "batchcam/io/png.h"
 #include "batchcam/models/convnext_v2.h"
 #include "batchcam/models/registry.h"
@@ -161,7 +162,7 @@ TEST(ReferenceModels, ExportedResNetLoadsIntoTorchvisionWithTheSameLogits) {
     io.insert("x", x);
     io.insert("logits", logits);
     const auto bytes = torch::pickle_save(c10::IValue(io));
-    train::write_file_atomic((dir / "io.pt").string(), std::string(bytes.begin(), bytes.end()));
+    io::write_file_atomic((dir / "io.pt").string(), std::string(bytes.begin(), bytes.end()));
     const auto cmd = std::string(python) + " " + BATCHCAM_SOURCE_DIR + "/tests/models/torchvision_check.py " +
                      weights + " " + (dir / "io.pt").string() + (small ? " small" : " standard") + " 2>&1";
     FILE* pipe = ::popen(cmd.c_str(), "r");

@@ -1,6 +1,8 @@
 #include "batchcam/core/runtime.h"
 #include "batchcam/data/datasets.h"
 #include "batchcam/data/shapes.h"
+#include "batchcam/io/download.h"
+#include "batchcam/io/file.h"
 #include "batchcam/losses/cam_losses.h"
 #include "batchcam/models/registry.h"
 #include "batchcam/train/checkpoint.h"
@@ -594,7 +596,7 @@ TEST(Checkpoint, FilesOfBatchcam01StillLoad) {
   std::ofstream(v1, std::ios::binary) << payload;
   torch::serialize::OutputArchive sealed;
   sealed.write("format", c10::IValue(std::string("batchcam-checkpoint-v2")));
-  sealed.write("sha256", c10::IValue(data::sha256_bytes(payload.data(), payload.size())));
+  sealed.write("sha256", c10::IValue(io::sha256_bytes(payload.data(), payload.size())));
   sealed.write("payload", torch::from_blob(const_cast<char*>(payload.data()), {static_cast<int64_t>(payload.size())},
                                            torch::kUInt8));
   sealed.save_to(v2);
@@ -740,12 +742,12 @@ TEST(Reliability, AtomicWritesFollowLinksAndLeaveSpecialFilesInPlace) {
   const auto dir = fresh_dir("links");
   std::ofstream((dir / "target.json").string()) << "old";
   fs::create_symlink("target.json", dir / "link.json");
-  train::write_file_atomic((dir / "link.json").string(), "new");
+  io::write_file_atomic((dir / "link.json").string(), "new");
   EXPECT_TRUE(fs::is_symlink(dir / "link.json")) << "the link stays a link";
   EXPECT_EQ(test_support::read_text((dir / "target.json").string()), "new");
   // A dangling link: the file it names is created.
   fs::create_symlink("later.json", dir / "dangling.json");
-  train::write_file_atomic((dir / "dangling.json").string(), "made");
+  io::write_file_atomic((dir / "dangling.json").string(), "made");
   EXPECT_TRUE(fs::is_symlink(dir / "dangling.json"));
   EXPECT_EQ(test_support::read_text((dir / "later.json").string()), "made");
   // A FIFO (like a device such as /dev/full) is written, not replaced by a regular file.
@@ -753,7 +755,7 @@ TEST(Reliability, AtomicWritesFollowLinksAndLeaveSpecialFilesInPlace) {
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
   const int reader = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK);
   ASSERT_GE(reader, 0);
-  train::write_file_atomic(fifo.string(), "through");
+  io::write_file_atomic(fifo.string(), "through");
   EXPECT_TRUE(fs::is_fifo(fifo));
   char buffer[16] = {};
   EXPECT_EQ(::read(reader, buffer, sizeof buffer), 7);

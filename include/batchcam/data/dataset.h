@@ -1,29 +1,54 @@
 #pragma once
-// In-memory image classification datasets and the batch iterator over them.
+// Image classification datasets (in memory, or streamed from files) and the batch
+// iterator over them.
+
+#include "batchcam/data/image_files.h"
 
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace batchcam::data {
 
-/// A whole dataset held in memory. Images stay uint8 until a batch is made.
+/// A dataset: its images held in memory, or streamed from files (`files`: decoded when a
+/// batch asks for them). Images stay uint8 until a batch is made.
 struct Dataset {
-  torch::Tensor images;        ///< [N, C, H, W] uint8
+  torch::Tensor images;        ///< [N, C, H, W] uint8 in memory; undefined when `files` streams them
+  std::shared_ptr<const ImageFiles> files;  ///< the images as files; null when in memory
   torch::Tensor labels;        ///< [N] int64 in [0, num_classes)
   torch::Tensor object_masks;  ///< [N, H, W] bool, the figure; undefined when unknown
   torch::Tensor decoy_masks;   ///< [N, H, W] bool, the spurious cue; undefined when none
   torch::Tensor decoy_labels;  ///< [N] int64, the class the cue's shade encodes; undefined when none
   std::vector<std::string> class_names;
 
-  int64_t size() const { return images.defined() ? images.size(0) : 0; }
+  int64_t size() const { return labels.defined() ? labels.size(0) : images.defined() ? images.size(0) : 0; }
   int64_t num_classes() const { return static_cast<int64_t>(class_names.size()); }
-  int64_t channels() const { return images.size(1); }
-  int64_t height() const { return images.size(2); }
-  int64_t width() const { return images.size(3); }
+  int64_t channels() const { return files ? files->channels() : images.size(1); }
+  int64_t height() const { return files ? files->side() : images.size(2); }
+  int64_t width() const { return files ? files->side() : images.size(3); }
+  bool streamed() const { return files != nullptr; }
+
+  /// The images at `index` (int64 [B] on the CPU) as uint8 [B, C, H, W]; streamed ones
+  /// are decoded with the evaluation transform (see load_image()).
+  torch::Tensor images_at(const torch::Tensor& index) const;
+  /// The samples at `index` (int64 [B] on the CPU), in that order.
+  Dataset subset(const torch::Tensor& index) const;
+  /// The first n samples (all of them when n <= 0 or n >= size()).
+  Dataset first(int64_t n) const;
+  /// What names sample i in pictures: its file name, or "#i" when in memory.
+  std::string sample_name(int64_t i) const;
 };
+
+/// Calls visit(images, labels) on consecutive chunks of at most `chunk` samples (uint8
+/// [n, C, H, W] and int64 [n], on the CPU); streamed images are decoded chunk by chunk, so
+/// a pass over a folder holds one chunk in memory.
+void for_each_chunk(const Dataset& dataset, int64_t chunk,
+                    const std::function<void(const torch::Tensor& images, const torch::Tensor& labels)>& visit);
 
 struct DatasetSplits {
   std::string name;
@@ -38,6 +63,8 @@ struct Normalization {
 
   /// Mean and standard deviation per channel of `images` [N, C, H, W] uint8.
   static Normalization fit(const torch::Tensor& images);
+  /// The same over a whole dataset, in chunks (one decoding pass when streamed).
+  static Normalization fit(const Dataset& dataset);
   /// uint8 [B, C, H, W] -> normalised float [B, C, H, W], on the images' device.
   torch::Tensor apply(const torch::Tensor& images) const;
   /// The reference image of the method: x [B, C, H, W] mapped back to [0, 1] and
@@ -51,32 +78,46 @@ struct Batch {
   torch::Tensor index;  ///< [B] int64, positions in the dataset (on the CPU)
 };
 
-/// Random training augmentation, applied to whole batches at once.
+/// Random training augmentation; the shift and the flip are applied to whole batches.
 struct Augmentation {
   int64_t max_shift = 0;  ///< each image moves by up to this many pixels in x and y (zero fill)
   bool flip = false;      ///< each image is mirrored left-right with probability 1/2
+  bool crop_jitter = false;  ///< streamed images: random resized crop and colour jitter while decoding (CropJitter)
 };
 
 /// Iterates a dataset in batches; with shuffling, each epoch has its own order derived
-/// from (seed, epoch), so an epoch's batches can be recomputed after a restart.
+/// from (seed, epoch), so an epoch's batches can be recomputed after a restart. For a
+/// streamed dataset with workers, get(i) starts decoding batch i + 1 in the background
+/// (one batch ahead: memory for two batches, whatever the dataset's size).
 class BatchIterator {
  public:
   /// Requires batch_size > 0. With drop_last, a final incomplete batch is skipped.
   BatchIterator(const Dataset& dataset, Normalization norm, int64_t batch_size, bool shuffle,
                 uint64_t seed, bool drop_last);
+  ~BatchIterator();
+  BatchIterator(const BatchIterator&) = delete;  // the background decoding refers to this object
+  BatchIterator& operator=(const BatchIterator&) = delete;
   /// Fixes the order for `epoch` (a no-op when not shuffling) and the augmentation's draws.
   void set_epoch(int64_t epoch);
   /// Augments every batch from now on; the draws depend only on (seed, epoch, batch index).
-  void set_augmentation(Augmentation augmentation) { augmentation_ = augmentation; }
+  void set_augmentation(Augmentation augmentation) {
+    drop_prefetch();
+    augmentation_ = augmentation;
+  }
   /// Batches are assembled as uint8 on the CPU and sent to `device` (from pinned memory,
   /// without blocking, for CUDA), where they are normalised. Default: the CPU.
   void set_device(torch::Device device) { device_ = device; }
   /// Number of batches per epoch.
   int64_t size() const;
-  /// Batch i of the current epoch. Requires 0 <= i < size().
-  Batch get(int64_t i) const;
+  /// Batch i of the current epoch. Requires 0 <= i < size(). The images do not depend on
+  /// the order in which batches are asked for, nor on the number of workers.
+  Batch get(int64_t i);
 
  private:
+  std::vector<int64_t> batch_indices(int64_t i) const;
+  torch::Tensor batch_images(int64_t i) const;  // uint8, augmented
+  void drop_prefetch();
+
   const Dataset* dataset_;
   Normalization norm_;
   int64_t batch_size_;
@@ -87,6 +128,8 @@ class BatchIterator {
   Augmentation augmentation_;
   torch::Device device_ = torch::kCPU;
   std::vector<int64_t> order_;
+  std::future<torch::Tensor> next_;  ///< batch_images(next_index_), decoding in the background
+  int64_t next_index_ = -1;
 };
 
 /// Shifts each image of `images` [B, C, H, W] by (dy[b], dx[b]) pixels (|d| <= the

@@ -28,4 +28,9 @@ Image read_image(const std::string& path, int64_t max_pixels = kMaxImagePixels);
 /// read_image() on bytes in memory; `name` names them in errors.
 Image decode_image(const std::string& bytes, const std::string& name, int64_t max_pixels = kMaxImagePixels);
 
+/// The width, height and channels (1 or 3) that read_image() would return, from the header
+/// alone (no pixels decoded; `pixels` stays empty); the same errors for a file that is not a
+/// PNG or JPEG, an unreadable header or more than `max_pixels` pixels.
+Image read_image_info(const std::string& path, int64_t max_pixels = kMaxImagePixels);
+
 }  // namespace batchcam::io

@@ -1,6 +1,7 @@
 #pragma once
 // Prototypes and the two Batch-CAM regularisers (method spec, sections 4 and 6).
 
+#include "batchcam/data/dataset.h"
 #include "batchcam/losses/distances.h"
 
 #include <torch/types.h>
@@ -12,6 +13,8 @@ namespace batchcam::losses {
 /// images [N, C, H, W] uint8, labels [N] int64 -> [K, H, W] float32. A class without
 /// samples gets a zero map.
 torch::Tensor image_prototypes(const torch::Tensor& images, const torch::Tensor& labels, int64_t num_classes);
+/// The same over a dataset's images and classes, in chunks (one decoding pass when streamed).
+torch::Tensor image_prototypes(const data::Dataset& dataset);
 
 /// In-batch class means of the maps. maps [B, H, W], labels [B] ->
 /// {Q [K, H, W] (zero for absent classes), counts [K] int64}.

@@ -73,8 +73,4 @@ void export_state_dict(models::CamModel& model, const std::string& path);
 /// and listing the missing, unexpected and mis-shaped keys.
 std::vector<std::string> load_initial_weights(models::CamModel& model, const std::string& path);
 
-/// Writes `content` to `path` atomically (temporary file in the same directory, fsync, rename).
-/// A symbolic link is followed (its target is replaced); a FIFO or device is written directly.
-void write_file_atomic(const std::string& path, const std::string& content);
-
 }  // namespace batchcam::train

@@ -18,7 +18,7 @@ enum class OptimizerKind { sgd, adam, adamw };
 enum class Schedule { constant, step, cosine, onecycle };
 enum class PrototypeKind { image, cam_ema };  ///< class-average image, or an EMA of class-mean CAMs
 enum class BatchTarget { attached, detached };  ///< in-batch prototypes in the graph, or constants
-enum class Augment { none, shift, shift_flip };
+enum class Augment { none, shift, shift_flip, crop_jitter_flip };
 
 /// The names of an option's values in the enum's order: the one list used by config
 /// files, validation and the command line. Defined for the enums above, losses::Distance
@@ -54,13 +54,19 @@ struct TrainConfig {
   // Data
   std::string dataset = "shapes";  ///< see data::dataset_names()
   std::string data_dir;            ///< files of the file-based datasets ("" = data/<dataset>)
-  int64_t train_size = 0;  ///< shapes: images generated (0 = 6000); others: the first N (0 = all)
-  int64_t test_size = 0;   ///< shapes: images generated (0 = 1000); others: the first N (0 = all)
+  /// shapes: images generated (0 = 6000); folder: a stratified random subset (0 = all); the
+  /// others: the first N (0 = all).
+  int64_t train_size = 0;
+  int64_t test_size = 0;  ///< as train_size (shapes: 0 = 1000)
+  double val_split = 0.2;  ///< folder without train/ and test/: each class's share held out for testing
   /// Image side: 0 = the dataset's own (MNIST-type 28, CIFAR-10 32; shapes and folder 28);
   /// other sizes are generated (shapes) or resized to (the rest). A run records the size used.
   int64_t image_size = 0;
   bool spurious = false;      ///< shapes only: class-coded corner patch in training
-  Augment augment = Augment::none;  ///< random shift by up to 1/8 of the side (and flip)
+  /// shift: by up to 1/8 of the side; shift-flip: and a horizontal flip; crop-jitter-flip
+  /// (folder): random resized crop, colour jitter and flip (data::CropJitter).
+  Augment augment = Augment::none;
+  int64_t workers = 2;  ///< folder: threads decoding the next batch while a step runs (0 = none)
   /// folder: an image whose header claims more pixels is refused before it is decoded.
   int64_t max_image_pixels = io::kMaxImagePixels;
 
