@@ -9,6 +9,7 @@
 #include "batchcam/data/datasets.h"
 #include "batchcam/data/shapes.h"
 #include "batchcam/io/file.h"
+#include "batchcam/io/png.h"
 #include "batchcam/losses/cam_losses.h"
 #include "batchcam/models/registry.h"
 #include "batchcam/train/checkpoint.h"
@@ -212,12 +213,145 @@ nlohmann::json loop_cost(const BenchArgs& a, torch::Device device) {
           {"ratio", ratio}};
 }
 
+// `count` PNG files in three class folders: smooth shading with a figure and mild noise (so
+// that they compress as photographs do, not as noise), of sizes between 256 x 200 and
+// 384 x 288 (several aspect ratios).
+void write_photo_folder(const std::filesystem::path& dir, int64_t count) {
+  torch::manual_seed(0);
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t c = i % 3, h = 200 + (i * 37) % 89, w = 256 + (i * 53) % 129;
+    const auto rows = torch::linspace(0, 1, h).view({h, 1, 1}), cols = torch::linspace(0, 1, w).view({1, w, 1});
+    auto image = 60 + 80 * rows + 60 * cols * torch::tensor({1.0f, 0.6f, 0.3f}).view({1, 1, 3});
+    image = image + 6 * torch::randn({h, w, 3});
+    const int64_t top = (i * 29) % (h - 80), left = (i * 31) % (w - 80);
+    image.slice(0, top, top + 80).slice(1, left, left + 80).select(2, c).fill_(230);
+    const auto folder = dir / ("class" + std::to_string(c));
+    std::filesystem::create_directories(folder);
+    batchcam::io::write_png((folder / fmt::format("{:05d}.png", i)).string(),
+                            image.round().clamp(0, 255).to(torch::kUInt8));
+  }
+}
+
+batchcam::data::DatasetOptions folder_options(const std::string& dir, int64_t workers, int64_t train_size) {
+  batchcam::data::DatasetOptions o;
+  o.name = "folder";
+  o.dir = dir;
+  o.image_size = 224;
+  o.workers = workers;
+  o.train_size = train_size;
+  return o;
+}
+
+// In a fresh process: open the folder (its first `count` training images), note the peak
+// RSS, stream one epoch of them at 224 px (2 workers, the training crop), report the growth.
+int folder_memory_probe(const std::string& dir, int64_t count) {
+  const auto splits = batchcam::data::load_dataset(folder_options(dir, 2, count));
+  const batchcam::data::Normalization norm{{0.5, 0.5, 0.5}, {0.25, 0.25, 0.25}};
+  batchcam::data::BatchIterator batches(splits.train, norm, 32, true, 0, false);
+  batches.set_augmentation({0, true, true});
+  const long before = peak_rss_kib();
+  for (int64_t i = 0; i < batches.size(); ++i) (void)batches.get(i);
+  std::cout << (peak_rss_kib() - before) << "\n";
+  return 0;
+}
+
+// The image-folder pipeline at 224 px: decoding speed with 0, 1 and 2 workers against the
+// ResNet-18 training step it feeds, the step loop with and without read-ahead, and the peak
+// memory of streaming a quarter of the folder and all of it.
+nlohmann::json folder_pipeline(const BenchArgs& a, torch::Device device, const std::string& self_path) {
+  const auto dir = std::filesystem::temp_directory_path() / ("batchcam-bench-folder-" + std::to_string(::getpid()));
+  write_photo_folder(dir, a.folder_images);
+  nlohmann::json r = {{"images", a.folder_images}, {"size", 224}};
+  constexpr int64_t kFolderBatch = 16;
+  std::cout << fmt::format("\nimage folder: {} PNG files of 256-384 x 200-288 px, decoded to 3x224x224 with the training "
+                           "crop (random resized crop, colour jitter, flip), batch {}\n",
+                           a.folder_images, kFolderBatch);
+  for (const int64_t workers : {0, 1, 2}) {
+    const auto splits = batchcam::data::load_dataset(folder_options(dir.string(), workers, 0));
+    batchcam::data::BatchIterator batches(splits.train, batchcam::data::Normalization{{0.5, 0.5, 0.5}, {0.25, 0.25, 0.25}},
+                                          kFolderBatch, true, 0, true);
+    batches.set_augmentation({0, true, true});
+    const auto start = Clock::now();
+    for (int64_t i = 0; i < batches.size(); ++i) (void)batches.get(i);
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    const double ips = static_cast<double>(batches.size() * kFolderBatch) / seconds;
+    r["pipeline_images_per_s"][std::to_string(workers)] = ips;
+    std::cout << fmt::format("  pipeline alone, {} worker{}: {:.0f} images/s\n", workers, workers == 1 ? "" : "s", ips);
+  }
+  // The step it feeds, and the loop of both: read-ahead hides the decoding behind the step.
+  batchcam::train::TrainConfig c;
+  c.dataset = "folder";
+  c.data_dir = dir.string();
+  c.image_size = 224;
+  c.model = "resnet18";
+  c.batch_size = kFolderBatch;
+  c.augment = batchcam::train::Augment::crop_jitter_flip;
+  c.train_size = kFolderBatch * std::clamp<int64_t>(a.repetitions, 2, 6);
+  c.test_size = 4;
+  c.precision = batchcam::core::parse_precision(a.precision);
+  // Batches of this trainer's epoch, decoded with `workers` threads of read-ahead.
+  const auto epoch_batches = [&](const batchcam::data::DatasetSplits& splits, const batchcam::train::Trainer& t) {
+    auto batches = std::make_unique<batchcam::data::BatchIterator>(splits.train, t.normalization(), c.batch_size, true,
+                                                                   c.seed, true);
+    batches->set_augmentation({0, true, true});
+    batches->set_device(device);
+    return batches;
+  };
+  {
+    c.workers = 0;
+    const auto splits = batchcam::train::load_dataset(c);
+    batchcam::train::Trainer t(c, splits, device);
+    auto batches = epoch_batches(splits, t);
+    std::vector<batchcam::data::Batch> all;
+    for (int64_t i = 0; i < batches->size(); ++i) all.push_back(batches->get(i));
+    const auto start = Clock::now();
+    for (const auto& b : all) t.step(b);
+    (void)t.read_progress();
+    const double per_step = std::chrono::duration<double>(Clock::now() - start).count() / static_cast<double>(all.size());
+    r["resnet18_step_images_per_s"] = kFolderBatch / per_step;
+    std::cout << fmt::format("  ResNet-18 Batch-CAM step alone: {:.0f} images/s ({:.2f} s per step of {})\n",
+                             kFolderBatch / per_step, per_step, kFolderBatch);
+  }
+  for (const int64_t workers : {0, 2}) {
+    c.workers = workers;
+    const auto splits = batchcam::train::load_dataset(c);
+    batchcam::train::Trainer t(c, splits, device);
+    auto batches = epoch_batches(splits, t);
+    const auto start = Clock::now();
+    for (int64_t i = 0; i < batches->size(); ++i) t.step(batches->get(i));
+    (void)t.read_progress();
+    r["loop_seconds"][std::to_string(workers)] = std::chrono::duration<double>(Clock::now() - start).count();
+  }
+  const double overlap = r["loop_seconds"]["2"].get<double>() / r["loop_seconds"]["0"].get<double>();
+  r["loop_ratio_2_workers_over_0"] = overlap;
+  std::cout << fmt::format("  decoding + steps, {} steps: {:.2f} s with 2 workers, {:.2f} s decoding in the step's "
+                           "thread; ratio {:.3f}\n",
+                           c.train_size / kFolderBatch, r["loop_seconds"]["2"].get<double>(),
+                           r["loop_seconds"]["0"].get<double>(), overlap);
+  if (a.memory) {
+    const auto probe = [&](int64_t count) {
+      return std::stod(run_capture(fmt::format("'{}' bench --threads {} --memory-probe folder '{}' {}", self_path,
+                                               a.threads, dir.string(), count)));
+    };
+    const int64_t quarter = std::max<int64_t>(kFolderBatch, a.folder_images / 4);
+    const double small = probe(quarter), all = probe(a.folder_images);
+    r["streaming_peak_rss_growth_kib"] = {{std::to_string(quarter), small}, {std::to_string(a.folder_images), all}};
+    std::cout << fmt::format("  peak memory growth while streaming one epoch: {:.0f} MiB for {} images, {:.0f} MiB for "
+                             "{} (in memory at 224 px they would take {:.0f} MiB)\n",
+                             small / 1024, quarter, all / 1024, a.folder_images,
+                             a.folder_images * 3.0 * 224 * 224 / (1 << 20));
+  }
+  std::filesystem::remove_all(dir);
+  return r;
+}
+
 }  // namespace
 
 int run_bench(const BenchArgs& a, const std::string& self_path) {
   const auto device = batchcam::core::resolve_device(a.device);
   batchcam::core::require_supported(batchcam::core::parse_precision(a.precision), device);
   const int64_t threads = a.threads;
+  if (a.probe.size() == 3 && a.probe[0] == "folder") return folder_memory_probe(a.probe[1], std::stoll(a.probe[2]));
   if (a.probe.size() == 2) return memory_probe(a, a.probe[0], a.probe[1]);
 
   nlohmann::json results = {{"threads", threads}, {"batch", kBatch}, {"image", "1x28x28"},
@@ -367,6 +501,7 @@ int run_bench(const BenchArgs& a, const std::string& self_path) {
   }
 
   if (a.epoch_images > 0) results["training_loop"] = loop_cost(a, device);
+  if (a.folder_images > 0) results["folder"] = folder_pipeline(a, device, self_path);
 
   if (!a.mnist_dir.empty()) {
     for (const bool cam : {false, true}) {

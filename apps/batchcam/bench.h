@@ -13,6 +13,8 @@ struct BenchArgs {
   /// Training images of the epoch whose `batchcam train` loop is timed against the sum of
   /// the same steps timed alone (0 = skip).
   int64_t epoch_images = 12800;
+  /// PNG files of the image-folder pipeline measured at 224 px (0 = skip).
+  int64_t folder_images = 2000;
   bool per_sample = true;        ///< time the per-sample Grad-CAM (slow for deep heads)
   bool memory = true;            ///< peak memory of each step, from child processes
   bool compare_python = false;   ///< run bench/python_step.py with the same settings
@@ -20,7 +22,8 @@ struct BenchArgs {
   std::string python_script;     ///< default: the source tree's bench/python_step.py
   std::string mnist_dir;         ///< when set: one MNIST epoch of SimpleCNN, CE only and Batch-CAM
   std::string json_out;          ///< also write the results as JSON here
-  // Internal: `--memory-probe MODEL VARIANT` measures one step's peak RSS in a fresh process.
+  // Internal: `--memory-probe MODEL VARIANT` measures one step's peak RSS in a fresh process;
+  // `--memory-probe folder DIR N` that of streaming N images of a folder.
   std::vector<std::string> probe;
 };
 

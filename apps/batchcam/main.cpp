@@ -600,14 +600,18 @@ int run_explain(const ExplainArgs& a) {
   const auto probabilities = torch::softmax(logits, 1).cpu();
   const auto predicted = predicted_on_device.cpu();
   const auto targets = targets_on_device.cpu();
-  const auto gray = norm.to_unit_gray(x).cpu();
+  const auto images = norm.to_unit(x).cpu();
+  const int64_t zoom = batchcam::eval::display_zoom(x.size(2), 112);
   fs::create_directories(fs::path(a.out) / "images");
   std::string csv = "index,source,label,predicted,target,target_probability,cam_mean,cam_peak_y,cam_peak_x,"
                     "cam_mass_top_decile\n";
   std::map<int64_t, std::vector<torch::Tensor>> by_class;
   for (int64_t i = 0; i < x.size(0); ++i) {
-    const auto panels = batchcam::eval::explanation_panels(gray[i], maps[i], 4);
-    batchcam::io::write_png((fs::path(a.out) / "images" / fmt::format("{:04d}.png", i)).string(), panels);
+    const auto panels = batchcam::eval::explanation_panels(images[i], maps[i], zoom);
+    // Named after the input file where there is one: images/0003-cat_12.png.
+    const auto name = inputs.streamed() ? fmt::format("{:04d}-{}.png", i, fs::path(inputs.sample_name(i)).stem().string())
+                                        : fmt::format("{:04d}.png", i);
+    batchcam::io::write_png((fs::path(a.out) / "images" / name).string(), panels);
     const int64_t t = targets[i].item<int64_t>();
     if (by_class[t].size() < 8) by_class[t].push_back(panels);
     const auto flat = maps[i].flatten();
@@ -888,6 +892,9 @@ int main(int argc, char** argv) {
   bencher->add_option("--epoch-images", bench_args.epoch_images,
                       "Training images of the epoch timed against its steps (the training loop's own cost)")
       ->check(integer_in(0, 10000000));
+  bencher->add_option("--folder-images", bench_args.folder_images,
+                      "PNG files of the image-folder pipeline at 224 px (0 = skip)")
+      ->check(integer_in(0, 1000000));
   bencher->add_flag("--per-sample,!--no-per-sample", bench_args.per_sample, "Also time per-sample Grad-CAM");
   bencher->add_flag("--memory,!--no-memory", bench_args.memory, "Measure peak memory per step (child processes)");
   bencher->add_flag("--compare-python", bench_args.compare_python, "Run the same work in PyTorch (Python) and print the ratios");
@@ -895,8 +902,8 @@ int main(int argc, char** argv) {
   bencher->add_option("--python-script", bench_args.python_script, "The Python side")->check(CLI::ExistingFile);
   bencher->add_option("--mnist-dir", bench_args.mnist_dir, "Also time one MNIST epoch of SimpleCNN from these IDX files");
   bencher->add_option("--json", bench_args.json_out, "Also write the results as JSON to this file");
-  bencher->add_option("--memory-probe", bench_args.probe, "(internal) MODEL ce|batchcam: one step's memory")
-      ->expected(2)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->group("");
+  bencher->add_option("--memory-probe", bench_args.probe, "(internal) MODEL ce|batchcam: one step's memory; folder DIR N: streaming's")
+      ->expected(2, 3)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->group("");
 
   try {
     app.parse(argc, argv);

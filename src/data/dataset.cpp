@@ -101,14 +101,16 @@ torch::Tensor Normalization::apply(const torch::Tensor& images) const {
   return x;
 }
 
-torch::Tensor Normalization::to_unit_gray(const torch::Tensor& x) const {
+torch::Tensor Normalization::to_unit(const torch::Tensor& x) const {
   TORCH_CHECK(x.dim() == 4 && x.size(1) == static_cast<int64_t>(mean.size()),
-              "to_unit_gray expects [B, ", mean.size(), ", H, W], got ", x.sizes());
+              "Normalization expects [B, ", mean.size(), ", H, W], got ", x.sizes());
   const auto opts = x.options();
   const auto m = torch::tensor(std::vector<double>(mean)).to(opts).view({1, -1, 1, 1});
   const auto s = torch::tensor(std::vector<double>(std)).to(opts).view({1, -1, 1, 1});
-  return (x * s + m).clamp(0.0, 1.0).mean(1);
+  return (x * s + m).clamp(0.0, 1.0);
 }
+
+torch::Tensor Normalization::to_unit_gray(const torch::Tensor& x) const { return to_unit(x).mean(1); }
 
 BatchIterator::BatchIterator(const Dataset& dataset, Normalization norm, int64_t batch_size, bool shuffle,
                              uint64_t seed, bool drop_last)

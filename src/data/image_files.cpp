@@ -38,24 +38,148 @@ Box random_resized_box(int64_t h, int64_t w, const CropJitter& c, Rng& rng) {
   return {(h - ch) / 2, (w - cw) / 2, ch, cw};
 }
 
-// The luminance of [C, H, W] float pixels (ITU-R 601, as torchvision's rgb_to_grayscale) -> [1, H, W].
-torch::Tensor luminance(const torch::Tensor& x) {
-  if (x.size(0) == 1) return x;
-  return (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).unsqueeze(0);
+// Pixels as planar floats [c][h][w] in [0, 255]. The decoding path works on these with
+// plain loops, not LibTorch operations: LibTorch would parallelise each operation on its
+// own thread pool from every worker thread at once, and measured slower than one thread.
+struct Planar {
+  int64_t c = 0, h = 0, w = 0;
+  std::vector<float> v;
+  float* plane(int64_t k) { return v.data() + k * h * w; }
+  const float* plane(int64_t k) const { return v.data() + k * h * w; }
+};
+
+Planar crop(const io::Image& image, const Box& box) {
+  Planar out{image.channels, box.height, box.width, {}};
+  out.v.resize(static_cast<size_t>(out.c * out.h * out.w));
+  for (int64_t k = 0; k < out.c; ++k) {
+    float* dst = out.plane(k);
+    for (int64_t y = 0; y < out.h; ++y) {
+      const uint8_t* row = image.pixels.data() + ((box.top + y) * image.width + box.left) * image.channels + k;
+      for (int64_t x = 0; x < out.w; ++x) dst[y * out.w + x] = row[x * image.channels];
+    }
+  }
+  return out;
 }
 
-// torchvision's ColorJitter without hue, on [C, H, W] float pixels in [0, 255]. Every
-// factor is drawn, also for gray images, so that the draws do not depend on the content.
-void jitter(torch::Tensor& x, const CropJitter& c, Rng& rng) {
-  const double brightness = rng.uniform(1.0 - c.brightness, 1.0 + c.brightness);
-  const double contrast = rng.uniform(1.0 - c.contrast, 1.0 + c.contrast);
-  const double saturation = rng.uniform(1.0 - c.saturation, 1.0 + c.saturation);
-  x.mul_(brightness).clamp_(0, 255);
-  const auto mean = luminance(x).mean();
-  x.sub_(mean).mul_(contrast).add_(mean).clamp_(0, 255);
-  if (x.size(0) == 3) {
-    const auto gray = luminance(x);
-    x.sub_(gray).mul_(saturation).add_(gray).clamp_(0, 255);
+// The weights of a resampling from `in` to `out` samples along one axis: the triangle
+// (bilinear) filter, widened by the scale when shrinking (antialiasing), as PIL's resize
+// and LibTorch's interpolate(antialias=True) compute them. For output i: its first input
+// index and the weights of the inputs from there.
+struct AxisWeights {
+  std::vector<int64_t> first;
+  std::vector<std::vector<float>> weights;
+};
+
+AxisWeights axis_weights(int64_t in, int64_t out) {
+  const double scale = static_cast<double>(in) / static_cast<double>(out);
+  const double support = std::max(scale, 1.0);
+  AxisWeights a;
+  for (int64_t i = 0; i < out; ++i) {
+    const double center = scale * (static_cast<double>(i) + 0.5);
+    const auto lo = std::max<int64_t>(0, static_cast<int64_t>(center - support + 0.5));
+    const auto hi = std::min<int64_t>(in, static_cast<int64_t>(center + support + 0.5));
+    std::vector<float> w;
+    double total = 0;
+    for (int64_t j = lo; j < hi; ++j) {
+      const double t = std::max(0.0, 1.0 - std::abs((static_cast<double>(j) - center + 0.5) / support));
+      w.push_back(static_cast<float>(t));
+      total += t;
+    }
+    for (auto& x : w) x = static_cast<float>(x / total);
+    a.first.push_back(lo);
+    a.weights.push_back(std::move(w));
+  }
+  return a;
+}
+
+// Separable resampling to h x w: rows first, then columns.
+Planar resize(const Planar& in, int64_t h, int64_t w) {
+  if (in.h == h && in.w == w) return in;
+  const auto across = axis_weights(in.w, w), down = axis_weights(in.h, h);
+  Planar wide{in.c, in.h, w, std::vector<float>(static_cast<size_t>(in.c * in.h * w))};
+  for (int64_t k = 0; k < in.c; ++k) {
+    for (int64_t y = 0; y < in.h; ++y) {
+      const float* src = in.plane(k) + y * in.w;
+      float* dst = wide.plane(k) + y * w;
+      for (int64_t x = 0; x < w; ++x) {
+        const auto& wx = across.weights[static_cast<size_t>(x)];
+        const float* s = src + across.first[static_cast<size_t>(x)];
+        float sum = 0;
+        for (size_t j = 0; j < wx.size(); ++j) sum += wx[j] * s[j];
+        dst[x] = sum;
+      }
+    }
+  }
+  Planar out{in.c, h, w, std::vector<float>(static_cast<size_t>(in.c * h * w))};
+  for (int64_t k = 0; k < in.c; ++k) {
+    for (int64_t y = 0; y < h; ++y) {
+      const auto& wy = down.weights[static_cast<size_t>(y)];
+      float* dst = out.plane(k) + y * w;
+      for (size_t j = 0; j < wy.size(); ++j) {
+        const float* src = wide.plane(k) + (down.first[static_cast<size_t>(y)] + static_cast<int64_t>(j)) * w;
+        for (int64_t x = 0; x < w; ++x) dst[x] += wy[j] * src[x];
+      }
+    }
+  }
+  return out;
+}
+
+// The luminance of each pixel (ITU-R 601, as torchvision's rgb_to_grayscale).
+std::vector<float> luminance(const Planar& p) {
+  const size_t n = static_cast<size_t>(p.h * p.w);
+  if (p.c == 1) return {p.v.begin(), p.v.begin() + static_cast<std::ptrdiff_t>(n)};
+  std::vector<float> gray(n);
+  const float *r = p.plane(0), *g = p.plane(1), *b = p.plane(2);
+  for (size_t i = 0; i < n; ++i) gray[i] = 0.299f * r[i] + 0.587f * g[i] + 0.114f * b[i];
+  return gray;
+}
+
+float clamp255(float x) { return std::min(255.0f, std::max(0.0f, x)); }
+
+// torchvision's ColorJitter without hue, in a fixed order (brightness, contrast,
+// saturation), on pixels in [0, 255]. Every factor is drawn, also for gray images, so that
+// the draws do not depend on the content.
+void jitter(Planar& p, const CropJitter& c, Rng& rng) {
+  const auto brightness = static_cast<float>(rng.uniform(1.0 - c.brightness, 1.0 + c.brightness));
+  const auto contrast = static_cast<float>(rng.uniform(1.0 - c.contrast, 1.0 + c.contrast));
+  const auto saturation = static_cast<float>(rng.uniform(1.0 - c.saturation, 1.0 + c.saturation));
+  for (auto& x : p.v) x = clamp255(x * brightness);
+  const auto gray = luminance(p);
+  double total = 0;
+  for (const float g : gray) total += g;
+  const auto mean = static_cast<float>(total / static_cast<double>(gray.size()));
+  for (auto& x : p.v) x = clamp255((x - mean) * contrast + mean);
+  if (p.c == 3) {
+    const auto g = luminance(p);
+    for (int64_t k = 0; k < 3; ++k) {
+      float* plane = p.plane(k);
+      for (size_t i = 0; i < g.size(); ++i) plane[i] = clamp255((plane[i] - g[i]) * saturation + g[i]);
+    }
+  }
+}
+
+// Decodes, crops, resizes (and with `crop`, jitters) one file into dst [channels, side, side].
+void decode_into(uint8_t* dst, const std::string& path, int64_t side, int64_t channels, int64_t max_pixels,
+                 const CropJitter* crop, Rng* rng) {
+  const auto image = io::read_image(path, max_pixels);
+  const int64_t h = image.height, w = image.width;
+  if (h < 1 || w < 1) throw std::runtime_error(path + ": image has no pixels");
+  // Evaluation: the centre square, whose scaling to side x side equals scaling the shorter
+  // side to `side` and cutting out the centre.
+  const int64_t square = std::min(h, w);
+  const Box box = crop ? random_resized_box(h, w, *crop, *rng) : Box{(h - square) / 2, (w - square) / 2, square, square};
+  auto p = resize(batchcam::data::crop(image, box), side, side);
+  if (crop) jitter(p, *crop, *rng);
+  const size_t n = static_cast<size_t>(side * side);
+  const auto put = [&](int64_t k, const float* values) {
+    for (size_t i = 0; i < n; ++i) dst[static_cast<size_t>(k) * n + i] = static_cast<uint8_t>(std::lround(clamp255(values[i])));
+  };
+  if (channels == p.c) {
+    for (int64_t k = 0; k < channels; ++k) put(k, p.plane(k));
+  } else if (channels == 1) {
+    put(0, luminance(p).data());  // colour file, gray model
+  } else {
+    for (int64_t k = 0; k < 3; ++k) put(k, p.plane(0));  // gray file, colour model
   }
 }
 }  // namespace
@@ -64,28 +188,9 @@ torch::Tensor load_image(const std::string& path, int64_t side, int64_t channels
                          const CropJitter* crop, Rng* rng) {
   TORCH_CHECK(side > 0 && (channels == 1 || channels == 3), "load_image: side > 0 and 1 or 3 channels");
   TORCH_CHECK(!crop || rng, "load_image: a random crop needs a random source");
-  const auto image = io::read_image(path, max_pixels);
-  const int64_t h = image.height, w = image.width;
-  if (h < 1 || w < 1) throw std::runtime_error(path + ": image has no pixels");
-  const auto pixels = torch::from_blob(const_cast<uint8_t*>(image.pixels.data()), {h, w, image.channels}, torch::kUInt8)
-                          .permute({2, 0, 1});
-  // Evaluation: the centre square, whose scaling to side x side equals scaling the shorter
-  // side to `side` and cutting out the centre.
-  const int64_t square = std::min(h, w);
-  const Box box = crop ? random_resized_box(h, w, *crop, *rng) : Box{(h - square) / 2, (w - square) / 2, square, square};
-  auto x = pixels.slice(1, box.top, box.top + box.height).slice(2, box.left, box.left + box.width).to(torch::kFloat32);
-  if (box.height != side || box.width != side) {
-    namespace F = torch::nn::functional;
-    x = F::interpolate(x.unsqueeze(0), F::InterpolateFuncOptions()
-                                           .size(std::vector<int64_t>{side, side})
-                                           .mode(torch::kBilinear)
-                                           .align_corners(false)
-                                           .antialias(box.height > side || box.width > side))
-            .squeeze(0);
-  }
-  if (crop) jitter(x, *crop, *rng);
-  if (x.size(0) != channels) x = channels == 1 ? luminance(x) : x.expand({3, side, side});
-  return x.round().clamp(0, 255).to(torch::kUInt8).contiguous();
+  auto out = torch::empty({channels, side, side}, torch::kUInt8);
+  decode_into(out.data_ptr<uint8_t>(), path, side, channels, max_pixels, crop, rng);
+  return out;
 }
 
 ImageFiles::ImageFiles(std::vector<std::string> paths, int64_t side, int64_t channels, int64_t max_pixels,
@@ -108,7 +213,8 @@ torch::Tensor ImageFiles::load(const std::vector<int64_t>& index, const CropJitt
         const auto i = index[static_cast<size_t>(k)];
         TORCH_CHECK(i >= 0 && i < size(), "ImageFiles::load: index ", i, " out of range [0, ", size(), ")");
         Rng rng(mix_seed(seed, static_cast<uint64_t>(k)));
-        out[k].copy_(load_image(paths_[static_cast<size_t>(i)], side_, channels_, max_pixels_, crop, &rng));
+        decode_into(out.data_ptr<uint8_t>() + k * channels_ * side_ * side_, paths_[static_cast<size_t>(i)], side_,
+                    channels_, max_pixels_, crop, &rng);
       } catch (...) {
         const std::lock_guard<std::mutex> lock(mutex);
         if (!error) error = std::current_exception();

@@ -1,24 +1,35 @@
 #include "batchcam/eval/pictures.h"
 
 #include "batchcam/cam/grad_cam.h"
-#include "batchcam/io/png.h"
 
 #include "batchcam/core/runtime.h"
 
 #include <torch/torch.h>
+
+#include <algorithm>
 
 namespace batchcam::eval {
 
 namespace {
 constexpr int64_t kGap = 2;
 
+// Anchor colours of the ramp, from black to pale yellow.
+const float kRamp[][3] = {{0.00f, 0.00f, 0.02f}, {0.26f, 0.04f, 0.41f}, {0.58f, 0.15f, 0.40f},
+                          {0.87f, 0.32f, 0.23f}, {0.99f, 0.65f, 0.04f}, {0.99f, 1.00f, 0.64f}};
+constexpr int kAnchors = 6;
+
 torch::Tensor zoomed(const torch::Tensor& rgb, int64_t zoom) {
   return rgb.repeat_interleave(zoom, 0).repeat_interleave(zoom, 1);
 }
 
-torch::Tensor gray_rgb(const torch::Tensor& gray) {
-  return (gray.clamp(0.0, 1.0) * 255).round().to(torch::kUInt8).unsqueeze(-1).expand({-1, -1, 3});
+// A unit image [C, H, W] (C = 1 or 3) as float RGB [H, W, 3] in [0, 1].
+torch::Tensor unit_rgb(const torch::Tensor& image) {
+  TORCH_CHECK(image.dim() == 3 && (image.size(0) == 1 || image.size(0) == 3),
+              "expected a unit image [C, H, W] with 1 or 3 channels, got ", image.sizes());
+  return image.detach().cpu().to(torch::kFloat32).clamp(0.0, 1.0).expand({3, -1, -1}).permute({1, 2, 0});
 }
+
+torch::Tensor to_bytes(const torch::Tensor& rgb) { return (rgb * 255).round().clamp(0, 255).to(torch::kUInt8); }
 
 // Lays tiles [h, w, 3] out on a white canvas, rows x cols, with gaps.
 torch::Tensor grid(const std::vector<std::vector<torch::Tensor>>& tiles) {
@@ -34,17 +45,42 @@ torch::Tensor grid(const std::vector<std::vector<torch::Tensor>>& tiles) {
 }
 }  // namespace
 
+torch::Tensor heat_colors(const torch::Tensor& map) {
+  TORCH_CHECK(map.dim() == 2, "heat_colors expects [H, W], got ", map.sizes());
+  const auto ramp = torch::from_blob(const_cast<float*>(&kRamp[0][0]), {kAnchors, 3}, torch::kFloat).clone();
+  const auto t = map.detach().to(torch::kFloat).cpu().clamp(0.0, 1.0) * (kAnchors - 1);
+  const auto lo = t.floor().clamp_max(kAnchors - 2).to(torch::kLong);
+  const auto frac = (t - lo.to(torch::kFloat)).unsqueeze(-1);
+  const auto rgb = ramp.index({lo}) * (1 - frac) + ramp.index({lo + 1}) * frac;  // [H, W, 3]
+  return (rgb * 255).round().to(torch::kUInt8);
+}
+
+torch::Tensor overlay(const torch::Tensor& image, const torch::Tensor& map, double alpha) {
+  const auto rgb = unit_rgb(image);
+  TORCH_CHECK(rgb.size(0) == map.size(0) && rgb.size(1) == map.size(1), "overlay: image ", image.sizes(), " and map ",
+              map.sizes(), " differ");
+  const auto heat = heat_colors(map).to(torch::kFloat) / 255;
+  return to_bytes((1 - alpha) * rgb + alpha * heat);
+}
+
+torch::Tensor color_bar(int64_t width, int64_t height) {
+  return heat_colors(torch::linspace(0, 1, width).view({1, -1}).expand({height, width}));
+}
+
+int64_t display_zoom(int64_t side, int64_t target) { return std::max<int64_t>(1, target / std::max<int64_t>(1, side)); }
+
 torch::Tensor prototype_strip(const torch::Tensor& prototypes, int64_t zoom) {
   TORCH_CHECK(prototypes.dim() == 3, "prototype_strip expects [K, H, W], got ", prototypes.sizes());
+  if (zoom <= 0) zoom = display_zoom(prototypes.size(1));
   std::vector<torch::Tensor> row;
-  for (int64_t k = 0; k < prototypes.size(0); ++k) row.push_back(zoomed(io::heat_colors(prototypes[k]), zoom));
+  for (int64_t k = 0; k < prototypes.size(0); ++k) row.push_back(zoomed(heat_colors(prototypes[k]), zoom));
   return grid({row});
 }
 
-torch::Tensor explanation_panels(const torch::Tensor& gray, const torch::Tensor& map, int64_t zoom) {
-  const auto g = gray.detach().cpu().to(torch::kFloat32), m = map.detach().cpu().to(torch::kFloat32);
-  return grid({{zoomed(gray_rgb(g), zoom), zoomed(io::heat_colors(m), zoom), zoomed(io::overlay(g, m), zoom),
-                zoomed(gray_rgb(m * g), zoom)}});
+torch::Tensor explanation_panels(const torch::Tensor& image, const torch::Tensor& map, int64_t zoom) {
+  const auto rgb = unit_rgb(image), m = map.detach().cpu().to(torch::kFloat32);
+  return grid({{zoomed(to_bytes(rgb), zoom), zoomed(heat_colors(m), zoom), zoomed(overlay(image, m), zoom),
+                zoomed(to_bytes(rgb * m.unsqueeze(-1)), zoom)}});
 }
 
 torch::Tensor stack_rows(const std::vector<torch::Tensor>& rows) {
@@ -70,13 +106,14 @@ torch::Tensor cam_examples(models::CamModel& model, const data::Dataset& dataset
   const auto out = cam::grad_cam(model, x, dataset.labels.index_select(0, index).to(device),
                                  cam::GradCamOptions().output_size({x.size(2), x.size(3)}));
   model.train(was_training);
-  const auto gray = norm.to_unit_gray(x).cpu();
+  const auto images = norm.to_unit(x).cpu();
   const auto maps = out.cam.maps.detach().cpu();
+  if (zoom <= 0) zoom = display_zoom(dataset.height());
   std::vector<std::vector<torch::Tensor>> rows;
   for (int64_t i = 0; i < index.size(0); ++i) {
     const auto map = maps[i];
-    rows.push_back({zoomed(gray_rgb(gray[i]), zoom), zoomed(io::heat_colors(map), zoom),
-                    zoomed(io::overlay(gray[i], map), zoom)});
+    rows.push_back({zoomed(to_bytes(unit_rgb(images[i])), zoom), zoomed(heat_colors(map), zoom),
+                    zoomed(overlay(images[i], map), zoom)});
   }
   return grid(rows);
 }

@@ -1,14 +1,14 @@
 #include "batchcam/eval/report.h"
 
 #include "batchcam/cam/grad_cam.h"
+#include "batchcam/core/runtime.h"
 #include "batchcam/eval/pictures.h"
-#include "batchcam/io/png.h"
 #include "batchcam/io/file.h"
+#include "batchcam/io/png.h"
 
 #include <cairo-svg.h>
 #include <cairo.h>
 #include <openssl/evp.h>
-#include "batchcam/core/runtime.h"
 
 #include <torch/torch.h>
 
@@ -88,25 +88,35 @@ const double kPalette[][3] = {{0.00, 0.45, 0.70}, {0.90, 0.62, 0.00}, {0.00, 0.6
                               {0.80, 0.47, 0.65}, {0.34, 0.71, 0.91}, {0.84, 0.37, 0.00}};
 }  // namespace
 
-std::vector<std::pair<std::string, std::string>> class_grids(models::CamModel& model, const data::Dataset& dataset,
-                                                             const data::Normalization& norm, int64_t per_class) {
+std::vector<ClassGrid> class_grids(models::CamModel& model, const data::Dataset& dataset,
+                                   const data::Normalization& norm, int64_t per_class) {
   const bool was_training = model.is_training();
   model.eval();
-  std::vector<std::pair<std::string, std::string>> grids;
+  const auto device = core::module_device(model);
+  const auto name = [&](int64_t c) { return dataset.class_names.at(static_cast<size_t>(c)); };
+  std::vector<ClassGrid> grids;
   for (int64_t k = 0; k < dataset.num_classes(); ++k) {
     const auto where = dataset.labels.eq(k).nonzero().flatten();
     if (where.numel() == 0) continue;
     const auto index = where.narrow(0, 0, std::min<int64_t>(per_class, where.numel()));
-    const auto device = core::module_device(model);
     const auto x = norm.apply(dataset.images_at(index).to(device));
-    const auto maps = cam::grad_cam(model, x, dataset.labels.index_select(0, index).to(device),
-                                    cam::GradCamOptions().output_size({x.size(2), x.size(3)}))
-                          .cam.maps.detach()
-                          .cpu();
-    const auto gray = norm.to_unit_gray(x).cpu();
-    std::vector<torch::Tensor> rows;
-    for (int64_t i = 0; i < index.numel(); ++i) rows.push_back(explanation_panels(gray[i], maps[i], 3));
-    grids.emplace_back(dataset.class_names.at(static_cast<size_t>(k)), io::encode_png(stack_rows(rows)));
+    const auto cam = cam::grad_cam(model, x, dataset.labels.index_select(0, index).to(device),
+                                   cam::GradCamOptions().output_size({x.size(2), x.size(3)}));
+    const auto maps = cam.cam.maps.detach().cpu();
+    const auto probabilities = torch::softmax(cam.logits.detach().to(torch::kFloat32), 1).cpu();
+    const auto images = norm.to_unit(x).cpu();
+    const int64_t zoom = display_zoom(dataset.height(), 84);
+    ClassGrid grid{name(k), {}, zoom > 1};
+    for (int64_t i = 0; i < index.numel(); ++i) {
+      const int64_t predicted = probabilities[i].argmax().item<int64_t>();
+      const int64_t sample = index[i].item<int64_t>();
+      grid.images.push_back(
+          {io::encode_png(explanation_panels(images[i], maps[i], zoom)),
+           "true " + name(k) + ", predicted " + name(predicted) + " " +
+               fixed(100.0 * probabilities[i][predicted].item<double>(), 0) + "%",
+           dataset.streamed() ? std::filesystem::path(dataset.sample_name(sample)).filename().string() : ""});
+    }
+    grids.push_back(std::move(grid));
   }
   model.train(was_training);
   return grids;
@@ -221,9 +231,13 @@ std::string render_report_html(const ReportInputs& in) {
     << "</title>\n<style>body{font-family:'DejaVu Sans',sans-serif;margin:24px;color:#222;max-width:1240px}"
        "h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:28px}"
        "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}"
-       "th{background:#f4f4f4}td.l,th.l{text-align:left}.plots img{margin:4px}.grid{display:inline-block;"
-       "margin:6px 12px 6px 0;vertical-align:top}.grid div{font-size:13px;margin-bottom:2px}"
-       ".note{color:#555;font-size:13px}img{image-rendering:pixelated}</style></head><body>\n";
+       "th{background:#f4f4f4}td.l,th.l{text-align:left}.plots img{margin:4px;max-width:100%}"
+       ".grid{display:inline-block;margin:6px 16px 6px 0;vertical-align:top;max-width:100%}"
+       ".grid .cls{font-size:14px;font-weight:bold;margin-bottom:2px}"
+       ".grid figure{margin:0 0 6px 0}.grid img{display:block;width:100%;max-width:400px;height:auto}"
+       "figcaption{font-size:12px;color:#333}.src{color:#777}.bar{display:flex;align-items:center;gap:6px;"
+       "font-size:12px;margin:4px 0 8px}.bar img{width:256px;height:12px}"
+       "pre{white-space:pre-wrap;overflow-wrap:anywhere}img{image-rendering:pixelated;max-width:100%}.smooth img{image-rendering:auto}.note{color:#555;font-size:13px}</style></head><body>\n";
   h << "<h1>" << escape_html(in.title) << "</h1>\n";
   const auto& c = in.config;
   h << "<p class=\"note\">" << escape_html(c.value("model", "")) << " on " << escape_html(c.value("dataset", ""))
@@ -326,10 +340,21 @@ std::string render_report_html(const ReportInputs& in) {
   }
   if (!in.class_grids.empty()) {
     h << "<h2>Explanations per class</h2>\n<p class=\"note\">Each row: image, Grad-CAM of the true class, overlay, "
-         "reconstruction (CAM &times; image).</p>\n";
-    for (const auto& [name, png] : in.class_grids) {
-      h << "<div class=\"grid\"><div>" << escape_html(name) << "</div>";
-      img("image/png", png, "explanations of class " + name);
+         "reconstruction (CAM &times; image). Each map is min-max normalised per image: its lowest value is 0, its "
+         "highest 1, so colours compare places within an image, not across images.</p>\n<div class=\"bar\"><span>0"
+         "</span>";
+    img("image/png", io::encode_png(color_bar()), "colour bar from 0 (lowest) to 1 (highest)");
+    h << "<span>1</span></div>\n";
+    for (const auto& grid : in.class_grids) {
+      // Enlarged small images keep their pixels sharp; large ones are scaled down smoothly.
+      h << "<div class=\"grid" << (grid.pixelated ? "" : " smooth") << "\"><div class=\"cls\">" << escape_html(grid.class_name) << "</div>";
+      for (const auto& image : grid.images) {
+        h << "<figure>";
+        img("image/png", image.png, image.caption);
+        h << "<figcaption>" << escape_html(image.caption)
+          << (image.source.empty() ? "" : " <span class=\"src\">" + escape_html(image.source) + "</span>")
+          << "</figcaption></figure>";
+      }
       h << "</div>";
     }
     h << "\n";
@@ -364,11 +389,13 @@ std::string render_report_html(const ReportInputs& in) {
     h << "</table>\n";
   }
   h << "<h2>Configuration</h2>\n<pre>" << escape_html(in.config.dump(2)) << "</pre>\n";
-  // Lets a headless browser (and the tests) confirm that every picture decoded.
+  // Lets a headless browser (and the tests) confirm that every picture decoded and how wide
+  // the page is laid out (wider than the window: it scrolls sideways).
   h << "<script>window.addEventListener('error',function(e){document.body.setAttribute('data-error',String(e.message));});"
        "window.addEventListener('load',function(){var ok=0,bad=0;for(var i=0;i<document.images.length;i++){"
        "var m=document.images[i];if(m.complete&&m.naturalWidth>0)ok++;else bad++;}"
-       "document.body.setAttribute('data-images-loaded',ok);document.body.setAttribute('data-images-broken',bad);});"
+       "document.body.setAttribute('data-images-loaded',ok);document.body.setAttribute('data-images-broken',bad);"
+       "document.body.setAttribute('data-page-width',document.documentElement.scrollWidth);});"
        "</script>\n</body></html>\n";
   return h.str();
 }

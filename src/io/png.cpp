@@ -16,10 +16,6 @@ void append_bytes(png_structp png, png_bytep data, png_size_t length) {
   out->append(reinterpret_cast<const char*>(data), length);
 }
 
-// Anchor colours of the ramp, from black to pale yellow.
-const float kRamp[][3] = {{0.00f, 0.00f, 0.02f}, {0.26f, 0.04f, 0.41f}, {0.58f, 0.15f, 0.40f},
-                          {0.87f, 0.32f, 0.23f}, {0.99f, 0.65f, 0.04f}, {0.99f, 1.00f, 0.64f}};
-constexpr int kAnchors = 6;
 }  // namespace
 
 std::string encode_png(const torch::Tensor& image) {
@@ -54,23 +50,6 @@ std::string encode_png(const torch::Tensor& image) {
 
 void write_png(const std::string& path, const torch::Tensor& image) {
   io::write_file_atomic(path, encode_png(image));
-}
-
-torch::Tensor heat_colors(const torch::Tensor& map) {
-  TORCH_CHECK(map.dim() == 2, "heat_colors expects [H, W], got ", map.sizes());
-  const auto ramp = torch::from_blob(const_cast<float*>(&kRamp[0][0]), {kAnchors, 3}, torch::kFloat).clone();
-  const auto t = map.detach().to(torch::kFloat).cpu().clamp(0.0, 1.0) * (kAnchors - 1);
-  const auto lo = t.floor().clamp_max(kAnchors - 2).to(torch::kLong);
-  const auto frac = (t - lo.to(torch::kFloat)).unsqueeze(-1);
-  const auto rgb = ramp.index({lo}) * (1 - frac) + ramp.index({lo + 1}) * frac;  // [H, W, 3]
-  return (rgb * 255).round().to(torch::kUInt8);
-}
-
-torch::Tensor overlay(const torch::Tensor& gray, const torch::Tensor& map, double alpha) {
-  TORCH_CHECK(gray.sizes() == map.sizes(), "overlay: image ", gray.sizes(), " and map ", map.sizes(), " differ");
-  const auto g = gray.detach().to(torch::kFloat).cpu().clamp(0.0, 1.0).unsqueeze(-1).expand({-1, -1, 3});
-  const auto heat = heat_colors(map).to(torch::kFloat) / 255;
-  return (((1 - alpha) * g + alpha * heat) * 255).round().clamp(0, 255).to(torch::kUInt8);
 }
 
 }  // namespace batchcam::io

@@ -335,6 +335,28 @@ TEST(ImageFolder, ImagesKeepTheirAspectRatioAndTheCentreIsKept) {
   fs::remove_all(dir);
 }
 
+TEST(ImageFolder, ResizingMatchesLibTorchsAntialiasedBilinearInterpolation) {
+  // The decoding threads resample with plain loops; LibTorch's interpolate(antialias=True)
+  // (PIL's filter) is the reference, shrinking and enlarging, to within rounding.
+  const auto dir = fresh_dir("resample");
+  torch::manual_seed(3);
+  const auto pixels = torch::randint(0, 256, {30, 40, 3}, torch::kUInt8);
+  io::write_png((dir / "noise.png").string(), pixels);
+  const auto centre = pixels.slice(1, 5, 35).permute({2, 0, 1}).unsqueeze(0).to(torch::kFloat32);  // 30 x 30
+  namespace F = torch::nn::functional;
+  for (const int64_t side : {12, 30, 50}) {
+    const auto expected = F::interpolate(centre, F::InterpolateFuncOptions()
+                                                     .size(std::vector<int64_t>{side, side})
+                                                     .mode(torch::kBilinear)
+                                                     .align_corners(false)
+                                                     .antialias(true))
+                              .squeeze(0);
+    const auto got = data::load_image((dir / "noise.png").string(), side, 3).to(torch::kFloat32);
+    EXPECT_LE((got - expected).abs().max().item<float>(), 0.51f) << "side " << side;
+  }
+  fs::remove_all(dir);
+}
+
 TEST(ImageFolder, SubsetsAreStratifiedAndRandom) {
   // 60 samples of classes 0, 1, 2 in proportion 1 : 2 : 3, sorted by class as a folder is.
   std::vector<int64_t> labels;

@@ -4,10 +4,12 @@
 #include "batchcam/eval/evaluate.h"
 #include "batchcam/eval/report.h"
 #include "batchcam/io/image.h"
+#include "batchcam/io/png.h"
 #include "support/process.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <torch/torch.h>
 
 #include <sys/wait.h>
 
@@ -153,8 +155,9 @@ TEST(ReportCli, HeadlessChromiumLoadsEveryPictureAndRendersThePage) {
   const std::string url = "file://" + (run / "report.html").string();
   const auto dom = shell(browser + flags + "--dump-dom " + url);
   ASSERT_EQ(dom.code, 0) << dom.out.substr(0, 2000);
-  // 3 plots + the prototypes + one grid per class (10), all decoded; no script error.
-  EXPECT_NE(dom.out.find("data-images-loaded=\"14\""), std::string::npos) << dom.out.substr(0, 500);
+  // 3 plots, the prototypes, the colour bar and 4 explained images per class (10), all decoded;
+  // no script error.
+  EXPECT_NE(dom.out.find("data-images-loaded=\"45\""), std::string::npos) << dom.out.substr(0, 500);
   EXPECT_NE(dom.out.find("data-images-broken=\"0\""), std::string::npos);
   EXPECT_EQ(dom.out.find("data-error=\""), std::string::npos) << "a script error on the page";
   const auto png = run.parent_path() / "report.png";
@@ -165,4 +168,83 @@ TEST(ReportCli, HeadlessChromiumLoadsEveryPictureAndRendersThePage) {
   size_t non_white = 0;
   for (const auto v : image.pixels) non_white += v < 200;
   EXPECT_GT(non_white, image.pixels.size() / 50) << "text, plots and pictures are drawn";
+}
+
+// The acceptance run of "your images at real size": ResNet-18 fine-tuned on a folder of
+// 224 px RGB photographs of three classes (images of several sizes and aspect ratios,
+// streamed, with the training crop), from torchvision weights saved by Python where Python's
+// torch is installed; class names carried through checkpoint, explain and export; and the
+// report laid out within a 1400 px wide window (headless Chromium, where installed).
+TEST(ReportCli, AResNet18FineTunedOn224PixelPhotosGivesAReportThatFitsTheWindow) {
+  const auto root = scratch() / "photos";
+  const auto dir = root / "images";
+  torch::manual_seed(0);
+  const std::vector<std::string> classes = {"disk", "square", "stripes"};
+  for (size_t c = 0; c < classes.size(); ++c) {
+    fs::create_directories(dir / classes[c]);
+    for (int i = 0; i < 8; ++i) {
+      // Noise of a random size around 224 px, with the class's figure at a random place.
+      const int64_t h = 200 + 13 * i, w = 330 - 11 * i;
+      auto image = torch::randint(60, 140, {h, w, 3}, torch::kUInt8);
+      const int64_t top = 30 + (17 * i) % (h - 120), left = 30 + (29 * i) % (w - 120);
+      auto figure = image.slice(0, top, top + 80).slice(1, left, left + 80);
+      const std::vector<std::vector<int>> colours = {{220, 40, 40}, {40, 200, 60}, {40, 60, 220}};
+      for (int k = 0; k < 3; ++k) figure.select(2, k).fill_(colours[c][static_cast<size_t>(k)]);
+      if (c == 2) figure.slice(1, 0, 80, 16).fill_(0);  // stripes
+      batchcam::io::write_png((dir / classes[c] / ("photo_" + std::to_string(i) + ".png")).string(), image);
+    }
+  }
+  std::string init;
+  const std::string python = "/usr/bin/python3";
+  if (std::system((python + " -c 'import torch, torchvision' > /dev/null 2>&1").c_str()) == 0) {
+    // ImageNet's 1000 classes: the classifier is skipped and said so.
+    const auto weights = (root / "resnet18.pt").string();
+    const auto cmd = python + " " + BATCHCAM_SOURCE_DIR + "/tests/models/torchvision_weights.py " + weights + " " +
+                     (root / "io.pt").string() + " 1000 64";
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    init = " --init-weights " + weights;
+  } else {
+    std::cout << "[   NOTE   ] without python3-torchvision: trained from random weights\n";
+  }
+  const auto train = cli("train --dataset folder --data-dir " + dir.string() +
+                         " --image-size 224 --model resnet18 --epochs 1 --batch-size 6 --lr 0.001 "
+                         "--augment crop-jitter-flip --workers 2 --out-dir " + root.string() + " --run-name run" + init);
+  ASSERT_EQ(train.code, 0) << train.out;
+  if (!init.empty()) EXPECT_NE(train.out.find("classifier"), std::string::npos) << train.out;
+  const auto run = root / "run";
+  const auto eval = nlohmann::json::parse(read_text(run / "eval.json"));
+  EXPECT_EQ(eval.at("class_names"), nlohmann::json(classes));
+  EXPECT_EQ(eval.at("count").get<int>(), 6) << "val_split 0.2 of 8 images per class: 2 per class held out";
+
+  // Class names from the checkpoint: explain --target by name, outputs named after the input.
+  const auto input = dir / "square" / "photo_3.png";
+  const auto explained = cli("explain " + run.string() + " --images " + input.string() + " --target square --out " +
+                             (root / "explained").string());
+  ASSERT_EQ(explained.code, 0) << explained.out;
+  EXPECT_TRUE(fs::exists(root / "explained" / "images" / "0000-photo_3.png"));
+  const auto csv = read_text(root / "explained" / "cam_stats.csv");
+  EXPECT_NE(csv.find(input.string() + "\",,"), std::string::npos) << csv;
+  EXPECT_NE(csv.find(",square,"), std::string::npos) << csv;
+  const auto exported = cli("export " + run.string() + " " + (root / "model.pt").string());
+  ASSERT_EQ(exported.code, 0) << exported.out;
+  EXPECT_EQ(nlohmann::json::parse(read_text(root / "model.json")).at("class_names"), nlohmann::json(classes));
+
+  const auto html = read_text(run / "report.html");
+  EXPECT_NE(html.find("min-max normalised per image"), std::string::npos);
+  EXPECT_NE(html.find("true square, predicted "), std::string::npos) << "panels say true and predicted class";
+  const auto browser = chromium();
+  if (browser.empty()) GTEST_SKIP() << "chromium is not installed (scripts/install-deps.sh --test installs it)";
+  const std::string flags = " --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking "
+                            "--disable-component-update --disable-sync --no-default-browser-check --user-data-dir=" +
+                            (root / "profile").string() + " --virtual-time-budget=10000 --window-size=1400,1000 ";
+  const auto dom = shell(browser + flags + "--dump-dom file://" + (run / "report.html").string());
+  ASSERT_EQ(dom.code, 0) << dom.out.substr(0, 2000);
+  size_t pictures = 0;
+  for (size_t at = html.find("<img "); at != std::string::npos; at = html.find("<img ", at + 1)) ++pictures;
+  EXPECT_NE(dom.out.find("data-images-loaded=\"" + std::to_string(pictures) + "\""), std::string::npos)
+      << dom.out.substr(0, 300);
+  EXPECT_NE(dom.out.find("data-images-broken=\"0\""), std::string::npos);
+  const auto at = dom.out.find("data-page-width=\"");
+  ASSERT_NE(at, std::string::npos);
+  EXPECT_LE(std::stoi(dom.out.substr(at + 17)), 1400) << "the page is laid out within the window: no sideways scrolling";
 }

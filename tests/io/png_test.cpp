@@ -56,7 +56,7 @@ TEST(Png, WriteIsAtomicAndReportsThePath) {
 }
 
 TEST(HeatColors, RampIsDarkAtZeroBrightAtOneAndMonotoneInBrightness) {
-  const auto ramp = io::heat_colors(torch::linspace(0, 1, 101).view({1, -1})).to(torch::kFloat)[0];
+  const auto ramp = eval::heat_colors(torch::linspace(0, 1, 101).view({1, -1})).to(torch::kFloat)[0];
   const auto brightness = ramp.sum(1);
   EXPECT_LT(brightness[0].item<float>(), 20);
   EXPECT_GT(brightness[100].item<float>(), 600);
@@ -73,3 +73,29 @@ TEST(Pictures, GridsHaveTheDocumentedSizes) {
   EXPECT_EQ(grid.sizes(), (std::vector<int64_t>{10 * 58 - 2, 3 * 58 - 2, 3}));
   EXPECT_TRUE(model->is_training());  // mode restored
 }
+
+TEST(Pictures, PanelsShowColourImagesInColour) {
+  // A red-green image [3, 2, 2] and a map that is 1 on the left column and 0 on the right.
+  auto image = torch::zeros({3, 2, 2});
+  image[0].fill_(1.0);
+  image[1].fill_(0.5);
+  const auto map = torch::tensor({{1.0f, 0.0f}, {1.0f, 0.0f}});
+  const auto panels = eval::explanation_panels(image, map, 1);
+  ASSERT_EQ(panels.sizes(), (std::vector<int64_t>{2, 4 * (2 + 2) - 2, 3}));
+  EXPECT_EQ(panels[0][0][0].item<int>(), 255) << "the image panel keeps red";
+  EXPECT_EQ(panels[0][0][1].item<int>(), 128) << "and green";
+  EXPECT_EQ(panels[0][0][2].item<int>(), 0);
+  const auto reconstruction = panels.slice(1, 12, 14);  // CAM x image
+  EXPECT_EQ(reconstruction[0][0][0].item<int>(), 255) << "where the map is 1: the image";
+  EXPECT_EQ(reconstruction[0][1].sum().item<int>(), 0) << "where it is 0: black";
+  const auto blended = eval::overlay(image, map);
+  EXPECT_GT(blended[0][1][0].item<int>(), blended[0][1][2].item<int>() + 60) << "the overlay keeps the image's red";
+  // A gray image is drawn in gray; the colour bar runs from dark to bright.
+  const auto gray = eval::explanation_panels(torch::full({1, 2, 2}, 0.25), map, 1);
+  EXPECT_EQ(gray[0][0][0].item<int>(), gray[0][0][2].item<int>());
+  const auto bar = eval::color_bar(64, 4).to(torch::kInt).sum(2);
+  EXPECT_LT(bar[0][0].item<int>(), bar[0][63].item<int>());
+  EXPECT_EQ(eval::display_zoom(28), 4);
+  EXPECT_EQ(eval::display_zoom(224), 1);
+}
+

@@ -70,6 +70,8 @@ struct Normalization {
   /// The reference image of the method: x [B, C, H, W] mapped back to [0, 1] and
   /// averaged over channels -> [B, H, W].
   torch::Tensor to_unit_gray(const torch::Tensor& x) const;
+  /// x [B, C, H, W] mapped back to [0, 1], channels kept (for pictures) -> [B, C, H, W].
+  torch::Tensor to_unit(const torch::Tensor& x) const;
 };
 
 struct Batch {

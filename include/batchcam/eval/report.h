@@ -15,10 +15,24 @@
 
 namespace batchcam::eval {
 
-/// For each class, up to `per_class` test images of that class (the first ones) as rows
-/// of explanation_panels for the true class -> {class name, PNG bytes}.
-std::vector<std::pair<std::string, std::string>> class_grids(models::CamModel& model, const data::Dataset& dataset,
-                                                             const data::Normalization& norm, int64_t per_class = 4);
+/// One explained image of a class grid: its explanation_panels for the true class as PNG,
+/// and what the model said about it ("true cat, predicted dog 83%").
+struct ExplainedImage {
+  std::string png;
+  std::string caption;
+  std::string source;  ///< the file, for streamed datasets; "" otherwise
+};
+
+struct ClassGrid {
+  std::string class_name;
+  std::vector<ExplainedImage> images;
+  bool pixelated = true;  ///< small images enlarged (show their pixels); false: large ones, shown smaller
+};
+
+/// For each class, up to `per_class` test images of that class (the first ones),
+/// explained for the true class, panels shown at about 84 px (display_zoom).
+std::vector<ClassGrid> class_grids(models::CamModel& model, const data::Dataset& dataset,
+                                   const data::Normalization& norm, int64_t per_class = 4);
 
 struct PlotSeries {
   std::string name;
@@ -35,7 +49,7 @@ struct ReportInputs {
   std::vector<nlohmann::json> history;   ///< metrics.jsonl lines
   nlohmann::json eval;                   ///< to_json(EvalReport)
   std::string prototypes_png;            ///< may be empty
-  std::vector<std::pair<std::string, std::string>> class_grids;  ///< {class, PNG bytes}
+  std::vector<ClassGrid> class_grids;
 };
 
 /// The HTML page, with every picture embedded (data: URIs): it needs no network or files.
