@@ -32,6 +32,7 @@
 #include <functional>
 #include <iostream>
 #include <map>
+#include <sstream>
 #include <thread>
 
 namespace {
@@ -242,8 +243,9 @@ batchcam::data::DatasetOptions folder_options(const std::string& dir, int64_t wo
   return o;
 }
 
-// In a fresh process: open the folder (its first `count` training images), note the peak
-// RSS, stream one epoch of them at 224 px (2 workers, the training crop), report the growth.
+// In a fresh process: open the folder (a stratified subset of `count` of its training
+// images), note the peak RSS, stream one epoch of them at 224 px (2 workers, the training
+// crop), report the growth (KiB) and the number of images streamed.
 int folder_memory_probe(const std::string& dir, int64_t count) {
   const auto splits = batchcam::data::load_dataset(folder_options(dir, 2, count));
   const batchcam::data::Normalization norm{{0.5, 0.5, 0.5}, {0.25, 0.25, 0.25}};
@@ -251,7 +253,7 @@ int folder_memory_probe(const std::string& dir, int64_t count) {
   batches.set_augmentation({0, true, true});
   const long before = peak_rss_kib();
   for (int64_t i = 0; i < batches.size(); ++i) (void)batches.get(i);
-  std::cout << (peak_rss_kib() - before) << "\n";
+  std::cout << (peak_rss_kib() - before) << " " << splits.train.size() << "\n";
   return 0;
 }
 
@@ -329,17 +331,21 @@ nlohmann::json folder_pipeline(const BenchArgs& a, torch::Device device, const s
                            c.train_size / kFolderBatch, r["loop_seconds"]["2"].get<double>(),
                            r["loop_seconds"]["0"].get<double>(), overlap);
   if (a.memory) {
+    // {growth in KiB, images streamed} of one epoch over a quarter of the training images and all.
     const auto probe = [&](int64_t count) {
-      return std::stod(run_capture(fmt::format("'{}' bench --threads {} --memory-probe folder '{}' {}", self_path,
-                                               a.threads, dir.string(), count)));
+      std::istringstream out(run_capture(fmt::format("'{}' bench --threads {} --memory-probe folder '{}' {}", self_path,
+                                                     a.threads, dir.string(), count)));
+      std::pair<double, int64_t> growth_images;
+      out >> growth_images.first >> growth_images.second;
+      return growth_images;
     };
-    const int64_t quarter = std::max<int64_t>(kFolderBatch, a.folder_images / 4);
-    const double small = probe(quarter), all = probe(a.folder_images);
-    r["streaming_peak_rss_growth_kib"] = {{std::to_string(quarter), small}, {std::to_string(a.folder_images), all}};
+    const auto small = probe(std::max<int64_t>(kFolderBatch, a.folder_images / 4)), all = probe(0);
+    r["streaming_peak_rss_growth_kib"] = {{std::to_string(small.second), small.first},
+                                          {std::to_string(all.second), all.first}};
     std::cout << fmt::format("  peak memory growth while streaming one epoch: {:.0f} MiB for {} images, {:.0f} MiB for "
-                             "{} (in memory at 224 px they would take {:.0f} MiB)\n",
-                             small / 1024, quarter, all / 1024, a.folder_images,
-                             a.folder_images * 3.0 * 224 * 224 / (1 << 20));
+                             "{} (held in memory at 224 px, those would take {:.0f} MiB)\n",
+                             small.first / 1024, small.second, all.first / 1024, all.second,
+                             all.second * 3.0 * 224 * 224 / (1 << 20));
   }
   std::filesystem::remove_all(dir);
   return r;

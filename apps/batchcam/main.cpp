@@ -491,8 +491,17 @@ Evaluated load_evaluated(const std::string& target, const std::string& dataset, 
   if (!data_dir.empty()) config.data_dir = data_dir;
   if (test_size > 0) config.test_size = test_size;  // else the run's own test set
   e.splits = batchcam::train::load_dataset(config);
-  const auto& test = e.splits.test;
   const auto& spec = e.ck.spec;
+  for (auto* split : {&e.splits.train, &e.splits.test}) {
+    // A folder's images are decoded with the model's channel count (a subset of gray files
+    // of a colour folder would otherwise look like another kind of data).
+    if (split->streamed() && split->channels() != spec.in_channels) {
+      const auto& f = *split->files;
+      split->files = std::make_shared<const batchcam::data::ImageFiles>(f.paths(), f.side(), spec.in_channels,
+                                                                        config.max_image_pixels, f.workers());
+    }
+  }
+  const auto& test = e.splits.test;
   if (test.channels() != spec.in_channels || test.num_classes() != spec.num_classes || test.height() != spec.image_size) {
     throw std::runtime_error(fmt::format(
         "{}: the model takes {}x{}x{} images of {} classes, dataset '{}' has {}x{}x{} images of {} classes", target,
@@ -926,14 +935,15 @@ int main(int argc, char** argv) {
       for (const auto* opt : train->get_options()) {
         const auto name = opt->get_name();
         if (opt->count() > 0 && name != "--resume" && name != "--quiet" && name != "--threads" && name != "--device" &&
-            name != "--epochs") {
+            name != "--epochs" && name != "--workers") {
           throw std::invalid_argument("--resume continues a run with its saved configuration; " + name +
-                                      " cannot be combined with it (only --epochs, --threads, --device and --quiet can)");
+                                      " cannot be combined with it (only --epochs, --threads, --device, --workers and --quiet can)");
         }
       }
       batchcam::train::ResumeOptions resume;
       if (train->get_option("--device")->count() > 0) resume.device = config.device;
       if (train->get_option("--epochs")->count() > 0) resume.epochs = config.epochs;
+      if (train->get_option("--workers")->count() > 0) resume.workers = config.workers;
       if (train->get_option("--threads")->count() == 0) {
         // The run's own thread count, so that a resumed CPU run ends with the same weights.
         const auto last = (std::filesystem::path(resume_dir) / "last.pt").string();

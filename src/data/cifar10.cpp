@@ -15,7 +15,6 @@ namespace {
 const std::vector<std::string> kCifarNames = {"airplane", "automobile", "bird",  "cat",  "deer",
                                               "dog",      "frog",       "horse", "ship", "truck"};
 
-
 [[noreturn]] void fail(const std::string& what, const std::string& problem) {
   throw std::runtime_error(what + ": " + problem);
 }

@@ -42,13 +42,46 @@ std::string Dataset::sample_name(int64_t i) const {
   return "#" + std::to_string(i);
 }
 
-void for_each_chunk(const Dataset& dataset, int64_t chunk,
-                    const std::function<void(const torch::Tensor& images, const torch::Tensor& labels)>& visit) {
-  TORCH_CHECK(chunk > 0, "for_each_chunk: chunk must be > 0");
-  for (int64_t begin = 0; begin < dataset.size(); begin += chunk) {
-    const auto index = torch::arange(begin, std::min(begin + chunk, dataset.size()), torch::kInt64);
-    visit(dataset.images_at(index), dataset.labels.index_select(0, index));
+void for_each_chunk(const Dataset& dataset,
+                    const std::function<void(const torch::Tensor& images, const torch::Tensor& labels)>& visit,
+                    int64_t chunk_bytes) {
+  const int64_t n = dataset.size();
+  if (n == 0) return;
+  const int64_t chunk = std::max<int64_t>(1, chunk_bytes / (dataset.channels() * dataset.height() * dataset.width()));
+  for (int64_t begin = 0; begin < n; begin += chunk) {
+    const auto index = torch::arange(begin, std::min(begin + chunk, n), torch::kInt64);
+    visit(dataset.images_at(index), dataset.labels.defined() ? dataset.labels.index_select(0, index) : torch::Tensor());
   }
+}
+
+void ChannelMoments::add(const torch::Tensor& images) {
+  TORCH_CHECK(images.dim() == 4 && images.scalar_type() == torch::kUInt8,
+              "Normalization::fit expects uint8 images [N, C, H, W], got ", images.sizes());
+  if (images.size(0) == 0) return;
+  // Sums of (x - shift) with shift a first estimate of the mean: E[x^2] - E[x]^2 does not cancel.
+  const auto x = images.to(torch::kDouble).div_(255.0);
+  if (!shift_.defined()) {
+    shift_ = x.mean(torch::IntArrayRef{0, 2, 3});
+    sum_ = torch::zeros_like(shift_);
+    sum_sq_ = torch::zeros_like(shift_);
+  }
+  const auto centred = x.sub_(shift_.view({1, -1, 1, 1}));
+  sum_ += centred.sum(torch::IntArrayRef{0, 2, 3});
+  sum_sq_ += centred.square_().sum(torch::IntArrayRef{0, 2, 3});
+  count_ += static_cast<double>(images.numel() / images.size(1));
+}
+
+Normalization ChannelMoments::normalization() const {
+  TORCH_CHECK(count_ > 0, "Normalization::fit: no images");
+  const auto mean_centred = sum_ / count_;
+  const auto mean = shift_ + mean_centred;
+  const auto stdev = (sum_sq_ / count_ - mean_centred.square()).clamp_min(0).sqrt().clamp_min(1e-6);
+  Normalization n;
+  for (int64_t c = 0; c < mean.size(0); ++c) {
+    n.mean.push_back(mean[c].item<double>());
+    n.std.push_back(stdev[c].item<double>());
+  }
+  return n;
 }
 
 Normalization Normalization::fit(const torch::Tensor& images) {
@@ -58,36 +91,9 @@ Normalization Normalization::fit(const torch::Tensor& images) {
 }
 
 Normalization Normalization::fit(const Dataset& dataset) {
-  TORCH_CHECK(dataset.size() > 0, "Normalization::fit: no images");
-  TORCH_CHECK(dataset.streamed() || (dataset.images.dim() == 4 && dataset.images.scalar_type() == torch::kUInt8),
-              "Normalization::fit expects uint8 images [N, C, H, W], got ", dataset.images.sizes());
-  // Sums in double, chunk by chunk; the variance about a first estimate of the mean keeps
-  // E[x^2] - E[x]^2 from cancelling.
-  torch::Tensor sum, sum_sq, shift;
-  double count = 0;
-  Dataset images_only = dataset;
-  images_only.labels = torch::zeros({dataset.size()}, torch::kInt64);
-  for_each_chunk(images_only, 4096, [&](const torch::Tensor& images, const torch::Tensor&) {
-    const auto x = images.to(torch::kDouble).div_(255.0).transpose(0, 1).flatten(1);  // [C, n*H*W]
-    if (!shift.defined()) {
-      shift = x.mean(1, /*keepdim=*/true);
-      sum = torch::zeros_like(shift.squeeze(1));
-      sum_sq = torch::zeros_like(sum);
-    }
-    const auto centred = x - shift;
-    sum += centred.sum(1);
-    sum_sq += centred.square().sum(1);
-    count += static_cast<double>(x.size(1));
-  });
-  const auto mean_centred = sum / count;
-  const auto mean = shift.squeeze(1) + mean_centred;
-  const auto stdev = (sum_sq / count - mean_centred.square()).clamp_min(0).sqrt().clamp_min(1e-6);
-  Normalization n;
-  for (int64_t c = 0; c < mean.size(0); ++c) {
-    n.mean.push_back(mean[c].item<double>());
-    n.std.push_back(stdev[c].item<double>());
-  }
-  return n;
+  ChannelMoments moments;
+  for_each_chunk(dataset, [&](const torch::Tensor& images, const torch::Tensor&) { moments.add(images); });
+  return moments.normalization();
 }
 
 torch::Tensor Normalization::apply(const torch::Tensor& images) const {
@@ -155,6 +161,8 @@ torch::Tensor BatchIterator::batch_images(int64_t i) const {
   const auto n = static_cast<int64_t>(index.size());
   // Every draw depends on (seed, epoch, batch i) only.
   const uint64_t batch_seed = mix_seed(mix_seed(seed_, static_cast<uint64_t>(epoch_)), 0x5eed0000ULL + static_cast<uint64_t>(i));
+  TORCH_CHECK(!augmentation_.crop_jitter || dataset_->streamed(),
+              "BatchIterator: the random resized crop is applied while decoding: streamed (folder) datasets only");
   torch::Tensor images;
   if (dataset_->streamed()) {
     const CropJitter crop;

@@ -63,8 +63,8 @@ struct Samples {
   }
 };
 
-Dataset streamed(const Samples& samples, const std::vector<std::string>& class_names, int64_t channels,
-                 const FolderOptions& o) {
+Dataset streamed_split(const Samples& samples, const std::vector<std::string>& class_names, int64_t channels,
+                       const FolderOptions& o) {
   Dataset d;
   d.files = std::make_shared<const ImageFiles>(samples.paths, o.image_size, channels, o.max_pixels, o.workers);
   d.labels = torch::tensor(samples.labels, torch::kInt64);
@@ -158,17 +158,14 @@ DatasetSplits image_folder(const std::string& dir, const FolderOptions& o) {
   const auto k = static_cast<int64_t>(class_names.size());
   train = train.subset(stratified_subset(train.labels, k, o.train_size, mix_seed(o.seed, 1000)));
   test = test.subset(stratified_subset(test.labels, k, o.test_size, mix_seed(o.seed, 2000)));
-  // Headers only: every file readable and within max_pixels, and whether any is in colour.
-  int64_t channels = 1;
-  for (const auto* samples : {&train, &test}) {
-    for (const auto& path : samples->paths) {
-      if (io::read_image_info(path, o.max_pixels).channels == 3) channels = 3;
-    }
-  }
+  // Headers only: every chosen file readable and within max_pixels, and whether any is in colour.
+  std::vector<std::string> chosen = train.paths;
+  chosen.insert(chosen.end(), test.paths.begin(), test.paths.end());
+  const int64_t channels = ImageFiles::channels_of(chosen, o.max_pixels, o.workers);
   DatasetSplits s;
   s.name = "folder";
-  s.train = streamed(train, class_names, channels, o);
-  s.test = streamed(test, class_names, channels, o);
+  s.train = streamed_split(train, class_names, channels, o);
+  s.test = streamed_split(test, class_names, channels, o);
   return s;
 }
 

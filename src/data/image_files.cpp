@@ -3,8 +3,10 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <exception>
+#include <functional>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
@@ -164,8 +166,8 @@ void decode_into(uint8_t* dst, const std::string& path, int64_t side, int64_t ch
   const auto image = io::read_image(path, max_pixels);
   const int64_t h = image.height, w = image.width;
   if (h < 1 || w < 1) throw std::runtime_error(path + ": image has no pixels");
-  // Evaluation: the centre square, whose scaling to side x side equals scaling the shorter
-  // side to `side` and cutting out the centre.
+  // Evaluation: the centre square scaled to side x side (scaling the shorter side to `side`
+  // and cutting out the centre gives the same up to the edge pixels).
   const int64_t square = std::min(h, w);
   const Box box = crop ? random_resized_box(h, w, *crop, *rng) : Box{(h - square) / 2, (w - square) / 2, square, square};
   auto p = resize(batchcam::data::crop(image, box), side, side);
@@ -181,6 +183,33 @@ void decode_into(uint8_t* dst, const std::string& path, int64_t side, int64_t ch
   } else {
     for (int64_t k = 0; k < 3; ++k) put(k, p.plane(0));  // gray file, colour model
   }
+}
+// Calls f(k) for k in [0, n) on `workers` threads (thread t takes t, t + threads, ...; 0 or 1
+// worker: the caller's thread) and rethrows the first exception; after one, the others stop.
+void for_each_on_threads(int64_t n, int64_t workers, const std::function<void(int64_t)>& f) {
+  std::mutex mutex;
+  std::exception_ptr error;
+  std::atomic<bool> failed{false};
+  const auto run = [&](int64_t first, int64_t stride) {
+    for (int64_t k = first; k < n && !failed; k += stride) {
+      try {
+        f(k);
+      } catch (...) {
+        const std::lock_guard<std::mutex> lock(mutex);
+        if (!error) error = std::current_exception();
+        failed = true;
+      }
+    }
+  };
+  const int64_t threads = std::min(workers, n);
+  if (threads <= 1) {
+    run(0, 1);
+  } else {
+    std::vector<std::thread> pool;
+    for (int64_t t = 0; t < threads; ++t) pool.emplace_back(run, t, threads);
+    for (auto& thread : pool) thread.join();
+  }
+  if (error) std::rethrow_exception(error);
 }
 }  // namespace
 
@@ -204,33 +233,14 @@ ImageFiles::ImageFiles(std::vector<std::string> paths, int64_t side, int64_t cha
 torch::Tensor ImageFiles::load(const std::vector<int64_t>& index, const CropJitter* crop, uint64_t seed) const {
   const auto n = static_cast<int64_t>(index.size());
   auto out = torch::empty({n, channels_, side_, side_}, torch::kUInt8);
-  std::mutex mutex;
-  std::exception_ptr error;
-  // Worker t decodes images t, t + threads, ...: each writes its own rows of `out`.
-  const auto decode = [&](int64_t first, int64_t stride) {
-    for (int64_t k = first; k < n; k += stride) {
-      try {
-        const auto i = index[static_cast<size_t>(k)];
-        TORCH_CHECK(i >= 0 && i < size(), "ImageFiles::load: index ", i, " out of range [0, ", size(), ")");
-        Rng rng(mix_seed(seed, static_cast<uint64_t>(k)));
-        decode_into(out.data_ptr<uint8_t>() + k * channels_ * side_ * side_, paths_[static_cast<size_t>(i)], side_,
-                    channels_, max_pixels_, crop, &rng);
-      } catch (...) {
-        const std::lock_guard<std::mutex> lock(mutex);
-        if (!error) error = std::current_exception();
-        return;
-      }
-    }
-  };
-  const int64_t threads = std::min(workers_, n);
-  if (threads <= 1) {
-    decode(0, 1);
-  } else {
-    std::vector<std::thread> pool;
-    for (int64_t t = 0; t < threads; ++t) pool.emplace_back(decode, t, threads);
-    for (auto& thread : pool) thread.join();
-  }
-  if (error) std::rethrow_exception(error);
+  // Each image is decoded into its own rows of `out`, from its own random source.
+  for_each_on_threads(n, workers_, [&](int64_t k) {
+    const auto i = index[static_cast<size_t>(k)];
+    TORCH_CHECK(i >= 0 && i < size(), "ImageFiles::load: index ", i, " out of range [0, ", size(), ")");
+    Rng rng(mix_seed(seed, static_cast<uint64_t>(k)));
+    decode_into(out.data_ptr<uint8_t>() + k * channels_ * side_ * side_, paths_[static_cast<size_t>(i)], side_,
+                channels_, max_pixels_, crop, &rng);
+  });
   return out;
 }
 
@@ -239,6 +249,14 @@ ImageFiles ImageFiles::subset(const std::vector<int64_t>& index) const {
   paths.reserve(index.size());
   for (const auto i : index) paths.push_back(paths_.at(static_cast<size_t>(i)));
   return ImageFiles(std::move(paths), side_, channels_, max_pixels_, workers_);
+}
+
+int64_t ImageFiles::channels_of(const std::vector<std::string>& paths, int64_t max_pixels, int64_t workers) {
+  std::atomic<bool> color{false};
+  for_each_on_threads(static_cast<int64_t>(paths.size()), workers, [&](int64_t k) {
+    if (io::read_image_info(paths[static_cast<size_t>(k)], max_pixels).channels == 3) color = true;
+  });
+  return color ? 3 : 1;
 }
 
 }  // namespace batchcam::data

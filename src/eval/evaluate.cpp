@@ -284,11 +284,14 @@ EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, 
     phase("inference timing on " + std::to_string(subset.size()) + " images");
     data::BatchIterator batches(subset, norm, std::min<int64_t>(options.batch_size, 128), false, 0, false);
     batches.set_device(device);
+    // Assembled (for folders: decoded) before the clock starts: the model's time, not the data's.
+    std::vector<data::Batch> all;
+    for (int64_t i = 0; i < batches.size(); ++i) all.push_back(batches.get(i));
     const auto time_per_image = [&](const std::function<torch::Tensor(const data::Batch&)>& work) {
-      work(batches.get(0));  // warm-up
+      work(all.front());  // warm-up
       const auto start = Clock::now();
       torch::Tensor last;
-      for (int64_t i = 0; i < batches.size(); ++i) last = work(batches.get(i));
+      for (const auto& b : all) last = work(b);
       (void)last.sum().item<double>();  // waits for an accelerator to finish
       return 1e3 * std::chrono::duration<double>(Clock::now() - start).count() / static_cast<double>(subset.size());
     };

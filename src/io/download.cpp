@@ -80,7 +80,6 @@ std::string present_file(const std::string& dir, const std::string& name) {
   return "";
 }
 
-
 namespace {
 std::string hex_digest(EVP_MD_CTX* ctx) {
   unsigned char digest[EVP_MAX_MD_SIZE];

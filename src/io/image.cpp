@@ -89,6 +89,13 @@ bool decode_jpeg_into(const std::string& bytes, int64_t max_pixels, bool header_
   jpeg_create_decompress(&info);
   jpeg_mem_src(&info, reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
   jpeg_read_header(&info, TRUE);
+  if (info.jpeg_color_space == JCS_CMYK || info.jpeg_color_space == JCS_YCCK) {
+    // libjpeg converts these to gray or RGB only approximately (or not at all): refused as
+    // soon as the header is read, so that a folder's check finds them before training.
+    std::snprintf(error.message, sizeof error.message, "CMYK colour is not supported; save it as RGB");
+    jpeg_destroy_decompress(&info);
+    return false;
+  }
   out.width = info.image_width;
   out.height = info.image_height;
   if (out.width * out.height > max_pixels) {
@@ -152,8 +159,9 @@ Image decode_image(const std::string& bytes, const std::string& path, int64_t ma
 Image read_image_info(const std::string& path, int64_t max_pixels) {
   // The header lies in the first bytes (a JPEG's after its metadata segments, each at most
   // 64 KiB): read a prefix, and the whole file only when the prefix does not hold it.
-  constexpr std::streamsize kPrefix = 1 << 20;
+  constexpr std::streamsize kPrefix = 64 << 10;
   std::ifstream in(path, std::ios::binary);
+  if (!in) (void)read_file(path);  // its error: no such file, or why it cannot be read
   if (!in) fail(path, "cannot open for reading");
   std::string prefix(static_cast<size_t>(kPrefix), '\0');
   in.read(prefix.data(), kPrefix);

@@ -79,29 +79,42 @@ torch::Tensor distance(Distance d, const torch::Tensor& a, const torch::Tensor& 
   throw std::logic_error("distance: unhandled kind");
 }
 
+PrototypeSums::PrototypeSums(int64_t num_classes, int64_t height, int64_t width)
+    : num_classes_(num_classes), height_(height), width_(width),
+      sums_(torch::zeros({num_classes, height * width}, torch::kDouble)),
+      counts_(torch::zeros({num_classes}, torch::kDouble)) {}
+
+void PrototypeSums::add(const torch::Tensor& images, const torch::Tensor& labels) {
+  TORCH_CHECK(images.dim() == 4 && images.scalar_type() == torch::kUInt8,
+              "image_prototypes: images must be uint8 [N, C, H, W], got ", images.sizes());
+  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == images.size(0), "image_prototypes: need one label per image");
+  const auto gray = images.to(torch::kDouble).div_(255.0).mean(1).flatten(1);  // [n, HW]
+  sums_.index_add_(0, labels, gray);
+  counts_.index_add_(0, labels, torch::ones({labels.size(0)}, torch::kDouble));
+}
+
+torch::Tensor PrototypeSums::prototypes() const {
+  const auto mean = (sums_ / counts_.clamp_min(1.0).unsqueeze(1)).view({num_classes_, height_, width_});
+  return cam::normalize_maps(mean).to(torch::kFloat32);
+}
+
 torch::Tensor image_prototypes(const torch::Tensor& images, const torch::Tensor& labels, int64_t num_classes) {
   TORCH_CHECK(images.dim() == 4 && images.scalar_type() == torch::kUInt8,
               "image_prototypes: images must be uint8 [N, C, H, W], got ", images.sizes());
   TORCH_CHECK(labels.dim() == 1 && labels.size(0) == images.size(0), "image_prototypes: need one label per image");
-  data::Dataset d;
-  d.images = images;
-  d.labels = labels;
-  d.class_names.resize(static_cast<size_t>(num_classes));
-  return image_prototypes(d);
+  PrototypeSums sums(num_classes, images.size(2), images.size(3));
+  constexpr int64_t kChunk = 4096;  // bounds the float copy for large datasets
+  for (int64_t begin = 0; begin < images.size(0); begin += kChunk) {
+    const int64_t end = std::min(begin + kChunk, images.size(0));
+    sums.add(images.slice(0, begin, end), labels.slice(0, begin, end));
+  }
+  return sums.prototypes();
 }
 
 torch::Tensor image_prototypes(const data::Dataset& dataset) {
-  const int64_t k = dataset.num_classes(), h = dataset.height(), w = dataset.width();
-  auto sums = torch::zeros({k, h * w}, torch::kDouble);
-  auto counts = torch::zeros({k}, torch::kDouble);
-  // In chunks: bounds the float copy for large datasets, and the decoding of streamed ones.
-  data::for_each_chunk(dataset, 4096, [&](const torch::Tensor& images, const torch::Tensor& y) {
-    const auto gray = images.to(torch::kDouble).div_(255.0).mean(1).flatten(1);  // [n, HW]
-    sums.index_add_(0, y, gray);
-    counts.index_add_(0, y, torch::ones({y.size(0)}, torch::kDouble));
-  });
-  auto mean = (sums / counts.clamp_min(1.0).unsqueeze(1)).view({k, h, w});
-  return cam::normalize_maps(mean).to(torch::kFloat32);
+  PrototypeSums sums(dataset.num_classes(), dataset.height(), dataset.width());
+  data::for_each_chunk(dataset, [&](const torch::Tensor& images, const torch::Tensor& labels) { sums.add(images, labels); });
+  return sums.prototypes();
 }
 
 std::pair<torch::Tensor, torch::Tensor> batch_prototypes(const torch::Tensor& maps, const torch::Tensor& labels,

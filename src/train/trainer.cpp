@@ -156,8 +156,16 @@ Trainer::Trainer(const TrainConfig& config, const data::DatasetSplits& splits, t
     notes_ = load_initial_weights(*model_, config_.init_weights);
     notes_.insert(notes_.begin(), "initial weights: " + config_.init_weights);
   }
-  norm_ = data::Normalization::fit(train_set);
-  prototypes_ = losses::image_prototypes(train_set);
+  // The normalisation and the image prototypes in one pass over the training images (a
+  // folder's are decoded once, chunk by chunk).
+  data::ChannelMoments moments;
+  losses::PrototypeSums sums(train_set.num_classes(), train_set.height(), train_set.width());
+  data::for_each_chunk(train_set, [&](const torch::Tensor& images, const torch::Tensor& labels) {
+    moments.add(images);
+    sums.add(images, labels);
+  });
+  norm_ = moments.normalization();
+  prototypes_ = sums.prototypes();
   set_up(splits);
   begin_epoch();
 }
@@ -499,6 +507,7 @@ TrainResult resume(const std::string& run_dir, const TrainCallbacks& callbacks, 
   const auto ck = load_checkpoint(path);
   TrainConfig config = ck.config;
   if (!options.device.empty()) config.device = options.device;
+  if (options.workers >= 0) config.workers = options.workers;
   const bool extended = options.epochs > 0 && options.epochs != config.epochs;
   if (options.epochs > 0) {
     // A mid-epoch checkpoint has started epoch ck.epoch + 1: that one must be kept.

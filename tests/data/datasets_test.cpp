@@ -84,7 +84,7 @@ void write_tiny_mnist(const fs::path& dir, bool gz) {
 
 const std::vector<std::string> kTen = {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"};
 
-void write_jpeg(const fs::path& path, int width, int height, uint8_t gray) {
+void write_jpeg(const fs::path& path, int width, int height, uint8_t gray, bool cmyk = false) {
   jpeg_compress_struct info{};
   jpeg_error_mgr error{};
   info.err = jpeg_std_error(&error);
@@ -93,12 +93,12 @@ void write_jpeg(const fs::path& path, int width, int height, uint8_t gray) {
   jpeg_stdio_dest(&info, file);
   info.image_width = width;
   info.image_height = height;
-  info.input_components = 3;
-  info.in_color_space = JCS_RGB;
+  info.input_components = cmyk ? 4 : 3;
+  info.in_color_space = cmyk ? JCS_CMYK : JCS_RGB;
   jpeg_set_defaults(&info);
   jpeg_set_quality(&info, 95, TRUE);
   jpeg_start_compress(&info, TRUE);
-  std::vector<uint8_t> row(static_cast<size_t>(width) * 3, gray);
+  std::vector<uint8_t> row(static_cast<size_t>(width) * info.input_components, gray);
   while (info.next_scanline < info.image_height) {
     JSAMPROW r = row.data();
     jpeg_write_scanlines(&info, &r, 1);
@@ -290,6 +290,11 @@ TEST(ImageFolder, PngAndJpegClassesAreStreamedAndLabelledBySortedFolderName) {
                 .find("text.jpg: not a PNG or JPEG image"),
             std::string::npos);
   fs::remove(flat / "x" / "text.jpg");
+  write_jpeg(flat / "x" / "print.jpg", 4, 4, 100, /*cmyk=*/true);
+  EXPECT_NE(error_of([&] { data::image_folder(flat.string(), folder_options(4, 3)); })
+                .find("print.jpg: unreadable JPEG (CMYK colour is not supported; save it as RGB)"),
+            std::string::npos);
+  fs::remove(flat / "x" / "print.jpg");
   auto small_limit = folder_options(4, 3);
   small_limit.max_pixels = 15;
   EXPECT_NE(error_of([&] { data::image_folder(flat.string(), small_limit); }).find("exceeds the limit of 15 pixels"),

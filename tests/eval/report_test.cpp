@@ -210,7 +210,9 @@ TEST(ReportCli, AResNet18FineTunedOn224PixelPhotosGivesAReportThatFitsTheWindow)
                          " --image-size 224 --model resnet18 --epochs 1 --batch-size 6 --lr 0.001 "
                          "--augment crop-jitter-flip --workers 2 --out-dir " + root.string() + " --run-name run" + init);
   ASSERT_EQ(train.code, 0) << train.out;
-  if (!init.empty()) EXPECT_NE(train.out.find("classifier"), std::string::npos) << train.out;
+  if (!init.empty()) {
+    EXPECT_NE(train.out.find("classifier"), std::string::npos) << train.out;
+  }
   const auto run = root / "run";
   const auto eval = nlohmann::json::parse(read_text(run / "eval.json"));
   EXPECT_EQ(eval.at("class_names"), nlohmann::json(classes));

@@ -44,11 +44,13 @@ struct Dataset {
   std::string sample_name(int64_t i) const;
 };
 
-/// Calls visit(images, labels) on consecutive chunks of at most `chunk` samples (uint8
-/// [n, C, H, W] and int64 [n], on the CPU); streamed images are decoded chunk by chunk, so
-/// a pass over a folder holds one chunk in memory.
-void for_each_chunk(const Dataset& dataset, int64_t chunk,
-                    const std::function<void(const torch::Tensor& images, const torch::Tensor& labels)>& visit);
+/// Calls visit(images, labels) on consecutive chunks of the dataset (uint8 [n, C, H, W] and
+/// int64 [n] on the CPU; labels undefined when the dataset has none), each at most
+/// `chunk_bytes` of pixels (at least one image); streamed images are decoded chunk by chunk,
+/// on the dataset's workers, so a pass over a folder holds one chunk in memory.
+void for_each_chunk(const Dataset& dataset,
+                    const std::function<void(const torch::Tensor& images, const torch::Tensor& labels)>& visit,
+                    int64_t chunk_bytes = int64_t{8} << 20);
 
 struct DatasetSplits {
   std::string name;
@@ -72,6 +74,20 @@ struct Normalization {
   torch::Tensor to_unit_gray(const torch::Tensor& x) const;
   /// x [B, C, H, W] mapped back to [0, 1], channels kept (for pictures) -> [B, C, H, W].
   torch::Tensor to_unit(const torch::Tensor& x) const;
+};
+
+/// Per-channel sums of images added chunk by chunk: the statistics of Normalization::fit
+/// for data that is not in memory at once.
+class ChannelMoments {
+ public:
+  /// images: uint8 [n, C, H, W], C the same for every call.
+  void add(const torch::Tensor& images);
+  /// Mean and (population) standard deviation per channel of everything added. Requires an add().
+  Normalization normalization() const;
+
+ private:
+  torch::Tensor shift_, sum_, sum_sq_;  ///< [C] double; sums of (x - shift), shift = the first chunk's mean
+  double count_ = 0;                    ///< values per channel
 };
 
 struct Batch {

@@ -23,9 +23,10 @@ struct CropJitter {
 };
 
 /// Decodes one file and brings it to side x side with `channels` (1 or 3; gray files are
-/// repeated to RGB, RGB files averaged to gray): the evaluation transform scales the shorter
-/// side to `side` preserving the aspect ratio (bilinear, antialiased when shrinking) and
-/// keeps the centre square; with `crop` (and its random source `rng`) a random resized crop
+/// repeated to RGB, RGB files reduced to their luminance): the evaluation transform keeps the
+/// centre square and scales it to `side` (as scaling the shorter side to `side`, preserving the
+/// aspect ratio, and cutting out the centre would, up to the edge pixels; PIL's antialiased
+/// bilinear filter); with `crop` (and its random source `rng`) a random resized crop
 /// and colour jitter instead. Returns uint8 [channels, side, side]. Throws std::runtime_error
 /// naming the file for an unreadable image or one over max_pixels.
 torch::Tensor load_image(const std::string& path, int64_t side, int64_t channels,
@@ -50,6 +51,10 @@ class ImageFiles {
   torch::Tensor load(const std::vector<int64_t>& index, const CropJitter* crop = nullptr, uint64_t seed = 0) const;
   /// The files at `index`, in that order.
   ImageFiles subset(const std::vector<int64_t>& index) const;
+
+  /// 3 when any of `paths` is in colour, else 1, from the files' headers (read on `workers`
+  /// threads); throws as read_image_info() for an unreadable file or one over max_pixels.
+  static int64_t channels_of(const std::vector<std::string>& paths, int64_t max_pixels, int64_t workers);
 
  private:
   std::vector<std::string> paths_;

@@ -16,6 +16,21 @@ torch::Tensor image_prototypes(const torch::Tensor& images, const torch::Tensor&
 /// The same over a dataset's images and classes, in chunks (one decoding pass when streamed).
 torch::Tensor image_prototypes(const data::Dataset& dataset);
 
+/// The class sums behind image_prototypes, added chunk by chunk (for a pass over data that
+/// is not in memory at once, shared with other statistics).
+class PrototypeSums {
+ public:
+  PrototypeSums(int64_t num_classes, int64_t height, int64_t width);
+  /// images uint8 [n, C, H, W], labels int64 [n] in [0, num_classes).
+  void add(const torch::Tensor& images, const torch::Tensor& labels);
+  /// As image_prototypes: [K, H, W] float32.
+  torch::Tensor prototypes() const;
+
+ private:
+  int64_t num_classes_, height_, width_;
+  torch::Tensor sums_, counts_;
+};
+
 /// In-batch class means of the maps. maps [B, H, W], labels [B] ->
 /// {Q [K, H, W] (zero for absent classes), counts [K] int64}.
 /// check_targets: verify that labels lie in [0, K) (a host synchronisation on an

@@ -184,6 +184,7 @@ struct ResumeOptions {
   /// equals a run trained that long from the start); cosine and onecycle are recomputed for
   /// the new length, so the rate jumps to the new curve's value at that step.
   int64_t epochs = 0;
+  int64_t workers = -1;  ///< folder decoding threads; -1 = the run's (results do not depend on it)
 };
 
 /// Continues the run in `run_dir` from its last.pt with its saved configuration. On the CPU
