@@ -15,6 +15,7 @@ packages=(
   libspdlog-dev           # CLI logging
   libpng-dev zlib1g-dev   # images and compression
   libjpeg62-turbo-dev     # JPEG images in image-folder datasets
+  libgloo-dev             # the headers of c10d's Gloo process group (distributed training)
   libcurl4-openssl-dev    # downloading MNIST / Fashion-MNIST when missing
   libssl-dev              # SHA-256 of downloaded files (OpenSSL libcrypto)
   libcairo2-dev           # plots in the HTML report

@@ -1,0 +1,127 @@
+// Process groups over c10d's Gloo: the collectives run between real processes. The parent
+// tests start this test program again as the ranks (a worker test, selected by
+// BATCHCAM_TEST_WORKER, does one rank's part), exactly as torchrun would set their environment.
+
+#include "batchcam/core/distributed.h"
+#include "support/process.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <string>
+
+using namespace batchcam;
+
+namespace {
+// A TCP port that was free a moment ago (the rendezvous binds it again right away).
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t length = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::string self() { return std::string(BATCHCAM_TEST_BINARY); }
+
+// Starts `world` copies of this program running worker test `name`, as ranks 0..world-1, in
+// the background, and returns the command's result (every rank's output, the first failure).
+test_support::CommandResult launch(const std::string& name, int world, int port) {
+  std::string command = "pids=''; ";
+  for (int rank = 0; rank < world; ++rank) {
+    command += "BATCHCAM_TEST_WORKER=1 WORLD_SIZE=" + std::to_string(world) + " RANK=" + std::to_string(rank) +
+               " LOCAL_RANK=" + std::to_string(rank) + " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) +
+               " '" + self() + "' --gtest_filter=DistributedWorker." + name + " > /tmp/batchcam-rank-" +
+               std::to_string(port) + "-" + std::to_string(rank) + ".log 2>&1 & pids=\"$pids $!\"; ";
+  }
+  command += "status=0; for p in $pids; do wait $p || status=$?; done; cat /tmp/batchcam-rank-" + std::to_string(port) +
+             "-*.log; rm -f /tmp/batchcam-rank-" + std::to_string(port) + "-*.log; exit $status";
+  return test_support::run_shell(command);
+}
+
+bool is_worker() { return std::getenv("BATCHCAM_TEST_WORKER") != nullptr; }
+
+core::LaunchInfo from_environment() { return core::launch_info([](const char* name) { return std::getenv(name); }); }
+}  // namespace
+
+TEST(Distributed, LaunchInfoComesFromTorchrunsVariables) {
+  const auto read = [](std::map<std::string, std::string> env) {
+    return core::launch_info([env](const char* name) -> const char* {
+      const auto it = env.find(name);
+      return it == env.end() ? nullptr : it->second.c_str();
+    });
+  };
+  EXPECT_FALSE(read({}).distributed()) << "no torchrun: one process";
+  const auto l = read({{"WORLD_SIZE", "4"}, {"RANK", "2"}, {"LOCAL_RANK", "0"}, {"MASTER_ADDR", "10.0.0.1"},
+                       {"MASTER_PORT", "29512"}});
+  EXPECT_TRUE(l.distributed());
+  EXPECT_EQ(l.rank, 2);
+  EXPECT_EQ(l.local_rank, 0);
+  EXPECT_EQ(l.master_addr, "10.0.0.1");
+  EXPECT_EQ(l.master_port, 29512);
+  try {
+    read({{"WORLD_SIZE", "2"}, {"RANK", "2"}});
+    FAIL() << "RANK out of range";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("RANK='2': expected an integer in [0, 1]"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(read({{"WORLD_SIZE", "two"}}), std::invalid_argument);
+  EXPECT_THROW(read({{"WORLD_SIZE", "2"}}), std::invalid_argument) << "RANK missing";
+}
+
+TEST(Distributed, TwoProcessesAllReduceInBucketsAndBroadcast) {
+  if (!core::distributed_available()) GTEST_SKIP() << "built without c10d's Gloo (libgloo-dev)";
+  const auto r = launch("AllReduceAndBroadcast", 2, free_port());
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out.find("FAILED"), std::string::npos) << r.out;
+}
+
+TEST(Distributed, ARankThatDiesMakesTheOthersFailWithinTheTimeout) {
+  if (!core::distributed_available()) GTEST_SKIP() << "built without c10d's Gloo (libgloo-dev)";
+  const auto r = launch("OneRankDies", 2, free_port());
+  EXPECT_EQ(r.code, 0) << r.out;  // rank 0 expects the failure; rank 1 exits on purpose with 0
+  EXPECT_NE(r.out.find("distributed all-reduce failed on rank 0"), std::string::npos) << r.out;
+}
+
+TEST(DistributedWorker, AllReduceAndBroadcast) {
+  if (!is_worker()) GTEST_SKIP() << "one rank's part of Distributed.TwoProcessesAllReduceInBucketsAndBroadcast";
+  core::ProcessGroup group(from_environment(), std::chrono::seconds(30));
+  const double r = static_cast<double>(group.rank());
+  // Tensors of two dtypes and several shapes; 64-byte buckets force several collectives.
+  std::vector<torch::Tensor> tensors = {torch::full({3, 2}, r + 1.0, torch::kFloat32),
+                                        torch::arange(5, torch::kFloat64) * (r + 1.0),
+                                        torch::full({40}, 2.0 * r, torch::kFloat32), torch::full({1}, r, torch::kFloat64)};
+  group.all_reduce_sum(tensors, 64);
+  EXPECT_TRUE(torch::allclose(tensors[0], torch::full({3, 2}, 3.0f))) << tensors[0];
+  EXPECT_TRUE(torch::allclose(tensors[1], torch::arange(5, torch::kFloat64) * 3.0)) << tensors[1];
+  EXPECT_TRUE(torch::allclose(tensors[2], torch::full({40}, 2.0f))) << tensors[2];
+  EXPECT_EQ(tensors[3].item<double>(), 1.0);
+  std::vector<torch::Tensor> weights = {torch::full({4}, 10.0 + r), torch::full({2, 2}, 20.0 + r, torch::kFloat64)};
+  group.broadcast(weights, 1);
+  EXPECT_TRUE(torch::equal(weights[0], torch::full({4}, 11.0))) << "rank 1's";
+  EXPECT_TRUE(torch::equal(weights[1], torch::full({2, 2}, 21.0, torch::kFloat64)));
+  group.barrier();
+}
+
+TEST(DistributedWorker, OneRankDies) {
+  if (!is_worker()) GTEST_SKIP() << "one rank's part of Distributed.ARankThatDiesMakesTheOthersFailWithinTheTimeout";
+  core::ProcessGroup group(from_environment(), std::chrono::seconds(3));
+  if (group.rank() == 1) std::_Exit(0);  // gone without a word, as a crashed or killed rank
+  std::vector<torch::Tensor> gradients = {torch::ones({8})};
+  try {
+    group.all_reduce_sum(gradients);
+    FAIL() << "an all-reduce with a dead rank returned";
+  } catch (const std::runtime_error& e) {
+    std::cout << e.what() << "\n";
+  }
+}
