@@ -150,38 +150,61 @@ int64_t BatchIterator::size() const {
   return drop_last_ ? n / batch_size_ : (n + batch_size_ - 1) / batch_size_;
 }
 
+void BatchIterator::set_shard(int64_t rank, int64_t world) {
+  TORCH_CHECK(world >= 1 && rank >= 0 && rank < world, "BatchIterator::set_shard: rank ", rank, " of ", world);
+  drop_prefetch();
+  rank_ = rank;
+  world_ = world;
+}
+
+namespace {
+// The whole batch i: [begin, end) of the epoch's order, and this rank's part of it.
+struct BatchRange {
+  int64_t begin, end, first, last;  // the batch's positions; this rank's [first, last)
+};
+
+BatchRange batch_range(int64_t i, int64_t batch_size, int64_t dataset_size, int64_t rank, int64_t world) {
+  const int64_t begin = i * batch_size, end = std::min<int64_t>(begin + batch_size, dataset_size);
+  const int64_t n = end - begin;
+  return {begin, end, begin + n * rank / world, begin + n * (rank + 1) / world};
+}
+}  // namespace
+
 std::vector<int64_t> BatchIterator::batch_indices(int64_t i) const {
-  const int64_t begin = i * batch_size_;
-  const int64_t end = std::min<int64_t>(begin + batch_size_, dataset_->size());
-  return {order_.begin() + begin, order_.begin() + end};
+  const auto r = batch_range(i, batch_size_, dataset_->size(), rank_, world_);
+  return {order_.begin() + r.first, order_.begin() + r.last};
 }
 
 torch::Tensor BatchIterator::batch_images(int64_t i) const {
+  const auto r = batch_range(i, batch_size_, dataset_->size(), rank_, world_);
   const auto index = batch_indices(i);
   const auto n = static_cast<int64_t>(index.size());
-  // Every draw depends on (seed, epoch, batch i) only.
+  // Every draw depends on (seed, epoch, batch i) and the sample's position in the batch only.
   const uint64_t batch_seed = mix_seed(mix_seed(seed_, static_cast<uint64_t>(epoch_)), 0x5eed0000ULL + static_cast<uint64_t>(i));
   TORCH_CHECK(!augmentation_.crop_jitter || dataset_->streamed(),
               "BatchIterator: the random resized crop is applied while decoding: streamed (folder) datasets only");
   torch::Tensor images;
   if (dataset_->streamed()) {
     const CropJitter crop;
-    images = dataset_->files->load(index, augmentation_.crop_jitter ? &crop : nullptr, mix_seed(batch_seed, 1));
+    images = dataset_->files->load(index, augmentation_.crop_jitter ? &crop : nullptr, mix_seed(batch_seed, 1),
+                                   r.first - r.begin);
   } else {
     images = dataset_->images.index_select(0, torch::tensor(index, torch::kInt64));
   }
   if (augmentation_.max_shift > 0 || augmentation_.flip) {
-    const int64_t s = augmentation_.max_shift;
+    // Drawn for the whole batch, in order; this rank keeps its slice's.
+    const int64_t s = augmentation_.max_shift, whole = r.end - r.begin;
     Rng rng(batch_seed);
-    std::vector<int64_t> dy(n), dx(n);
-    std::vector<uint8_t> flip(n);
-    for (int64_t k = 0; k < n; ++k) {
+    std::vector<int64_t> dy(whole), dx(whole);
+    std::vector<uint8_t> flip(whole);
+    for (int64_t k = 0; k < whole; ++k) {
       dy[k] = static_cast<int64_t>(rng.below(static_cast<uint64_t>(2 * s + 1))) - s;
       dx[k] = static_cast<int64_t>(rng.below(static_cast<uint64_t>(2 * s + 1))) - s;
       flip[k] = augmentation_.flip && rng.uniform() < 0.5;
     }
-    images = shift_and_flip(images, torch::tensor(dy), torch::tensor(dx),
-                            torch::from_blob(flip.data(), {n}, torch::kUInt8).to(torch::kBool));
+    const int64_t from = r.first - r.begin;
+    images = shift_and_flip(images, torch::tensor(dy).narrow(0, from, n), torch::tensor(dx).narrow(0, from, n),
+                            torch::from_blob(flip.data() + from, {n}, torch::kUInt8).to(torch::kBool));
   }
   return images;
 }

@@ -230,14 +230,15 @@ ImageFiles::ImageFiles(std::vector<std::string> paths, int64_t side, int64_t cha
   }
 }
 
-torch::Tensor ImageFiles::load(const std::vector<int64_t>& index, const CropJitter* crop, uint64_t seed) const {
+torch::Tensor ImageFiles::load(const std::vector<int64_t>& index, const CropJitter* crop, uint64_t seed,
+                               int64_t first) const {
   const auto n = static_cast<int64_t>(index.size());
   auto out = torch::empty({n, channels_, side_, side_}, torch::kUInt8);
   // Each image is decoded into its own rows of `out`, from its own random source.
   for_each_on_threads(n, workers_, [&](int64_t k) {
     const auto i = index[static_cast<size_t>(k)];
     TORCH_CHECK(i >= 0 && i < size(), "ImageFiles::load: index ", i, " out of range [0, ", size(), ")");
-    Rng rng(mix_seed(seed, static_cast<uint64_t>(k)));
+    Rng rng(mix_seed(seed, static_cast<uint64_t>(first + k)));
     decode_into(out.data_ptr<uint8_t>() + k * channels_ * side_ * side_, paths_[static_cast<size_t>(i)], side_,
                 channels_, max_pixels_, crop, &rng);
   });

@@ -309,6 +309,7 @@ void Trainer::step(const data::Batch& batch) {
     optimizer_->step();
   } else {
     losses_now.total.backward();
+    if (group_) average_gradients(parameters, static_cast<double>(batch.y.size(0)));
     if (config_.grad_clip > 0.0) clip_gradients(parameters, config_.grad_clip);
     optimizer_->step();
   }
@@ -334,8 +335,50 @@ void Trainer::step(const data::Batch& batch) {
   ++step_;
 }
 
+void Trainer::use_process_group(std::shared_ptr<core::ProcessGroup> group) {
+  if (!group || group->size() == 1) return;
+  const auto refuse = [](const std::string& what) {
+    throw std::invalid_argument("distributed training: " + what + " is not supported yet");
+  };
+  if (config_.precision == core::Precision::fp16) refuse("fp16 (use fp32 or bf16)");
+  if (config_.prototype == PrototypeKind::cam_ema) refuse("--prototype cam-ema");
+  if (!device_.is_cpu()) refuse("a " + core::device_name(device_) + " device (Gloo runs on the CPU)");
+  if (group->size() > config_.batch_size) {
+    throw std::invalid_argument("distributed training: " + std::to_string(group->size()) +
+                                " ranks need a global --batch-size of at least as many, got " +
+                                std::to_string(config_.batch_size));
+  }
+  group_ = std::move(group);
+  // The same seed gives every rank the same initial weights already; rank 0's make it certain.
+  std::vector<torch::Tensor> state;
+  for (const auto& p : model_->parameters()) state.push_back(p.detach());
+  for (const auto& b : model_->buffers()) state.push_back(b.detach());
+  group_->broadcast(state);
+  batches_->set_shard(group_->rank(), group_->size());
+}
+
+void Trainer::average_gradients(const std::vector<torch::Tensor>& parameters, double local_samples) {
+  // Each rank's loss is the mean over its slice; the mean over the global batch has the
+  // gradient sum over ranks of (slice / global batch) x the rank's gradient.
+  torch::NoGradGuard no_grad;
+  const double share = local_samples / static_cast<double>(config_.batch_size);
+  std::vector<torch::Tensor> gradients;
+  for (auto p : parameters) {
+    if (!p.requires_grad()) continue;
+    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+    p.mutable_grad().mul_(share);
+    gradients.push_back(p.grad());
+  }
+  group_->all_reduce_sum(gradients);
+}
+
 StepInfo Trainer::read_progress() {
-  const auto r = running_.to(torch::kCPU).contiguous();
+  auto r = running_.to(torch::kCPU).contiguous();
+  if (group_) {
+    // The sums of every rank; a non-finite loss is reported by the rank that had it.
+    r = r.clone();
+    group_->all_reduce_sum({r.narrow(0, kLoss, kSeen - kLoss + 1)});
+  }
   const double* v = r.data_ptr<double>();
   if (v[kBadStep] >= 0) {
     throw std::runtime_error("non-finite " + std::string(kTermNames[static_cast<int>(v[kBadTerm])]) +
@@ -426,6 +469,15 @@ EpochMetrics Trainer::end_epoch() {
   m.train_proto = progress.proto;
   m.train_batch = progress.batch;
   m.train_accuracy = progress.accuracy;
+  if (group_) {
+    // BatchNorm's running statistics, averaged over the ranks: the same model everywhere.
+    std::vector<torch::Tensor> statistics;
+    for (const auto& b : model_->buffers()) {
+      if (b.is_floating_point()) statistics.push_back(b.detach());
+    }
+    group_->all_reduce_sum(statistics);
+    for (auto& s : statistics) s.div_(static_cast<double>(group_->size()));
+  }
   m.test = eval::evaluate(*model_, splits_->test, norm_, prototypes_);
   train_seconds_ += m.seconds;
   history_.push_back(m);

@@ -3,6 +3,7 @@
 // BATCHCAM_TEST_WORKER, does one rank's part), exactly as torchrun would set their environment.
 
 #include "batchcam/core/distributed.h"
+#include "batchcam/train/trainer.h"
 #include "support/process.h"
 
 #include <gtest/gtest.h>
@@ -91,6 +92,67 @@ TEST(Distributed, ARankThatDiesMakesTheOthersFailWithinTheTimeout) {
   const auto r = launch("OneRankDies", 2, free_port());
   EXPECT_EQ(r.code, 0) << r.out;  // rank 0 expects the failure; rank 1 exits on purpose with 0
   EXPECT_NE(r.out.find("distributed all-reduce failed on rank 0"), std::string::npos) << r.out;
+}
+
+TEST(Distributed, TwoRanksTrainAsOneProcessOnTheGlobalBatch) {
+  if (!core::distributed_available()) GTEST_SKIP() << "built without c10d's Gloo (libgloo-dev)";
+  const auto r = launch("TrainsAsOneProcess", 2, free_port());
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out.find("FAILED"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("[  PASSED  ] 1 test"), std::string::npos) << r.out;
+}
+
+TEST(DistributedWorker, TrainsAsOneProcess) {
+  if (!is_worker()) GTEST_SKIP() << "one rank's part of Distributed.TwoRanksTrainAsOneProcessOnTheGlobalBatch";
+  auto group = std::make_shared<core::ProcessGroup>(from_environment(), std::chrono::seconds(60));
+  // ConvNeXt-V2 normalises each sample on its own (LayerNorm, GRN): two ranks on halves of
+  // each batch of 8 must take the steps one process takes on the whole batches (with the
+  // random shift and flip, drawn per position in the batch), up to the order of float sums.
+  train::TrainConfig c;
+  c.model = "convnext-v2-atto";
+  c.train_size = 48;
+  c.test_size = 16;
+  c.batch_size = 8;
+  c.epochs = 1;
+  c.augment = train::Augment::shift_flip;
+  // Plain SGD: an update proportional to the gradient, so float differences stay float-sized
+  // (Adam divides tiny gradients by their own size and magnifies them).
+  c.optimizer = train::OptimizerKind::sgd;
+  c.momentum = 0.0;
+  c.nesterov = false;
+  c.lr = 0.1;
+  const auto splits = train::load_dataset(c);
+  train::Trainer alone(c, splits, torch::kCPU);
+  ASSERT_TRUE(alone.run_epoch());
+  train::Trainer ranked(c, splits, torch::kCPU);
+  ranked.use_process_group(group);
+  ASSERT_TRUE(ranked.run_epoch());
+  EXPECT_NEAR(ranked.read_progress().loss, alone.read_progress().loss, 1e-4) << "the running loss of all ranks";
+  EXPECT_EQ(ranked.read_progress().accuracy, alone.read_progress().accuracy);
+  const auto a = alone.model().parameters(), b = ranked.model().parameters();
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, (a[i] - b[i]).abs().max().item<double>());
+  EXPECT_LT(worst, 1e-5) << "6 steps on two ranks against one process";
+  std::cout << "largest weight difference, two ranks against one process: " << worst << "\n";
+  EXPECT_GT((a[0] - train::Trainer(c, splits, torch::kCPU).model().parameters()[0]).abs().max().item<double>(), 1e-3)
+      << "the steps changed the weights";
+
+  // SimpleCNN has BatchNorm (per-rank statistics): the ranks still hold the same weights,
+  // and the same averaged statistics after an evaluation.
+  c.model = "simple-cnn";
+  train::Trainer bn(c, splits, torch::kCPU);
+  bn.use_process_group(group);
+  ASSERT_TRUE(bn.run_epoch());
+  (void)bn.end_epoch();
+  std::vector<torch::Tensor> state;
+  for (const auto& p : bn.model().parameters()) state.push_back(p.detach().clone());
+  for (const auto& x : bn.model().buffers()) state.push_back(x.detach().to(torch::kDouble));
+  auto summed = state;
+  for (auto& t : summed) t = t.clone();
+  group->all_reduce_sum(summed);
+  for (size_t i = 0; i < state.size(); ++i) {
+    EXPECT_TRUE(torch::allclose(summed[i], 2 * state[i], 1e-6, 1e-7)) << "tensor " << i << " differs between ranks";
+  }
 }
 
 TEST(DistributedWorker, AllReduceAndBroadcast) {

@@ -122,6 +122,11 @@ class BatchIterator {
     drop_prefetch();
     augmentation_ = augmentation;
   }
+  /// Rank `rank` of `world` data-parallel processes takes its slice of every batch: the
+  /// positions [n * rank / world, n * (rank + 1) / world) of the batch's n samples (slices
+  /// differ by at most one sample). The random draws of the augmentation are those of the
+  /// whole batch, so a sample is augmented alike whatever the number of ranks.
+  void set_shard(int64_t rank, int64_t world);
   /// Batches are assembled as uint8 on the CPU and sent to `device` (from pinned memory,
   /// without blocking, for CUDA), where they are normalised. Default: the CPU.
   void set_device(torch::Device device) { device_ = device; }
@@ -148,6 +153,7 @@ class BatchIterator {
   std::vector<int64_t> order_;
   std::future<torch::Tensor> next_;  ///< batch_images(next_index_), decoding in the background
   int64_t next_index_ = -1;
+  int64_t rank_ = 0, world_ = 1;
 };
 
 /// Shifts each image of `images` [B, C, H, W] by (dy[b], dx[b]) pixels (|d| <= the

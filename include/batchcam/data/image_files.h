@@ -46,9 +46,11 @@ class ImageFiles {
   const std::vector<std::string>& paths() const { return paths_; }
 
   /// The images at `index`, uint8 [B, channels, side, side], decoded on `workers` threads
-  /// (0: on the caller's). With `crop`, image k of the batch draws from Rng(mix_seed(seed, k)),
-  /// so the result does not depend on the number of workers.
-  torch::Tensor load(const std::vector<int64_t>& index, const CropJitter* crop = nullptr, uint64_t seed = 0) const;
+  /// (0: on the caller's). With `crop`, image k draws from Rng(mix_seed(seed, first + k)), so
+  /// the result does not depend on the number of workers (`first`: the position of image 0
+  /// in its whole batch, for a rank's slice of it).
+  torch::Tensor load(const std::vector<int64_t>& index, const CropJitter* crop = nullptr, uint64_t seed = 0,
+                     int64_t first = 0) const;
   /// The files at `index`, in that order.
   ImageFiles subset(const std::vector<int64_t>& index) const;
 

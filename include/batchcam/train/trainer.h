@@ -4,6 +4,7 @@
 // writes no file. RunDirectory (run_directory.h) is the sink for a run's files, and
 // train() / resume() below drive the two together as `batchcam train` does.
 
+#include "batchcam/core/distributed.h"
 #include "batchcam/core/runtime.h"
 #include "batchcam/data/dataset.h"
 #include "batchcam/eval/evaluate.h"
@@ -100,6 +101,15 @@ class Trainer {
   double train_seconds() const { return train_seconds_; }
   torch::Device device() const { return device_; }
   const data::DatasetSplits& splits() const { return *splits_; }
+  /// Trains data-parallel with the other ranks of `group`, each a Trainer made from the same
+  /// configuration and data: the weights and buffers become rank 0's, each rank steps on its
+  /// slice of every global batch (config.batch_size), and the gradients are averaged over the
+  /// global batch before each update, so the weights stay identical on every rank. Running
+  /// losses are summed over the ranks; BatchNorm keeps per-rank statistics, averaged over the
+  /// ranks before each evaluation. The Batch-CAM Loss compares maps within each rank's slice.
+  /// Call before the next step. Not yet supported (std::invalid_argument): fp16, cam-ema
+  /// prototypes, devices other than the CPU.
+  void use_process_group(std::shared_ptr<core::ProcessGroup> group);
   /// The training state for a checkpoint (reads the running sums from the device). Throws
   /// std::runtime_error when a loss or a weight is not finite: no checkpoint of a diverged run.
   TrainingState training_state();
@@ -110,6 +120,7 @@ class Trainer {
 
  private:
   void set_up(const data::DatasetSplits& splits);
+  void average_gradients(const std::vector<torch::Tensor>& parameters, double local_samples);
   void begin_epoch();
 
   TrainConfig config_;
@@ -122,6 +133,7 @@ class Trainer {
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::unique_ptr<LossScaler> scaler_;
   std::unique_ptr<data::BatchIterator> batches_;
+  std::shared_ptr<core::ProcessGroup> group_;  ///< data-parallel ranks; null: this process alone
   CamLossConfig objective_;
   int64_t epoch_ = 1, step_ = 0, steps_ = 0;
   // On the device: loss, ce, proto, batch (each times the batch size), correct, seen,
