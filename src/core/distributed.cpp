@@ -53,6 +53,7 @@ struct ProcessGroup::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
   int64_t rank = 0;
+  std::chrono::milliseconds timeout{0};
 
   // Runs one collective and waits for it; a failure (a rank gone, the timeout) becomes one
   // std::runtime_error naming this rank and the operation.
@@ -65,7 +66,8 @@ struct ProcessGroup::Impl {
       std::string message = e.what();
       message = message.substr(0, message.find('\n'));
       throw std::runtime_error("distributed " + std::string(what) + " failed on rank " + std::to_string(rank) +
-                               " (another rank stopped or did not answer within the timeout): " + message);
+                               " (another rank stopped, did not answer within " + std::to_string(timeout.count()) +
+                               " ms, or made a different call): " + message);
     }
   }
 };
@@ -73,6 +75,7 @@ struct ProcessGroup::Impl {
 ProcessGroup::ProcessGroup(const LaunchInfo& launch, std::chrono::milliseconds timeout)
     : impl_(std::make_unique<Impl>()), rank_(launch.rank), size_(launch.world_size) {
   impl_->rank = launch.rank;
+  impl_->timeout = timeout;
   try {
     c10d::TCPStoreOptions options;
     options.port = static_cast<std::uint16_t>(launch.master_port);
@@ -99,7 +102,10 @@ namespace {
 std::vector<std::vector<size_t>> buckets_of(const std::vector<torch::Tensor>& tensors, int64_t bucket_bytes) {
   std::map<int, std::vector<size_t>> by_type;
   for (size_t i = 0; i < tensors.size(); ++i) {
-    TORCH_CHECK(tensors[i].device().is_cpu(), "ProcessGroup: tensors must be on the CPU (Gloo)");
+    if (!tensors[i].device().is_cpu()) {
+      throw std::invalid_argument("ProcessGroup: tensor " + std::to_string(i) + " is on " +
+                                  tensors[i].device().str() + "; Gloo needs CPU tensors");
+    }
     by_type[static_cast<int>(tensors[i].scalar_type())].push_back(i);
   }
   std::vector<std::vector<size_t>> buckets;

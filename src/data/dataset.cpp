@@ -151,7 +151,10 @@ int64_t BatchIterator::size() const {
 }
 
 void BatchIterator::set_shard(int64_t rank, int64_t world) {
-  TORCH_CHECK(world >= 1 && rank >= 0 && rank < world, "BatchIterator::set_shard: rank ", rank, " of ", world);
+  if (world < 1 || rank < 0 || rank >= world) {
+    throw std::invalid_argument("BatchIterator::set_shard: rank " + std::to_string(rank) + " of " +
+                                std::to_string(world) + "; expected 0 <= rank < world");
+  }
   drop_prefetch();
   rank_ = rank;
   world_ = world;

@@ -335,20 +335,46 @@ void Trainer::step(const data::Batch& batch) {
   ++step_;
 }
 
+namespace {
+// "(3, 48, 8, 1)" for an int64 vector.
+std::string shape_of(const torch::Tensor& values) {
+  std::string text = "(";
+  for (int64_t i = 0; i < values.numel(); ++i) text += (i ? ", " : "") + std::to_string(values[i].item<int64_t>());
+  return text + ")";
+}
+}  // namespace
+
 void Trainer::use_process_group(std::shared_ptr<core::ProcessGroup> group) {
   if (!group || group->size() == 1) return;
   const auto refuse = [](const std::string& what) {
     throw std::invalid_argument("distributed training: " + what + " is not supported yet");
   };
-  if (config_.precision == core::Precision::fp16) refuse("fp16 (use fp32 or bf16)");
+  if (config_.precision == core::Precision::fp16) refuse("--precision fp16 (use fp32 or bf16)");
   if (config_.prototype == PrototypeKind::cam_ema) refuse("--prototype cam-ema");
-  if (!device_.is_cpu()) refuse("a " + core::device_name(device_) + " device (Gloo runs on the CPU)");
+  if (!device_.is_cpu()) refuse("the device " + core::device_name(device_) + " (Gloo runs on the CPU)");
+  if (step_ != 0 || !history_.empty()) refuse("joining a run that has started (resume)");
   if (group->size() > config_.batch_size) {
     throw std::invalid_argument("distributed training: " + std::to_string(group->size()) +
                                 " ranks need a global --batch-size of at least as many, got " +
                                 std::to_string(config_.batch_size));
   }
   group_ = std::move(group);
+  // Every rank must walk the same epochs: the same steps, data and global batch as rank 0.
+  const auto mine = torch::tensor({steps_, splits_->train.size(), config_.batch_size, config_.epochs}, torch::kInt64);
+  auto rank0 = mine.clone();
+  group_->broadcast({rank0});
+  const bool differs = !torch::equal(mine, rank0);
+  auto ranks_differing = torch::full({1}, differs ? 1.0 : 0.0, torch::kDouble);
+  group_->all_reduce_sum({ranks_differing});  // every rank learns it, and stops
+  if (differs) {
+    throw std::invalid_argument("distributed training: rank " + std::to_string(group_->rank()) +
+                                " has (steps per epoch, training images, batch size, epochs) = " + shape_of(mine) +
+                                ", rank 0 " + shape_of(rank0) + "; every rank needs the same data and configuration");
+  }
+  if (ranks_differing.item<double>() > 0) {
+    throw std::invalid_argument("distributed training: " + std::to_string(ranks_differing.item<int64_t>()) +
+                                " rank(s) have other data or configuration than rank 0 (their messages say which)");
+  }
   // The same seed gives every rank the same initial weights already; rank 0's make it certain.
   std::vector<torch::Tensor> state;
   for (const auto& p : model_->parameters()) state.push_back(p.detach());
@@ -362,12 +388,13 @@ void Trainer::average_gradients(const std::vector<torch::Tensor>& parameters, do
   // gradient sum over ranks of (slice / global batch) x the rank's gradient.
   torch::NoGradGuard no_grad;
   const double share = local_samples / static_cast<double>(config_.batch_size);
+  // A parameter without a gradient (not used by this loss) has none on every rank: the
+  // ranks run the same graph, so the set of gradients matches, and such a parameter stays
+  // untouched as in a single process.
   std::vector<torch::Tensor> gradients;
-  for (auto p : parameters) {
-    if (!p.requires_grad()) continue;
-    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
-    p.mutable_grad().mul_(share);
-    gradients.push_back(p.grad());
+  for (const auto& p : parameters) {
+    if (!p.grad().defined()) continue;
+    gradients.push_back(p.grad().mul_(share));
   }
   group_->all_reduce_sum(gradients);
 }
@@ -375,9 +402,14 @@ void Trainer::average_gradients(const std::vector<torch::Tensor>& parameters, do
 StepInfo Trainer::read_progress() {
   auto r = running_.to(torch::kCPU).contiguous();
   if (group_) {
-    // The sums of every rank; a non-finite loss is reported by the rank that had it.
+    // The sums of every rank, and how many ranks saw a non-finite loss: all of them stop.
     r = r.clone();
-    group_->all_reduce_sum({r.narrow(0, kLoss, kSeen - kLoss + 1)});
+    auto bad_ranks = torch::full({1}, r[kBadStep].item<double>() >= 0 ? 1.0 : 0.0, torch::kDouble);
+    group_->all_reduce_sum({r.narrow(0, kLoss, kSeen - kLoss + 1), bad_ranks});
+    if (bad_ranks.item<double>() > 0 && r[kBadStep].item<double>() < 0) {
+      throw std::runtime_error("non-finite loss on another rank at epoch " + std::to_string(epoch_) +
+                               " (before step " + std::to_string(step_) + "); the last good checkpoint is kept");
+    }
   }
   const double* v = r.data_ptr<double>();
   if (v[kBadStep] >= 0) {

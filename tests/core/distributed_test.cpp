@@ -15,9 +15,11 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 
 using namespace batchcam;
+namespace fs = std::filesystem;
 
 namespace {
 // A TCP port that was free a moment ago (the rendezvous binds it again right away).
@@ -36,18 +38,23 @@ int free_port() {
 std::string self() { return std::string(BATCHCAM_TEST_BINARY); }
 
 // Starts `world` copies of this program running worker test `name`, as ranks 0..world-1, in
-// the background, and returns the command's result (every rank's output, the first failure).
+// the background (each killed after 120 s, so that a hang fails the test instead of the
+// suite), and returns the command's result (every rank's output, the first failure).
 test_support::CommandResult launch(const std::string& name, int world, int port) {
+  const auto logs = fs::temp_directory_path() / ("batchcam-ranks-" + std::to_string(::getpid()) + "-" + name);
+  fs::create_directories(logs);
   std::string command = "pids=''; ";
   for (int rank = 0; rank < world; ++rank) {
-    command += "BATCHCAM_TEST_WORKER=1 WORLD_SIZE=" + std::to_string(world) + " RANK=" + std::to_string(rank) +
-               " LOCAL_RANK=" + std::to_string(rank) + " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) +
-               " '" + self() + "' --gtest_filter=DistributedWorker." + name + " > /tmp/batchcam-rank-" +
-               std::to_string(port) + "-" + std::to_string(rank) + ".log 2>&1 & pids=\"$pids $!\"; ";
+    command += "env -u GTEST_OUTPUT BATCHCAM_TEST_WORKER=1 WORLD_SIZE=" + std::to_string(world) +
+               " RANK=" + std::to_string(rank) + " LOCAL_RANK=" + std::to_string(rank) +
+               " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " timeout -k 5 120 '" + self() +
+               "' --gtest_filter=DistributedWorker." + name + " > '" + (logs / std::to_string(rank)).string() +
+               "' 2>&1 & pids=\"$pids $!\"; ";
   }
-  command += "status=0; for p in $pids; do wait $p || status=$?; done; cat /tmp/batchcam-rank-" + std::to_string(port) +
-             "-*.log; rm -f /tmp/batchcam-rank-" + std::to_string(port) + "-*.log; exit $status";
-  return test_support::run_shell(command);
+  command += "status=0; for p in $pids; do wait $p || status=$?; done; cat '" + logs.string() + "'/*; exit $status";
+  auto result = test_support::run_shell(command);
+  fs::remove_all(logs);
+  return result;
 }
 
 bool is_worker() { return std::getenv("BATCHCAM_TEST_WORKER") != nullptr; }
@@ -155,6 +162,37 @@ TEST(DistributedWorker, TrainsAsOneProcess) {
   }
 }
 
+TEST(Distributed, ARankWithOtherDataIsRefused) {
+  if (!core::distributed_available()) GTEST_SKIP() << "built without c10d's Gloo (libgloo-dev)";
+  const auto r = launch("RefusesOtherData", 2, free_port());
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("distributed training: rank 1 has (steps per epoch, training images, batch size, epochs) = "
+                       "(7, 56, 8, 1), rank 0 (6, 48, 8, 1)"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("distributed training: 1 rank(s) have other data or configuration than rank 0"),
+            std::string::npos)
+      << r.out;
+}
+
+TEST(DistributedWorker, RefusesOtherData) {
+  if (!is_worker()) GTEST_SKIP() << "one rank's part of Distributed.ARankWithOtherDataIsRefused";
+  auto group = std::make_shared<core::ProcessGroup>(from_environment(), std::chrono::seconds(60));
+  train::TrainConfig c;
+  c.train_size = 48 + 8 * group->rank();  // rank 1 was given another training set
+  c.test_size = 16;
+  c.batch_size = 8;
+  c.epochs = 1;
+  const auto splits = train::load_dataset(c);
+  train::Trainer trainer(c, splits, torch::kCPU);
+  try {
+    trainer.use_process_group(group);
+    FAIL() << "rank " << group->rank() << " went on with a rank of other data";
+  } catch (const std::invalid_argument& e) {
+    std::cout << e.what() << "\n";  // both ranks stop, each with one line
+  }
+}
+
 TEST(DistributedWorker, AllReduceAndBroadcast) {
   if (!is_worker()) GTEST_SKIP() << "one rank's part of Distributed.TwoProcessesAllReduceInBucketsAndBroadcast";
   core::ProcessGroup group(from_environment(), std::chrono::seconds(30));
@@ -177,7 +215,9 @@ TEST(DistributedWorker, AllReduceAndBroadcast) {
 
 TEST(DistributedWorker, OneRankDies) {
   if (!is_worker()) GTEST_SKIP() << "one rank's part of Distributed.ARankThatDiesMakesTheOthersFailWithinTheTimeout";
-  core::ProcessGroup group(from_environment(), std::chrono::seconds(3));
+  // The timeout also bounds the rendezvous: generous, for a loaded machine. A rank that has
+  // exited is noticed at once (its connection closes); one that hangs takes the timeout.
+  core::ProcessGroup group(from_environment(), std::chrono::seconds(30));
   if (group.rank() == 1) std::_Exit(0);  // gone without a word, as a crashed or killed rank
   std::vector<torch::Tensor> gradients = {torch::ones({8})};
   try {

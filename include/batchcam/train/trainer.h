@@ -107,8 +107,11 @@ class Trainer {
   /// global batch before each update, so the weights stay identical on every rank. Running
   /// losses are summed over the ranks; BatchNorm keeps per-rank statistics, averaged over the
   /// ranks before each evaluation. The Batch-CAM Loss compares maps within each rank's slice.
-  /// Call before the next step. Not yet supported (std::invalid_argument): fp16, cam-ema
-  /// prototypes, devices other than the CPU.
+  /// Call before the first step; every rank must then make the same calls: step() and
+  /// run_epoch() with the same batches, and read_progress(), training_state() and end_epoch()
+  /// (collective: they sum over the ranks) at the same points. A rank whose data or
+  /// configuration differs from rank 0's is refused. Not yet supported (std::invalid_argument):
+  /// fp16, cam-ema prototypes, devices other than the CPU, a run that has started.
   void use_process_group(std::shared_ptr<core::ProcessGroup> group);
   /// The training state for a checkpoint (reads the running sums from the device). Throws
   /// std::runtime_error when a loss or a weight is not finite: no checkpoint of a diverged run.
