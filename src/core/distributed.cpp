@@ -1,6 +1,7 @@
 #include "batchcam/core/distributed.h"
 
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #ifdef BATCHCAM_WITH_C10D_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -82,6 +83,11 @@ ProcessGroup::ProcessGroup(const LaunchInfo& launch, std::chrono::milliseconds t
     options.isServer = launch.rank == 0;
     options.numWorkers = static_cast<std::size_t>(launch.world_size);
     options.timeout = timeout;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    // LibTorch 2.4 made the libuv server the default; Debian's LibTorch is built without
+    // libuv. The classic server is in every build.
+    options.useLibUV = false;
+#endif
     impl_->store = c10::make_intrusive<c10d::TCPStore>(launch.master_addr, options);
     auto gloo = c10d::ProcessGroupGloo::Options::create(timeout);
     gloo->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
