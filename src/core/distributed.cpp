@@ -8,6 +8,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #endif
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <functional>
@@ -82,7 +83,7 @@ ProcessGroup::ProcessGroup(const LaunchInfo& launch, std::chrono::milliseconds t
     options.port = static_cast<std::uint16_t>(launch.master_port);
     options.isServer = launch.rank == 0;
     options.numWorkers = static_cast<std::size_t>(launch.world_size);
-    options.timeout = timeout;
+    options.timeout = std::max<std::chrono::milliseconds>(timeout, std::chrono::seconds(60));
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
     // LibTorch 2.4 made the libuv server the default; Debian's LibTorch is built without
     // libuv. The classic server is in every build.

@@ -193,6 +193,32 @@ TEST(DistributedWorker, RefusesOtherData) {
   }
 }
 
+TEST(Distributed, ARankThatHangsMakesTheOthersFailAfterTheTimeout) {
+  if (!core::distributed_available()) GTEST_SKIP() << "built without c10d's Gloo (libgloo-dev)";
+  const auto r = launch("OneRankHangs", 2, free_port());
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("distributed all-reduce failed on rank 0 (another rank stopped, did not answer within 5000 ms"),
+            std::string::npos)
+      << r.out;
+}
+
+TEST(DistributedWorker, OneRankHangs) {
+  if (!is_worker()) GTEST_SKIP() << "one rank's part of Distributed.ARankThatHangsMakesTheOthersFailAfterTheTimeout";
+  core::ProcessGroup group(from_environment(), std::chrono::seconds(5));
+  if (group.rank() == 1) {
+    // Alive but silent (a rank stuck in its data or a deadlock) until rank 0 has given up.
+    ::sleep(15);
+    return;
+  }
+  std::vector<torch::Tensor> gradients = {torch::ones({8})};
+  try {
+    group.all_reduce_sum(gradients);
+    FAIL() << "an all-reduce with a silent rank returned";
+  } catch (const std::runtime_error& e) {
+    std::cout << e.what() << "\n";
+  }
+}
+
 TEST(DistributedWorker, AllReduceAndBroadcast) {
   if (!is_worker()) GTEST_SKIP() << "one rank's part of Distributed.TwoProcessesAllReduceInBucketsAndBroadcast";
   core::ProcessGroup group(from_environment(), std::chrono::seconds(30));
@@ -215,8 +241,8 @@ TEST(DistributedWorker, AllReduceAndBroadcast) {
 
 TEST(DistributedWorker, OneRankDies) {
   if (!is_worker()) GTEST_SKIP() << "one rank's part of Distributed.ARankThatDiesMakesTheOthersFailWithinTheTimeout";
-  // The timeout also bounds the rendezvous: generous, for a loaded machine. A rank that has
-  // exited is noticed at once (its connection closes); one that hangs takes the timeout.
+  // A rank that has exited is noticed at once (its connection closes); one that hangs takes
+  // the timeout (DistributedWorker.OneRankHangs).
   core::ProcessGroup group(from_environment(), std::chrono::seconds(30));
   if (group.rank() == 1) std::_Exit(0);  // gone without a word, as a crashed or killed rank
   std::vector<torch::Tensor> gradients = {torch::ones({8})};

@@ -36,8 +36,9 @@ bool distributed_available();
 class ProcessGroup {
  public:
   /// Rendezvous through a TCPStore at master_addr:master_port (rank 0 hosts it), then a
-  /// Gloo process group. `timeout` bounds the rendezvous and every collective: when a rank
-  /// has died or hangs, the others throw std::runtime_error instead of waiting for ever.
+  /// Gloo process group. `timeout` bounds every collective: when a rank has died or hangs,
+  /// the others throw std::runtime_error instead of waiting for ever. The rendezvous waits
+  /// for the other ranks to start for `timeout`, and at least 60 s.
   ProcessGroup(const LaunchInfo& launch, std::chrono::milliseconds timeout);
   ~ProcessGroup();
   ProcessGroup(const ProcessGroup&) = delete;
