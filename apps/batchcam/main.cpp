@@ -153,9 +153,13 @@ void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
                  "resnet18; the classifier is skipped for another class count, RGB conv1 summed for 1 channel)")
       ->check(CLI::ExistingFile)
       ->group("Model");
+  cmd.add_flag("--freeze-batchnorm,!--no-freeze-batchnorm", c.freeze_batchnorm,
+               "Keep BatchNorm layers in eval mode while training (running statistics fixed; scale and shift train): "
+               "fine-tuning with small batches, or data-parallel ranks that match one process exactly")
+      ->group("Model");
 
   cmd.add_option("--epochs", c.epochs, "Training epochs")->check(integer_in(1, 100000))->group("Optimisation");
-  cmd.add_option("--batch-size", c.batch_size, "Images per batch")->check(integer_in(2, 1000000))->group("Optimisation");
+  cmd.add_option("--batch-size", c.batch_size, "Images per batch (under torchrun: the global batch, split across the ranks)")->check(integer_in(2, 1000000))->group("Optimisation");
   add_enum_option(cmd, "--optimizer", c.optimizer, "Optimiser")->group("Optimisation");
   cmd.add_option("--lr", c.lr, "Peak learning rate")->check(number_check([](double v) { return v > 0; }, "> 0"))->group("Optimisation");
   cmd.add_option("--momentum", c.momentum, "SGD momentum")->check(number_check([](double v) { return v >= 0 && v < 1; }, "in [0, 1)"))->group("Optimisation");
@@ -337,27 +341,78 @@ batchcam::train::TrainConfig resolve_config(const CLI::App& cmd, const batchcam:
   }
 }
 
-// SIGINT/SIGTERM ask the trainer to save a checkpoint and stop; a second signal kills.
+// SIGINT/SIGTERM ask the trainer to save a checkpoint and stop; a second signal kills, except
+// under torchrun: Ctrl-C reaches every rank and torchrun, which then sends each rank SIGTERM
+// and waits 30 s before SIGKILL; the ranks use that time to stop together and save.
 volatile std::sig_atomic_t stop_signal = 0;
-extern "C" void on_stop_signal(int sig) { stop_signal = sig; }
+extern "C" void on_stop_signal(int sig) {
+  if (stop_signal == 0) stop_signal = sig;
+}
 
-void install_stop_handlers() {
+void install_stop_handlers(bool second_signal_kills) {
   struct sigaction action {};
   action.sa_handler = on_stop_signal;
-  action.sa_flags = SA_RESETHAND;
+  action.sa_flags = second_signal_kills ? SA_RESETHAND : 0;
   sigemptyset(&action.sa_mask);
   sigaction(SIGINT, &action, nullptr);
   sigaction(SIGTERM, &action, nullptr);
 }
 
+// How `batchcam train` joins the other processes of a torchrun launch.
+struct LaunchArgs {
+  std::string backend = "auto";
+  int64_t timeout_seconds = 300;
+};
+
+// Under torchrun: this process's rank, named in its errors (so that each line says whose it is).
+int64_t error_rank = -1;
+
+std::string error_text(const std::string& message) {
+  if (error_rank < 0 || message.find("rank " + std::to_string(error_rank)) != std::string::npos) return message;
+  return fmt::format("rank {}: {}", error_rank, message);
+}
+
+// Under torchrun each process trains on the GPU of its LOCAL_RANK: "auto" and "cuda" name it.
+std::string per_rank_device(const std::string& device, int64_t local_rank) {
+  if (device == "cuda" || (device == "auto" && torch::cuda::is_available())) return "cuda:" + std::to_string(local_rank);
+  return device == "auto" ? "cpu" : device;
+}
+
 // Runs a fresh training (`resume_dir` empty) or continues the run in `resume_dir` with
-// `resume_options` (another device, more epochs).
+// `resume_options` (another device, more epochs). Under torchrun (WORLD_SIZE > 1 in the
+// environment) the process joins the others first, and only rank 0 logs and writes.
 int run_train(batchcam::train::TrainConfig config, const std::string& resume_dir,
-              const batchcam::train::ResumeOptions& resume_options, bool quiet) {
+              batchcam::train::ResumeOptions resume_options, bool quiet, const LaunchArgs& launch_args) {
   const auto started = std::chrono::steady_clock::now();
   const auto seconds_since_start = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   };
+  const auto launch = batchcam::core::launch_info([](const char* name) { return std::getenv(name); });
+  std::shared_ptr<batchcam::core::ProcessGroup> group;
+  if (launch.distributed()) {
+    error_rank = launch.rank;
+    if (launch_args.backend == "nccl") {
+      throw std::invalid_argument(
+          "--backend nccl: this batchcam has no NCCL process group yet; use gloo (tensors on a GPU are reduced "
+          "through the CPU)");
+    }
+    if (!batchcam::core::distributed_available()) {
+      throw std::runtime_error("WORLD_SIZE=" + std::to_string(launch.world_size) +
+                               ": this batchcam was built without c10d's Gloo (install libgloo-dev and rebuild)");
+    }
+    if (resume_dir.empty()) {
+      config.device = per_rank_device(config.device, launch.local_rank);
+    } else {
+      const auto saved = resume_options.device.empty()
+                             ? batchcam::train::load_checkpoint((std::filesystem::path(resume_dir) / "last.pt").string())
+                                   .config.device
+                             : resume_options.device;
+      resume_options.device = per_rank_device(saved, launch.local_rank);
+    }
+    group = std::make_shared<batchcam::core::ProcessGroup>(launch, std::chrono::seconds(launch_args.timeout_seconds));
+    if (launch.rank != 0) quiet = true;  // rank 0 speaks for the run
+    resume_options.group = group;
+  }
   const int64_t threads = set_threads(config.threads);
   if (resume_dir.empty()) {
     // The process-wide choices are the CLI's: the thread count, recorded so that --resume
@@ -371,7 +426,9 @@ int run_train(batchcam::train::TrainConfig config, const std::string& resume_dir
   std::string run_dir;
   callbacks.on_start = [&](const std::string& dir) {
     run_dir = dir;
-    if (!quiet) spdlog::info("run directory: {} ({} CPU thread{})", dir, threads, threads == 1 ? "" : "s");
+    if (quiet) return;
+    spdlog::info("run directory: {} ({} CPU thread{}{})", dir, threads, threads == 1 ? "" : "s",
+                 group ? fmt::format(" per process, {} processes over Gloo", group->size()) : "");
   };
   callbacks.on_notice = [&](const std::string& message) {
     if (!quiet) spdlog::info("{}", message);
@@ -399,16 +456,23 @@ int run_train(batchcam::train::TrainConfig config, const std::string& resume_dir
   callbacks.on_final_phase = [&](const std::string& what) {
     if (!quiet) spdlog::info("final outputs: {} ...", what);
   };
-  install_stop_handlers();
-  const auto result = resume_dir.empty() ? batchcam::train::train(config, callbacks)
+  install_stop_handlers(/*second_signal_kills=*/!group);
+  const auto result = resume_dir.empty() ? batchcam::train::train(config, callbacks, group)
                                          : batchcam::train::resume(resume_dir, callbacks, resume_options);
+  const bool writer = !group || group->rank() == 0;
   if (result.interrupted) {
+    // A rank that was not signalled stopped because another was: it exits as if terminated.
+    const int signal = stop_signal != 0 ? static_cast<int>(stop_signal) : SIGTERM;
+    if (!writer) return 128 + signal;
     if (progress_line_open) std::cerr << "\n";
+    const std::string why = stop_signal == 0         ? "stopped (another rank was interrupted)"
+                            : stop_signal == SIGTERM ? "terminated"
+                                                     : "interrupted";
     std::cerr << fmt::format("batchcam: {} at epoch {}, step {}: saved {}; continue with: batchcam train --resume {}\n",
-                             stop_signal == SIGTERM ? "terminated" : "interrupted", result.stopped_epoch,
-                             result.stopped_step, result.checkpoint, result.run_dir);
-    return 128 + static_cast<int>(stop_signal);
+                             why, result.stopped_epoch, result.stopped_step, result.checkpoint, result.run_dir);
+    return 128 + signal;
   }
+  if (!writer) return 0;
   const auto& last = result.history.back();
   std::cout << "\nTrained " << result.config.model << " on " << result.config.dataset << " for " << last.epoch
             << " epochs on " << result.device << ".\n"
@@ -832,6 +896,16 @@ int main(int argc, char** argv) {
   add_train_options(*train, config);
   bool quiet = false;
   train->add_flag("-q,--quiet", quiet, "Print only the final summary and errors")->group("Output");
+  LaunchArgs launch_args;
+  train->add_option("--backend", launch_args.backend,
+                    "Under torchrun: the c10d backend (auto = gloo; nccl is not built yet)")
+      ->check(CLI::IsMember({"auto", "gloo", "nccl"}))
+      ->group("Distributed (torchrun)");
+  train->add_option("--dist-timeout", launch_args.timeout_seconds,
+                    "Under torchrun: seconds a collective waits for the other ranks before every rank stops with "
+                    "an error (a rank that died or hangs)")
+      ->check(integer_in(1, 86400))
+      ->group("Distributed (torchrun)");
   auto* env = app.add_subcommand("env", "Print the versions, CUDA devices and the CPU threads this process may use");
   auto* models = app.add_subcommand("models", "List models, parameter counts and target layers");
   const std::string run_or_checkpoint_help =
@@ -935,9 +1009,10 @@ int main(int argc, char** argv) {
       for (const auto* opt : train->get_options()) {
         const auto name = opt->get_name();
         if (opt->count() > 0 && name != "--resume" && name != "--quiet" && name != "--threads" && name != "--device" &&
-            name != "--epochs" && name != "--workers") {
+            name != "--epochs" && name != "--workers" && name != "--backend" && name != "--dist-timeout") {
           throw std::invalid_argument("--resume continues a run with its saved configuration; " + name +
-                                      " cannot be combined with it (only --epochs, --threads, --device, --workers and --quiet can)");
+                                      " cannot be combined with it (only --epochs, --threads, --device, --workers, "
+                                      "--backend, --dist-timeout and --quiet can)");
         }
       }
       batchcam::train::ResumeOptions resume;
@@ -949,9 +1024,9 @@ int main(int argc, char** argv) {
         const auto last = (std::filesystem::path(resume_dir) / "last.pt").string();
         if (std::filesystem::exists(last)) config.threads = batchcam::train::load_checkpoint(last).config.threads;
       }
-      return run_train(config, resume_dir, resume, quiet);
+      return run_train(config, resume_dir, resume, quiet, launch_args);
     }
-    if (train->parsed()) return run_train(resolve_config(*train, config, config_file), "", {}, quiet);
+    if (train->parsed()) return run_train(resolve_config(*train, config, config_file), "", {}, quiet, launch_args);
     if (env->parsed()) return run_env();
     if (models->parsed()) return run_models();
     if (evaluator->parsed()) {
@@ -975,12 +1050,12 @@ int main(int argc, char** argv) {
     std::cerr << app.help();
     return kExitUsage;
   } catch (const std::invalid_argument& e) {
-    std::cerr << "batchcam: error: " << e.what() << "\n";
+    std::cerr << "batchcam: error: " << error_text(e.what()) << "\n";
     return kExitUsage;
   } catch (const std::exception& e) {
     std::string msg = e.what();
     if (progress_line_open) std::cerr << "\n";
-    std::cerr << "batchcam: error: " << msg.substr(0, msg.find('\n')) << "\n";
+    std::cerr << "batchcam: error: " << error_text(msg.substr(0, msg.find('\n'))) << "\n";
     return kExitFailure;
   }
 }

@@ -4,6 +4,7 @@
 #include <torch/version.h>
 
 #ifdef BATCHCAM_WITH_C10D_GLOO
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #endif
@@ -44,6 +45,9 @@ LaunchInfo launch_info(const std::function<const char*(const char*)>& getenv) {
   l.local_rank = integer_variable(getenv, "LOCAL_RANK", 0, 0, l.world_size - 1);
   l.master_port = integer_variable(getenv, "MASTER_PORT", 29500, 1, 65535);
   if (const char* addr = getenv("MASTER_ADDR"); addr && *addr) l.master_addr = addr;
+  const char* agent = getenv("TORCHELASTIC_USE_AGENT_STORE");
+  l.agent_store = agent && std::string(agent) == "True";
+  l.restart_count = integer_variable(getenv, "TORCHELASTIC_RESTART_COUNT", 0, 0, 1 << 30);
   return l;
 }
 
@@ -81,7 +85,7 @@ ProcessGroup::ProcessGroup(const LaunchInfo& launch, std::chrono::milliseconds t
   try {
     c10d::TCPStoreOptions options;
     options.port = static_cast<std::uint16_t>(launch.master_port);
-    options.isServer = launch.rank == 0;
+    options.isServer = launch.rank == 0 && !launch.agent_store;
     options.numWorkers = static_cast<std::size_t>(launch.world_size);
     options.timeout = std::max<std::chrono::milliseconds>(timeout, std::chrono::seconds(60));
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
@@ -89,7 +93,11 @@ ProcessGroup::ProcessGroup(const LaunchInfo& launch, std::chrono::milliseconds t
     // libuv. The classic server is in every build.
     options.useLibUV = false;
 #endif
-    impl_->store = c10::make_intrusive<c10d::TCPStore>(launch.master_addr, options);
+    auto tcp = c10::make_intrusive<c10d::TCPStore>(launch.master_addr, options);
+    // The agent's store holds torchrun's own keys (and those of earlier attempts): ours get a
+    // prefix of their own.
+    impl_->store = c10::make_intrusive<c10d::PrefixStore>(
+        "/batchcam/attempt_" + std::to_string(launch.restart_count), tcp);
     auto gloo = c10d::ProcessGroupGloo::Options::create(timeout);
     gloo->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
     impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, static_cast<int>(launch.rank),
@@ -109,9 +117,9 @@ namespace {
 std::vector<std::vector<size_t>> buckets_of(const std::vector<torch::Tensor>& tensors, int64_t bucket_bytes) {
   std::map<int, std::vector<size_t>> by_type;
   for (size_t i = 0; i < tensors.size(); ++i) {
-    if (!tensors[i].device().is_cpu()) {
-      throw std::invalid_argument("ProcessGroup: tensor " + std::to_string(i) + " is on " +
-                                  tensors[i].device().str() + "; Gloo needs CPU tensors");
+    if (i > 0 && tensors[i].device() != tensors[0].device()) {
+      throw std::invalid_argument("ProcessGroup: tensor " + std::to_string(i) + " is on " + tensors[i].device().str() +
+                                  ", tensor 0 on " + tensors[0].device().str() + "; all must be on one device");
     }
     by_type[static_cast<int>(tensors[i].scalar_type())].push_back(i);
   }
@@ -135,14 +143,15 @@ std::vector<std::vector<size_t>> buckets_of(const std::vector<torch::Tensor>& te
 }
 
 // Packs each bucket of `tensors` into one flat tensor, runs `collective` on it, and copies
-// the result back into the tensors.
+// the result back into the tensors. Gloo reduces CPU memory: a GPU's bucket travels through
+// a CPU copy.
 void bucketed(const std::vector<torch::Tensor>& tensors, int64_t bucket_bytes,
               const std::function<void(std::vector<torch::Tensor>&)>& collective) {
   torch::NoGradGuard no_grad;
   for (const auto& bucket : buckets_of(tensors, bucket_bytes)) {
     std::vector<torch::Tensor> parts;
     for (const auto i : bucket) parts.push_back(tensors[i].reshape({-1}));
-    std::vector<torch::Tensor> flat = {torch::cat(parts)};
+    std::vector<torch::Tensor> flat = {torch::cat(parts).cpu()};
     collective(flat);
     int64_t at = 0;
     for (const auto i : bucket) {

@@ -137,6 +137,18 @@ torch::Tensor ema_prototypes(const torch::Tensor& prototypes, const torch::Tenso
   return torch::where(present, momentum * prototypes + (1.0 - momentum) * q, prototypes);
 }
 
+torch::Tensor ema_prototypes_from_sums(const torch::Tensor& prototypes, const torch::Tensor& sums,
+                                       const torch::Tensor& counts, double momentum) {
+  TORCH_CHECK(momentum >= 0.0 && momentum <= 1.0, "ema_prototypes_from_sums: momentum must be in [0, 1], got ", momentum);
+  TORCH_CHECK(sums.sizes() == prototypes.sizes() && counts.dim() == 1 && counts.size(0) == prototypes.size(0),
+              "ema_prototypes_from_sums: sums ", sums.sizes(), " and counts ", counts.sizes(), " must match prototypes ",
+              prototypes.sizes());
+  torch::NoGradGuard no_grad;
+  const auto n = counts.to(prototypes.scalar_type()).view({-1, 1, 1});
+  const auto q = sums.to(prototypes.scalar_type()) / n.clamp_min(1.0);
+  return torch::where(n > 0, momentum * prototypes + (1.0 - momentum) * q, prototypes);
+}
+
 torch::Tensor prototype_loss(const torch::Tensor& maps, const torch::Tensor& targets, const torch::Tensor& prototypes,
                              Distance d, bool check_targets) {
   check_maps_targets(maps, targets, prototypes.size(0), "prototype_loss", check_targets);

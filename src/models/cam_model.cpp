@@ -23,6 +23,12 @@ bool mixes_samples(const torch::nn::Module& m) {
 }
 }  // namespace
 
+void CamModel::freeze_batchnorm() {
+  for (const auto& m : modules(/*include_self=*/false)) {
+    if (m->name().find("BatchNorm") != std::string::npos) m->eval();
+  }
+}
+
 void CamModel::add_stage(const std::string& name, std::function<torch::Tensor(const torch::Tensor&)> forward,
                          NamedModules modules) {
   stages_.push_back({name, std::move(forward), std::move(modules)});

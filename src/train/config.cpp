@@ -54,6 +54,7 @@ void for_each_field(TrainConfig& c, F&& f) {
   f("model", c.model);
   f("target_layer", c.target_layer);
   f("init_weights", c.init_weights);
+  f("freeze_batchnorm", c.freeze_batchnorm);
   f("epochs", c.epochs);
   f("batch_size", c.batch_size);
   f("optimizer", c.optimizer);
@@ -137,6 +138,8 @@ void TrainConfig::validate() const {
   require(cam_warmup_epochs < epochs || (lambda_proto == 0.0 && lambda_batch == 0.0), "cam_warmup_epochs",
           "< epochs while a CAM loss is on (otherwise the CAM losses never start)");
   require(log_every >= 1 && log_every <= 1000000, "log_every", "in [1, 1000000]");
+  require(!freeze_batchnorm || !models::is_torchscript(model), "freeze_batchnorm",
+          "false for a TorchScript model (only built-in models' BatchNorm layers can be frozen)");
   require(init_weights.empty() || !models::is_torchscript(model), "init_weights",
           "empty for a TorchScript model (its file carries its weights)");
 }

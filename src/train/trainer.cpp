@@ -235,7 +235,7 @@ void Trainer::set_up(const data::DatasetSplits& splits) {
     }
   }
   model_->to(device_);
-  model_->train();
+  set_training_mode();
   cam::require_per_sample_head(*model_);
   prototypes_ = prototypes_.to(device_);
 
@@ -265,12 +265,17 @@ void Trainer::set_up(const data::DatasetSplits& splits) {
   running_ = fresh_running(device_);
 }
 
+void Trainer::set_training_mode() {
+  model_->train();
+  if (config_.freeze_batchnorm) model_->freeze_batchnorm();
+}
+
 void Trainer::begin_epoch() {
   const bool cam_on = epoch_ > config_.cam_warmup_epochs;
   objective_.lambda_proto = cam_on ? config_.lambda_proto : 0.0;
   objective_.lambda_batch = cam_on ? config_.lambda_batch : 0.0;
   batches_->set_epoch(epoch_);
-  model_->train();
+  set_training_mode();
   if (step_ == 0) {
     running_ = fresh_running(device_);
     seconds_before_ = 0;
@@ -288,6 +293,9 @@ void Trainer::step(const data::Batch& batch) {
   const auto parameters = model_->parameters();
   if (scaler_) {
     scaler_->scale(losses_now.total).backward();
+    // Summed over the ranks while scaled: a non-finite gradient on any rank is then seen by
+    // every rank, which all skip the same steps with the same scale.
+    if (group_) average_gradients(parameters, static_cast<double>(batch.y.size(0)));
     const auto found_inf = scaler_->unscale(parameters);
     if (config_.grad_clip > 0.0) clip_gradients(parameters, config_.grad_clip);
     // The one read-back of fp16 training: whether this step's gradients are usable. A skipped
@@ -314,7 +322,18 @@ void Trainer::step(const data::Batch& batch) {
     optimizer_->step();
   }
   if (config_.prototype == PrototypeKind::cam_ema && losses_now.maps.defined()) {
-    prototypes_ = losses::ema_prototypes(prototypes_, losses_now.maps, batch.y, 0.99, /*check_targets=*/false);
+    if (group_) {
+      // The class means of the global batch: every rank's class sums and counts, summed.
+      torch::NoGradGuard no_grad;
+      auto [means, counts] = losses::batch_prototypes(losses_now.maps.detach().to(prototypes_.scalar_type()), batch.y,
+                                                      spec_.num_classes, /*check_targets=*/false);
+      auto sums = means * counts.to(means.scalar_type()).view({-1, 1, 1});
+      auto totals = counts.to(means.scalar_type());
+      group_->all_reduce_sum({sums, totals});
+      prototypes_ = losses::ema_prototypes_from_sums(prototypes_, sums, totals, 0.99);
+    } else {
+      prototypes_ = losses::ema_prototypes(prototypes_, losses_now.maps, batch.y, 0.99, /*check_targets=*/false);
+    }
   }
 
   // Running sums and the first non-finite term, kept on the device.
@@ -349,18 +368,17 @@ void Trainer::use_process_group(std::shared_ptr<core::ProcessGroup> group) {
   const auto refuse = [](const std::string& what) {
     throw std::invalid_argument("distributed training: " + what + " is not supported yet");
   };
-  if (config_.precision == core::Precision::fp16) refuse("--precision fp16 (use fp32 or bf16)");
-  if (config_.prototype == PrototypeKind::cam_ema) refuse("--prototype cam-ema");
-  if (!device_.is_cpu()) refuse("the device " + core::device_name(device_) + " (Gloo runs on the CPU)");
-  if (step_ != 0 || !history_.empty()) refuse("joining a run that has started (resume)");
+  if (group_) refuse("a second process group");
   if (group->size() > config_.batch_size) {
     throw std::invalid_argument("distributed training: " + std::to_string(group->size()) +
                                 " ranks need a global --batch-size of at least as many, got " +
                                 std::to_string(config_.batch_size));
   }
   group_ = std::move(group);
-  // Every rank must walk the same epochs: the same steps, data and global batch as rank 0.
-  const auto mine = torch::tensor({steps_, splits_->train.size(), config_.batch_size, config_.epochs}, torch::kInt64);
+  // Every rank must walk the same epochs from the same place: the same steps, data and
+  // global batch as rank 0 (a resumed run: the same checkpoint).
+  const auto mine = torch::tensor({steps_, splits_->train.size(), config_.batch_size, config_.epochs, epoch_, step_},
+                                  torch::kInt64);
   auto rank0 = mine.clone();
   group_->broadcast({rank0});
   const bool differs = !torch::equal(mine, rank0);
@@ -368,7 +386,8 @@ void Trainer::use_process_group(std::shared_ptr<core::ProcessGroup> group) {
   group_->all_reduce_sum({ranks_differing});  // every rank learns it, and stops
   if (differs) {
     throw std::invalid_argument("distributed training: rank " + std::to_string(group_->rank()) +
-                                " has (steps per epoch, training images, batch size, epochs) = " + shape_of(mine) +
+                                " has (steps per epoch, training images, batch size, epochs, epoch, step) = " +
+                                shape_of(mine) +
                                 ", rank 0 " + shape_of(rank0) + "; every rank needs the same data and configuration");
   }
   if (ranks_differing.item<double>() > 0) {
@@ -381,6 +400,15 @@ void Trainer::use_process_group(std::shared_ptr<core::ProcessGroup> group) {
   for (const auto& b : model_->buffers()) state.push_back(b.detach());
   group_->broadcast(state);
   batches_->set_shard(group_->rank(), group_->size());
+  // A mid-epoch checkpoint holds the running sums of all ranks: rank 0 carries them on.
+  if (group_->rank() != 0) running_.narrow(0, kLoss, kSeen - kLoss + 1).zero_();
+}
+
+bool Trainer::any_rank(bool here) {
+  if (!group_) return here;
+  auto votes = torch::full({1}, here ? 1.0 : 0.0, torch::kDouble);
+  group_->all_reduce_sum({votes});
+  return votes.item<double>() > 0;
 }
 
 void Trainer::average_gradients(const std::vector<torch::Tensor>& parameters, double local_samples) {
@@ -411,6 +439,7 @@ StepInfo Trainer::read_progress() {
                                " (before step " + std::to_string(step_) + "); the last good checkpoint is kept");
     }
   }
+  read_sums_ = r;
   const double* v = r.data_ptr<double>();
   if (v[kBadStep] >= 0) {
     throw std::runtime_error("non-finite " + std::string(kTermNames[static_cast<int>(v[kBadTerm])]) +
@@ -452,7 +481,8 @@ bool Trainer::run_epoch(const std::function<void(const StepInfo&)>& on_step, con
     info.images_per_second = static_cast<double>(config_.batch_size) / std::max(per_step, 1e-9);
     info.eta_seconds = per_step * static_cast<double>((config_.epochs - epoch_) * steps_ + steps_ - step_);
     if (on_step) on_step(info);
-    if (step_ < steps_ && should_stop && should_stop()) return false;
+    // Data-parallel ranks stop together: at the first step after any of them was asked to.
+    if (step_ < steps_ && any_rank(should_stop && should_stop())) return false;
   }
   return true;
 }
@@ -475,10 +505,13 @@ TrainingState Trainer::training_state() {
   }
   nlohmann::json history = nlohmann::json::array();
   for (const auto& m : history_) history.push_back(to_json(m));
-  auto sums = sums_json(running_);
+  auto sums = sums_json(read_sums_);  // every rank's
   sums["seconds"] = step_ > 0 ? seconds_before_ + seconds_since(epoch_start_) : 0.0;
-  const nlohmann::json progress = {{"history", history}, {"sums", sums},
-                                   {"best_accuracy", best_accuracy_}, {"train_seconds", train_seconds_}};
+  const nlohmann::json progress = {{"history", history},
+                                   {"sums", sums},
+                                   {"best_accuracy", best_accuracy_},
+                                   {"train_seconds", train_seconds_},
+                                   {"world_size", group_ ? group_->size() : 1}};
   TrainingState state;
   state.step = step_;
   state.progress = progress.dump();
@@ -510,7 +543,7 @@ EpochMetrics Trainer::end_epoch() {
     group_->all_reduce_sum(statistics);
     for (auto& s : statistics) s.div_(static_cast<double>(group_->size()));
   }
-  m.test = eval::evaluate(*model_, splits_->test, norm_, prototypes_);
+  m.test = evaluate_test_set();
   train_seconds_ += m.seconds;
   history_.push_back(m);
   last_best_ = m.test.accuracy > best_accuracy_;
@@ -521,56 +554,108 @@ EpochMetrics Trainer::end_epoch() {
   return m;
 }
 
+eval::EvalMetrics Trainer::evaluate_test_set() {
+  const auto& test = splits_->test;
+  if (!group_) return eval::evaluate(*model_, test, norm_, prototypes_);
+  // Each rank evaluates its share of the test set; the means are combined by their counts.
+  const int64_t n = test.size(), r = group_->rank(), w = group_->size();
+  const int64_t begin = n * r / w, end = n * (r + 1) / w;
+  const auto mine = eval::evaluate(*model_, test.subset(torch::arange(begin, end, torch::kInt64)), norm_, prototypes_);
+  const std::vector<double> means = {mine.loss,     mine.accuracy,     mine.proto_l1,   mine.proto_l2,
+                                     mine.proto_ssim, mine.object_share, mine.decoy_share};
+  // [count x mean, count where the mean is available] per metric.
+  auto totals = torch::zeros({2, static_cast<int64_t>(means.size())}, torch::kDouble);
+  for (size_t i = 0; i < means.size(); ++i) {
+    if (!eval::available(means[i]) || mine.count == 0) continue;
+    totals[0][static_cast<int64_t>(i)] = static_cast<double>(mine.count) * means[i];
+    totals[1][static_cast<int64_t>(i)] = static_cast<double>(mine.count);
+  }
+  group_->all_reduce_sum({totals});
+  const auto mean = [&](int64_t i) {
+    const double count = totals[1][i].item<double>();
+    return count > 0 ? totals[0][i].item<double>() / count : eval::kNotAvailable;
+  };
+  eval::EvalMetrics m;
+  m.count = n;
+  m.loss = mean(0);
+  // The count of correct answers is a whole number: rounded, the accuracy is one process's.
+  m.accuracy = n > 0 ? std::round(totals[0][1].item<double>()) / static_cast<double>(n) : 0.0;
+  m.proto_l1 = mean(2);
+  m.proto_l2 = mean(3);
+  m.proto_ssim = mean(4);
+  m.object_share = mean(5);
+  m.decoy_share = mean(6);
+  if (n == 0) m.loss = m.proto_l1 = m.proto_l2 = m.proto_ssim = 0.0;
+  return m;
+}
+
 namespace {
 
-// Drives a trainer through its remaining epochs, with `files` as the sink of its outputs.
-TrainResult drive(Trainer& trainer, RunDirectory& files, const TrainCallbacks& callbacks) {
+// Drives a trainer through its remaining epochs, with `files` as the sink of its outputs
+// (null on the ranks other than 0 of a data-parallel run: they train, but write nothing).
+TrainResult drive(Trainer& trainer, RunDirectory* files, const TrainCallbacks& callbacks,
+                  const std::vector<std::string>& notices = {}) {
   TrainResult result;
   result.config = trainer.config();
-  result.run_dir = files.path();
-  result.checkpoint = files.last_checkpoint();
-  result.best_checkpoint = files.best_checkpoint();
   result.device = core::device_name(trainer.device());
-  if (callbacks.on_start) callbacks.on_start(files.path());
+  if (files) {
+    result.run_dir = files->path();
+    result.checkpoint = files->last_checkpoint();
+    result.best_checkpoint = files->best_checkpoint();
+    if (callbacks.on_start) callbacks.on_start(files->path());
+  }
   if (callbacks.on_notice) {
     for (const auto& note : trainer.notes()) callbacks.on_notice(note);
+    for (const auto& note : notices) callbacks.on_notice(note);
   }
+  const auto save = [&](bool best) {
+    if (files) {
+      files->save_checkpoint(trainer, best);
+    } else {
+      (void)trainer.training_state();  // collective: the sums of every rank go into rank 0's
+    }
+    // The other ranks go on (or exit) once rank 0's checkpoint is on disk, so that a launcher
+    // which stops every rank when one exits cannot cut the checkpoint short.
+    if (trainer.process_group()) trainer.process_group()->barrier();
+  };
   const auto stop_requested = [&] { return callbacks.should_stop && callbacks.should_stop(); };
+  const auto finish = [&](TrainResult& r) {
+    r.history = trainer.history();
+    r.train_seconds = trainer.train_seconds();
+    return r;
+  };
   while (!trainer.finished()) {
     if (!trainer.run_epoch(callbacks.on_step, stop_requested)) {
-      files.save_checkpoint(trainer, /*best=*/false);
+      save(/*best=*/false);
       result.interrupted = true;
       result.stopped_epoch = trainer.epoch();
       result.stopped_step = trainer.step_in_epoch();
-      result.history = trainer.history();
-      result.train_seconds = trainer.train_seconds();
-      return result;
+      return finish(result);
     }
     const auto m = trainer.end_epoch();
-    files.save_checkpoint(trainer, trainer.last_epoch_was_best());
-    files.write_metrics(trainer.history());
+    save(trainer.last_epoch_was_best());
+    if (files) files->write_metrics(trainer.history());
     if (callbacks.on_epoch) callbacks.on_epoch(m);
-    if (!trainer.finished() && stop_requested()) {
+    if (!trainer.finished() && trainer.any_rank(stop_requested())) {
       result.interrupted = true;
       result.stopped_epoch = trainer.epoch();
-      result.history = trainer.history();
-      result.train_seconds = trainer.train_seconds();
-      return result;
+      return finish(result);
     }
   }
   if (callbacks.on_final_outputs) callbacks.on_final_outputs();
-  if (trainer.config().report) {
-    files.write_final(trainer, callbacks.on_final_phase);
-    result.report = files.report();
+  if (files && trainer.config().report) {
+    files->write_final(trainer, callbacks.on_final_phase);
+    result.report = files->report();
   }
-  result.history = trainer.history();
-  result.train_seconds = trainer.train_seconds();
-  return result;
+  return finish(result);
 }
+
+bool writes_files(const std::shared_ptr<core::ProcessGroup>& group) { return !group || group->rank() == 0; }
 
 }  // namespace
 
-TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks) {
+TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks,
+                  std::shared_ptr<core::ProcessGroup> group) {
   config.validate();
   const auto device = core::resolve_device(config.device);
   core::require_supported(config.precision, device);
@@ -580,13 +665,18 @@ TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks) {
   TrainConfig recorded = config;
   recorded.image_size = splits.train.height();  // the size used, also when asked for by 0
   Trainer trainer(recorded, splits, device);
-  auto files = RunDirectory::create(recorded, core::provenance(device));
-  return drive(trainer, files, callbacks);
+  trainer.use_process_group(group);
+  if (!writes_files(group)) return drive(trainer, nullptr, callbacks);
+  auto provenance = core::provenance(device);
+  if (group) provenance["world_size"] = group->size();
+  auto files = RunDirectory::create(recorded, provenance);
+  return drive(trainer, &files, callbacks);
 }
 
 TrainResult resume(const std::string& run_dir, const TrainCallbacks& callbacks, const ResumeOptions& options) {
+  const bool writer = writes_files(options.group);
   auto files = RunDirectory::open(run_dir);
-  files.remove_stale_temporaries();
+  if (writer) files.remove_stale_temporaries();
   const auto path = files.last_checkpoint();
   const auto ck = load_checkpoint(path);
   TrainConfig config = ck.config;
@@ -616,10 +706,19 @@ TrainResult resume(const std::string& run_dir, const TrainCallbacks& callbacks, 
   checkpoint.config = config;
   const auto splits = load_dataset(config);
   Trainer trainer(checkpoint, path, splits, device);
+  trainer.use_process_group(options.group);
+  std::vector<std::string> notices;
+  const int64_t world = options.group ? options.group->size() : 1;
+  const int64_t before = nlohmann::json::parse(ck.progress).value("world_size", int64_t{1});
+  if (world != before) {
+    notices.push_back("continued on " + std::to_string(world) + " process(es); trained on " + std::to_string(before) +
+                      " so far: the same batches, but BatchNorm's per-rank statistics and float rounding differ");
+  }
+  if (!writer) return drive(trainer, nullptr, callbacks, notices);
   // A stop between the last.pt and best.pt commits leaves best.pt an epoch behind.
   if (trainer.last_epoch_was_best()) files.copy_last_to_best();
   if (extended) files.write_config(config, core::provenance(device));
-  return drive(trainer, files, callbacks);
+  return drive(trainer, &files, callbacks, notices);
 }
 
 }  // namespace batchcam::train

@@ -39,33 +39,12 @@ Result run(const std::string& args, const std::string& env = "") {
 
 void write_text(const std::string& path, const std::string& content) { std::ofstream(path) << content; }
 
+using batchcam::test_support::wait_exit;
+using batchcam::test_support::wait_for_file;
+
 // Starts the CLI in the background with its output in `log`; returns its pid.
 pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    std::vector<char*> argv{const_cast<char*>(BATCHCAM_CLI)};
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    if (!std::freopen(log.c_str(), "w", stdout) || !std::freopen(log.c_str(), "a", stderr)) ::_exit(127);
-    ::execv(BATCHCAM_CLI, argv.data());
-    ::_exit(127);
-  }
-  return pid;
-}
-
-// Waits for the process; its exit code, or 128 + signal when a signal ended it.
-int wait_exit(pid_t pid) {
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-// Polls (up to two minutes) until `path` exists.
-bool wait_for_file(const std::filesystem::path& path) {
-  for (int i = 0; i < 1200 && !std::filesystem::exists(path); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return std::filesystem::exists(path);
+  return batchcam::test_support::spawn_process(BATCHCAM_CLI, args, {}, log);
 }
 
 void expect_same_weights(const std::string& a, const std::string& b) {

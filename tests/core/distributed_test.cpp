@@ -3,19 +3,24 @@
 // BATCHCAM_TEST_WORKER, does one rank's part), exactly as torchrun would set their environment.
 
 #include "batchcam/core/distributed.h"
+#include "batchcam/losses/cam_losses.h"
+#include "batchcam/train/objective.h"
 #include "batchcam/train/trainer.h"
 #include "support/process.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <sstream>
 #include <string>
 
 using namespace batchcam;
@@ -162,12 +167,154 @@ TEST(DistributedWorker, TrainsAsOneProcess) {
   }
 }
 
+TEST(Distributed, TwoRanksOf64MatchOneProcessOf128AndShareTheirPrototypesAndMetrics) {
+  if (!core::distributed_available()) GTEST_SKIP() << "built without c10d's Gloo (libgloo-dev)";
+  const auto r = launch("MatchesOneProcess", 2, free_port());
+  EXPECT_EQ(r.code, 0) << r.out;
+  std::istringstream lines(r.out);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.find("difference") != std::string::npos || line.find("Batch-CAM Loss:") != std::string::npos) {
+      std::cout << line << "\n";  // the measured numbers, in the test log
+    }
+  }
+  EXPECT_EQ(r.out.find("FAILED"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("[  PASSED  ] 1 test"), std::string::npos) << r.out;
+}
+
+namespace {
+// sqrt(sum |a - b|^2) / sqrt(sum |a|^2) over all parameters.
+double relative_difference(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff += (a[i] - b[i]).to(torch::kDouble).pow(2).sum().item<double>();
+    norm += a[i].to(torch::kDouble).pow(2).sum().item<double>();
+  }
+  return std::sqrt(diff / norm);
+}
+}  // namespace
+
+TEST(DistributedWorker, MatchesOneProcess) {
+  if (!is_worker()) GTEST_SKIP() << "one rank's part of Distributed.TwoRanksOf64MatchOneProcessOf128...";
+  auto group = std::make_shared<core::ProcessGroup>(from_environment(), std::chrono::seconds(60));
+  // The acceptance case: SimpleCNN with its BatchNorm frozen (no batch statistics in
+  // training) and the Prototype Loss; 20 steps of 2 x 64 images against 20 of 128. It starts,
+  // as a fine-tuning does, from weights and statistics trained with BatchNorm on (one epoch
+  // of cross-entropy): at the random start the CAMs span ~1e-4, and their min-max
+  // normalisation magnifies float rounding (then the two runs drift apart by ~1e-3 in 20
+  // steps, as two single processes whose sums are ordered differently would).
+  train::TrainConfig c;
+  c.train_size = 20 * 128;
+  c.test_size = 64;
+  c.batch_size = 128;
+  c.epochs = 1;
+  c.lambda_proto = 0.0;
+  const auto splits = train::load_dataset(c);
+  train::Trainer pretraining(c, splits, torch::kCPU);
+  ASSERT_TRUE(pretraining.run_epoch());
+  (void)pretraining.end_epoch();
+  const auto start_from_pretrained = [&](train::Trainer& t) {
+    torch::NoGradGuard no_grad;
+    const auto from = pretraining.model().parameters(), to = t.model().parameters();
+    for (size_t i = 0; i < from.size(); ++i) to[i].copy_(from[i]);
+    const auto from_buffers = pretraining.model().buffers(), to_buffers = t.model().buffers();
+    for (size_t i = 0; i < from_buffers.size(); ++i) to_buffers[i].copy_(from_buffers[i]);
+  };
+  c.freeze_batchnorm = true;
+  c.lambda_proto = 1.0;
+  c.optimizer = train::OptimizerKind::sgd;
+  c.lr = 0.002;
+  train::Trainer alone(c, splits, torch::kCPU), ranked(c, splits, torch::kCPU);
+  start_from_pretrained(alone);
+  start_from_pretrained(ranked);
+  const auto start = alone.model().parameters();
+  std::vector<torch::Tensor> initial;
+  for (const auto& p : start) initial.push_back(p.detach().clone());
+  std::vector<torch::Tensor> statistics;
+  for (const auto& b : alone.model().buffers()) statistics.push_back(b.detach().clone());
+  ranked.use_process_group(group);
+  ASSERT_TRUE(alone.run_epoch());
+  ASSERT_TRUE(ranked.run_epoch());
+  ASSERT_EQ(ranked.step_in_epoch(), 20);
+  const double difference = relative_difference(alone.model().parameters(), ranked.model().parameters());
+  const double moved = relative_difference(alone.model().parameters(), initial);
+  std::cout << "20 steps, 2 ranks of 64 against 1 process of 128: relative weight difference " << difference
+            << " (the steps moved the weights by " << moved << ")\n";
+  EXPECT_LT(difference, 1e-5);
+  EXPECT_GT(moved, 1e-3);
+  const auto buffers = alone.model().buffers();
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    EXPECT_TRUE(torch::equal(buffers[i], statistics[i])) << "frozen BatchNorm keeps its running statistics";
+  }
+  // The test metrics: each rank evaluates half of the test set; together they are one process's.
+  const auto a = alone.end_epoch().test, b = ranked.end_epoch().test;
+  EXPECT_EQ(a.count, b.count);
+  EXPECT_EQ(a.accuracy, b.accuracy);
+  EXPECT_NEAR(a.loss, b.loss, 1e-5);
+  EXPECT_NEAR(a.proto_ssim, b.proto_ssim, 1e-5);
+  EXPECT_NEAR(a.proto_l1, b.proto_l1, 1e-5);
+
+  // cam-ema prototypes move with the class means of the global batch: the same on every rank
+  // as in one process.
+  c.prototype = train::PrototypeKind::cam_ema;
+  train::Trainer ema_alone(c, splits, torch::kCPU), ema_ranked(c, splits, torch::kCPU);
+  start_from_pretrained(ema_alone);
+  start_from_pretrained(ema_ranked);
+  const auto ema_start = ema_alone.prototypes().clone();
+  ema_ranked.use_process_group(group);
+  // Three steps: later, the Prototype Loss against maps whose zeros (ReLU) meet the
+  // prototypes' zeros turns rounding into sign changes of its gradient, and the runs drift
+  // (~3e-4 after 20 steps) as any two differently summed runs would.
+  const auto three_steps = [](train::Trainer& t) {
+    int steps = 0;
+    return t.run_epoch({}, [&steps] { return ++steps >= 3; });
+  };
+  ASSERT_FALSE(three_steps(ema_alone));
+  ASSERT_FALSE(three_steps(ema_ranked));
+  ASSERT_EQ(ema_ranked.step_in_epoch(), 3);
+  const double ema_difference = (ema_alone.prototypes() - ema_ranked.prototypes()).abs().max().item<double>();
+  std::cout << "cam-ema prototypes after 3 steps, largest difference: " << ema_difference << "\n";
+  EXPECT_LT(ema_difference, 1e-6);
+  EXPECT_GT((ema_alone.prototypes() - ema_start).abs().max().item<double>(), 1e-3) << "the prototypes moved";
+  auto both = ema_ranked.prototypes().clone();
+  group->all_reduce_sum({both});
+  EXPECT_TRUE(torch::equal(both, 2 * ema_ranked.prototypes())) << "every rank holds the same prototypes";
+
+  // The Batch-CAM Loss compares maps within each rank's slice: the running term is the mean
+  // of the slices' losses, not the loss of the whole batch.
+  c.prototype = train::PrototypeKind::image;
+  c.lambda_proto = 0.0;
+  c.lambda_batch = 1.0;
+  train::Trainer reference(c, splits, torch::kCPU), batch_ranked(c, splits, torch::kCPU);
+  batch_ranked.use_process_group(group);
+  data::BatchIterator batches(splits.train, reference.normalization(), c.batch_size, true, c.seed, true);
+  batches.set_epoch(1);
+  const auto first = batches.get(0);
+  const auto slice = [&](int64_t begin, int64_t end) {
+    return data::Batch{first.x.slice(0, begin, end), first.y.slice(0, begin, end), first.index.slice(0, begin, end)};
+  };
+  train::CamLossConfig objective;
+  objective.lambda_batch = 1.0;
+  objective.distance_batch = c.distance_batch;
+  const auto loss_of = [&](int64_t begin, int64_t end) {
+    return train::compute_losses(reference.model(), slice(begin, end), reference.prototypes(),
+                                 splits.train.num_classes(), objective)
+        .batch.item<double>();
+  };
+  const double per_rank = (loss_of(0, 64) + loss_of(64, 128)) / 2, whole = loss_of(0, 128);
+  batch_ranked.step(slice(64 * group->rank(), 64 * group->rank() + 64));  // this rank's slice of the same batch
+  const double term = batch_ranked.read_progress().batch;
+  std::cout << "Batch-CAM Loss: ranks " << term << ", mean of the slices " << per_rank << ", whole batch " << whole
+            << "\n";
+  EXPECT_NEAR(term, per_rank, 1e-6);
+  EXPECT_GT(std::abs(whole - per_rank), 1e-3) << "the whole batch's loss differs (else the test shows nothing)";
+}
+
 TEST(Distributed, ARankWithOtherDataIsRefused) {
   if (!core::distributed_available()) GTEST_SKIP() << "built without c10d's Gloo (libgloo-dev)";
   const auto r = launch("RefusesOtherData", 2, free_port());
   EXPECT_EQ(r.code, 0) << r.out;
-  EXPECT_NE(r.out.find("distributed training: rank 1 has (steps per epoch, training images, batch size, epochs) = "
-                       "(7, 56, 8, 1), rank 0 (6, 48, 8, 1)"),
+  EXPECT_NE(r.out.find("distributed training: rank 1 has (steps per epoch, training images, batch size, epochs, "
+                       "epoch, step) = (7, 56, 8, 1, 1, 0), rank 0 (6, 48, 8, 1, 1, 0)"),
             std::string::npos)
       << r.out;
   EXPECT_NE(r.out.find("distributed training: 1 rank(s) have other data or configuration than rank 0"),
@@ -252,4 +399,141 @@ TEST(DistributedWorker, OneRankDies) {
   } catch (const std::runtime_error& e) {
     std::cout << e.what() << "\n";
   }
+}
+
+// `batchcam train` as several processes: under torchrun, and started by hand as torchrun
+// would start them.
+namespace {
+using test_support::read_text;
+using test_support::spawn_process;
+using test_support::wait_exit;
+using test_support::wait_for_file;
+
+const char* const kPython = "/usr/bin/python3";
+
+bool torchrun_available() {
+  return test_support::run_shell(std::string(kPython) + " -c 'import torch.distributed.run'").code == 0;
+}
+
+// torchrun with two processes on this machine running `batchcam train ARGS`. Debian 12's
+// torchrun (PyTorch 1.13 on Python 3.11) cannot read its default --redirects/--tee of 0,
+// hence 1 (stdout to a log and the terminal, each line prefixed with its rank).
+std::vector<std::string> torchrun(int port, const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {"-m", "torch.distributed.run", "--no_python", "--nproc_per_node", "2",
+                                   "--master_port", std::to_string(port), "--redirects", "1", "--tee", "1",
+                                   BATCHCAM_CLI, "train"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return argv;
+}
+
+// The environment torchrun gives rank `rank` of two.
+std::vector<std::string> rank_environment(int rank, int port) {
+  return {"WORLD_SIZE=2", "RANK=" + std::to_string(rank), "LOCAL_RANK=" + std::to_string(rank),
+          "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + std::to_string(port), "OMP_NUM_THREADS=1"};
+}
+
+std::vector<nlohmann::json> metrics_lines(const fs::path& run) {
+  std::vector<nlohmann::json> lines;
+  std::istringstream in(read_text((run / "metrics.jsonl").string()));
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  return lines;
+}
+
+// Seeds, data and schedule of the CLI runs below: 32 steps of 64 images per epoch.
+std::vector<std::string> shapes_run(const fs::path& dir, const std::string& name, int epochs) {
+  return {"--train-size", "2048", "--test-size", "1000", "--batch-size", "64", "--epochs", std::to_string(epochs),
+          "--out-dir", dir.string(), "--run-name", name, "--threads", "1"};
+}
+}  // namespace
+
+TEST(DistributedCli, TorchrunTrainsStopsEveryRankAtOneStepAndResumes) {
+  if (!core::distributed_available()) GTEST_SKIP() << "built without c10d's Gloo (libgloo-dev)";
+  if (!torchrun_available()) GTEST_SKIP() << "no torchrun (" << kPython << " -m torch.distributed.run; python3-torch)";
+  const auto dir = fs::temp_directory_path() / ("batchcam-torchrun-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const auto run = dir / "two", log = dir / "two.log";
+  // SIGTERM to torchrun (as a cluster's scheduler sends it): torchrun passes it on to both
+  // ranks, which stop at the same step; rank 0 saves.
+  const pid_t launcher = spawn_process(kPython, torchrun(free_port(), shapes_run(dir, "two", 3)), {}, log.string());
+  ASSERT_TRUE(wait_for_file(run / "metrics.jsonl")) << read_text(log.string());
+  ::kill(launcher, SIGTERM);
+  EXPECT_NE(wait_exit(launcher), 0);
+  const auto stopped = read_text(log.string());
+  EXPECT_NE(stopped.find("batchcam: terminated at epoch 2, step "), std::string::npos) << stopped;
+  EXPECT_EQ(stopped.find("batchcam: error"), std::string::npos) << stopped;
+  const auto ck = train::load_checkpoint((run / "last.pt").string());
+  ASSERT_EQ(ck.epoch, 1) << stopped;
+  ASSERT_GT(ck.step, 0) << "stopped mid-epoch: " << stopped;
+  const auto progress = nlohmann::json::parse(ck.progress);
+  EXPECT_EQ(progress.at("world_size"), 2);
+  EXPECT_EQ(progress.at("sums").at("seen").get<double>(), 64.0 * static_cast<double>(ck.step))
+      << "the checkpoint's running sums are both ranks' (each saw 32 images a step)";
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir), fs::directory_iterator()), 2) << "one run directory and the log";
+
+  // Resumed under torchrun: rank 0 alone writes and prints.
+  const pid_t resumed = spawn_process(kPython, torchrun(free_port(), {"--resume", run.string()}), {}, log.string());
+  ASSERT_EQ(wait_exit(resumed), 0) << read_text(log.string());
+  const auto output = read_text(log.string());
+  EXPECT_NE(output.find("[default0]:Trained simple-cnn on shapes for 3 epochs"), std::string::npos) << output;
+  EXPECT_EQ(output.find("[default1]:Trained"), std::string::npos) << "rank 1 prints no summary: " << output;
+  const auto epochs = metrics_lines(run);
+  ASSERT_EQ(epochs.size(), 3u);
+  EXPECT_TRUE(fs::exists(run / "report.html"));
+
+  // The 2-rank run (per-rank BatchNorm statistics) against one process on the same batches,
+  // and its checkpoint evaluated again in one process.
+  const auto one = test_support::run_shell(std::string(BATCHCAM_CLI) + " train -q --no-report " +
+                                           [&] {
+                                             std::string a;
+                                             for (const auto& x : shapes_run(dir, "one", 3)) a += "'" + x + "' ";
+                                             return a;
+                                           }());
+  ASSERT_EQ(one.code, 0) << one.out;
+  const double two_ranks = epochs.back().at("test_accuracy"), one_process = metrics_lines(dir / "one").back().at("test_accuracy");
+  std::cout << "test accuracy after 3 epochs: 2 ranks (stopped and resumed) " << 100 * two_ranks << "%, one process "
+            << 100 * one_process << "%\n";
+  EXPECT_NEAR(two_ranks, one_process, 0.005);
+  const auto eval = test_support::run_shell(std::string(BATCHCAM_CLI) + " eval '" + (run / "last.pt").string() +
+                                            "' --json --faithfulness-count 0 --randomization-count 0 2>/dev/null");
+  ASSERT_EQ(eval.code, 0) << eval.out;
+  EXPECT_EQ(nlohmann::json::parse(eval.out).at("accuracy").get<double>(), two_ranks)
+      << "one process evaluates the 2-rank checkpoint as the ranks did together";
+  fs::remove_all(dir);
+}
+
+TEST(DistributedCli, ARankKilledMidRunStopsTheOtherAndTheCheckpointResumes) {
+  if (!core::distributed_available()) GTEST_SKIP() << "built without c10d's Gloo (libgloo-dev)";
+  const auto dir = fs::temp_directory_path() / ("batchcam-killed-rank-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const auto run = dir / "run";
+  auto args = shapes_run(dir, "run", 3);
+  args.insert(args.begin(), "train");
+  args.insert(args.end(), {"--dist-timeout", "30"});
+  const int port = free_port();
+  const auto log0 = (dir / "rank0.log").string(), log1 = (dir / "rank1.log").string();
+  const pid_t rank0 = spawn_process(BATCHCAM_CLI, args, rank_environment(0, port), log0);
+  const pid_t rank1 = spawn_process(BATCHCAM_CLI, args, rank_environment(1, port), log1);
+  ASSERT_TRUE(wait_for_file(run / "metrics.jsonl")) << read_text(log0);
+  ::kill(rank1, SIGKILL);  // a machine lost, an out-of-memory kill
+  EXPECT_EQ(wait_exit(rank1), 128 + SIGKILL);
+  EXPECT_EQ(wait_exit(rank0), 1) << read_text(log0);
+  const auto failed = read_text(log0);
+  EXPECT_NE(failed.find("batchcam: error: distributed "), std::string::npos) << failed;
+  EXPECT_NE(failed.find("failed on rank 0"), std::string::npos) << failed;
+  const auto ck = train::load_checkpoint((run / "last.pt").string());  // intact
+  EXPECT_EQ(ck.epoch, 1);
+  EXPECT_EQ(ck.step, 0);
+
+  // Both ranks started again continue the run from its last checkpoint.
+  const std::vector<std::string> resume = {"train", "--resume", run.string()};
+  const int port2 = free_port();
+  const pid_t again0 = spawn_process(BATCHCAM_CLI, resume, rank_environment(0, port2), log0);
+  const pid_t again1 = spawn_process(BATCHCAM_CLI, resume, rank_environment(1, port2), log1);
+  EXPECT_EQ(wait_exit(again1), 0) << read_text(log1);
+  EXPECT_EQ(wait_exit(again0), 0) << read_text(log0);
+  EXPECT_EQ(metrics_lines(run).size(), 3u);
+  EXPECT_TRUE(fs::exists(run / "report.html"));
+  fs::remove_all(dir);
 }

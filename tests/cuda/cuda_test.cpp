@@ -98,7 +98,9 @@ TEST(Cuda, CheckpointMovesBetweenDevices) {
   const auto part = train::train(c, stop_after_epoch_1);
   ASSERT_TRUE(part.interrupted);
   EXPECT_EQ(part.device, "cuda:0");
-  const auto on_cpu = train::resume(part.run_dir, {}, {"cpu"});
+  train::ResumeOptions to_cpu;
+  to_cpu.device = "cpu";
+  const auto on_cpu = train::resume(part.run_dir, {}, to_cpu);
   ASSERT_FALSE(on_cpu.interrupted);
   EXPECT_EQ(on_cpu.device, "cpu");
   ASSERT_EQ(on_cpu.history.size(), 3u);

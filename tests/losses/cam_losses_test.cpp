@@ -38,6 +38,24 @@ TEST(Prototypes, EmaMovesPresentClassesOnly) {
   EXPECT_EQ(updated[0].abs().max().item<double>(), 0.0);
 }
 
+TEST(Prototypes, EmaFromSummedHalvesEqualsEmaOfTheWholeBatch) {
+  // Two ranks' class sums and counts, added, update the prototypes as the whole batch does.
+  const auto protos = torch::rand({3, 4, 4});
+  const auto maps = torch::rand({6, 4, 4});
+  const auto labels = torch::tensor({0, 2, 2, 0, 2, 2}, torch::kLong);
+  auto sums = torch::zeros({3, 4, 4}), counts = torch::zeros({3});
+  for (const int64_t begin : {0, 3}) {
+    const auto [q, n] = losses::batch_prototypes(maps.slice(0, begin, begin + 3), labels.slice(0, begin, begin + 3), 3);
+    sums += q * n.to(torch::kFloat).view({-1, 1, 1});
+    counts += n.to(torch::kFloat);
+  }
+  const auto whole = losses::ema_prototypes(protos, maps, labels, 0.9);
+  const auto from_sums = losses::ema_prototypes_from_sums(protos, sums, counts, 0.9);
+  EXPECT_LT((whole - from_sums).abs().max().item<double>(), 1e-6);
+  EXPECT_TRUE(torch::equal(from_sums[1], protos[1])) << "class 1 is absent: unchanged";
+  EXPECT_GT((from_sums[0] - protos[0]).abs().max().item<double>(), 1e-3);
+}
+
 TEST(PrototypeLoss, IsTheMeanDistanceToTheTargetPrototype) {
   const auto protos = torch::stack({torch::zeros({4, 4}), torch::ones({4, 4})});
   const auto maps = torch::full({2, 4, 4}, 0.25);

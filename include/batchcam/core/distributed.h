@@ -1,6 +1,7 @@
 #pragma once
 // Processes that train together, on PyTorch's c10d: this process's place in a torchrun
-// launch, and the collectives data-parallel training needs, over Gloo (CPU tensors). The
+// launch, and the collectives data-parallel training needs, over Gloo (which reduces
+// in CPU memory: tensors on a GPU travel through a CPU copy). The
 // rendezvous (TCPStore), transport and collectives are c10d's; batchcam adds the bucketing.
 
 #include <torch/types.h>
@@ -19,10 +20,16 @@ struct LaunchInfo {
   int64_t rank = 0, world_size = 1, local_rank = 0;
   std::string master_addr = "127.0.0.1";
   int64_t master_port = 29500;
+  /// torchrun's agent already hosts the TCPStore at master_addr:master_port
+  /// (TORCHELASTIC_USE_AGENT_STORE=True): every rank joins it as a client, under a prefix of
+  /// this restart attempt (TORCHELASTIC_RESTART_COUNT).
+  bool agent_store = false;
+  int64_t restart_count = 0;
   bool distributed() const { return world_size > 1; }
 };
 
-/// From RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, read through `getenv`
+/// From RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, TORCHELASTIC_USE_AGENT_STORE
+/// and TORCHELASTIC_RESTART_COUNT, read through `getenv`
 /// (the CLI passes std::getenv; the library reads no environment itself). Without
 /// WORLD_SIZE, or with 1: a single process. Throws std::invalid_argument naming the variable,
 /// its value and what was expected.
@@ -35,7 +42,8 @@ bool distributed_available();
 /// make the same calls in the same order, with tensors of the same shapes and dtypes.
 class ProcessGroup {
  public:
-  /// Rendezvous through a TCPStore at master_addr:master_port (rank 0 hosts it), then a
+  /// Rendezvous through a TCPStore at master_addr:master_port (hosted by torchrun's agent,
+  /// else by rank 0), then a
   /// Gloo process group. `timeout` bounds every collective: when a rank has died or hangs,
   /// the others throw std::runtime_error instead of waiting for ever. The rendezvous waits
   /// for the other ranks to start for `timeout`, and at least 60 s.
@@ -49,7 +57,7 @@ class ProcessGroup {
 
   /// Sums each tensor over the ranks, in place. Tensors of one dtype are packed into
   /// buckets of at most `bucket_bytes` (a tensor larger than that gets a bucket of its own):
-  /// one collective per bucket, not one per tensor. Tensors must be on the CPU.
+  /// one collective per bucket, not one per tensor. Tensors must be on one device.
   void all_reduce_sum(const std::vector<torch::Tensor>& tensors, int64_t bucket_bytes = int64_t{25} << 20);
   /// Every rank's tensors become rank `root`'s, in place (bucketed the same way).
   void broadcast(const std::vector<torch::Tensor>& tensors, int64_t root = 0);

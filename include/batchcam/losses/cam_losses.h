@@ -43,6 +43,11 @@ std::pair<torch::Tensor, torch::Tensor> batch_prototypes(const torch::Tensor& ma
 torch::Tensor ema_prototypes(const torch::Tensor& prototypes, const torch::Tensor& maps, const torch::Tensor& labels,
                              double momentum = 0.99, bool check_targets = true);
 
+/// The same update from class sums [K, H, W] and counts [K] of the maps (floating point),
+/// e.g. summed over the ranks of a data-parallel run: Q_c = sums_c / counts_c where counts_c > 0.
+torch::Tensor ema_prototypes_from_sums(const torch::Tensor& prototypes, const torch::Tensor& sums,
+                                       const torch::Tensor& counts, double momentum = 0.99);
+
 /// L_proto = (1/B) sum_i D(maps_i, P_{t_i}). maps [B, H, W], targets [B], prototypes [K, H, W].
 torch::Tensor prototype_loss(const torch::Tensor& maps, const torch::Tensor& targets, const torch::Tensor& prototypes,
                              Distance d, bool check_targets = true);

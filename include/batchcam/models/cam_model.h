@@ -34,6 +34,11 @@ class CamModel : public torch::nn::Module {
   void set_target_layer(const std::string& name);
   const std::string& target_layer() const { return stages_.at(target_).name; }
 
+  /// Puts every BatchNorm layer in eval mode (running statistics, not updated), whatever
+  /// train() set; call it after train(). Not for TorchScript models (their layers are not
+  /// C++ modules).
+  void freeze_batchnorm();
+
   /// Names the first module after the target layer that mixes samples in the current
   /// mode (BatchNorm in training mode), or returns "" when the head is per-sample.
   virtual std::string head_sample_mixing_module() const;

@@ -76,6 +76,10 @@ struct TrainConfig {
   /// A state dict saved by Python's torch.save(dict(model.state_dict())) to start from (transfer
   /// learning; train::load_initial_weights); "" = the seed's random initialisation.
   std::string init_weights;
+  /// BatchNorm layers stay in eval mode while training: they normalise with their running
+  /// statistics and do not update them (their scale and shift still train). For fine-tuning
+  /// with small batches, and for data-parallel runs that match one process exactly.
+  bool freeze_batchnorm = false;
 
   // Optimisation
   int64_t epochs = 4;

@@ -102,17 +102,22 @@ class Trainer {
   torch::Device device() const { return device_; }
   const data::DatasetSplits& splits() const { return *splits_; }
   /// Trains data-parallel with the other ranks of `group`, each a Trainer made from the same
-  /// configuration and data: the weights and buffers become rank 0's, each rank steps on its
-  /// slice of every global batch (config.batch_size), and the gradients are averaged over the
-  /// global batch before each update, so the weights stay identical on every rank. Running
-  /// losses are summed over the ranks; BatchNorm keeps per-rank statistics, averaged over the
-  /// ranks before each evaluation. The Batch-CAM Loss compares maps within each rank's slice.
+  /// configuration and data (a fresh run, or the same checkpoint): the weights and buffers
+  /// become rank 0's, each rank steps on its slice of every global batch (config.batch_size),
+  /// and the gradients are averaged over the global batch before each update, so the weights
+  /// stay identical on every rank. cam-ema prototypes move with the class means of the global
+  /// batch. Running losses and test metrics are summed over the ranks (each evaluates its
+  /// share of the test set); BatchNorm keeps per-rank statistics, averaged over the ranks
+  /// before each evaluation. The Batch-CAM Loss compares maps within each rank's slice.
   /// Call before the first step; every rank must then make the same calls: step() and
-  /// run_epoch() with the same batches, and read_progress(), training_state() and end_epoch()
-  /// (collective: they sum over the ranks) at the same points. A rank whose data or
-  /// configuration differs from rank 0's is refused. Not yet supported (std::invalid_argument):
-  /// fp16, cam-ema prototypes, devices other than the CPU, a run that has started.
+  /// run_epoch() with the same batches, and read_progress(), training_state(), end_epoch()
+  /// and any_rank() (collective) at the same points. A rank whose data, configuration or
+  /// place in the run differs from rank 0's is refused (std::invalid_argument, on every rank).
+  /// Tensors on a GPU travel through the CPU (Gloo).
   void use_process_group(std::shared_ptr<core::ProcessGroup> group);
+  const std::shared_ptr<core::ProcessGroup>& process_group() const { return group_; }
+  /// Whether `here` is true on any rank (collective); `here` without a process group.
+  bool any_rank(bool here);
   /// The training state for a checkpoint (reads the running sums from the device). Throws
   /// std::runtime_error when a loss or a weight is not finite: no checkpoint of a diverged run.
   TrainingState training_state();
@@ -123,6 +128,8 @@ class Trainer {
 
  private:
   void set_up(const data::DatasetSplits& splits);
+  void set_training_mode();
+  eval::EvalMetrics evaluate_test_set();
   void average_gradients(const std::vector<torch::Tensor>& parameters, double local_samples);
   void begin_epoch();
 
@@ -142,6 +149,7 @@ class Trainer {
   // On the device: loss, ce, proto, batch (each times the batch size), correct, seen,
   // then the first non-finite step (-1: none) and its term.
   torch::Tensor running_;
+  torch::Tensor read_sums_;  ///< running_ as of the last read_progress(), summed over the ranks
   double seconds_before_ = 0;  ///< training seconds of the epoch before this process took it over
   std::chrono::steady_clock::time_point epoch_start_;
   int64_t epoch_first_step_ = 0;
@@ -188,7 +196,12 @@ struct TrainResult {
 /// std::invalid_argument for a bad configuration and std::runtime_error for I/O problems or
 /// a non-finite loss (naming the step and term); checkpoints already written stay intact.
 /// Sets no process-wide state: the caller chooses the thread count.
-TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks = {});
+/// With `group` (every rank calls train() with the same configuration): data-parallel
+/// (Trainer::use_process_group); only rank 0 writes the run directory and gets on_start; the
+/// other ranks return without run_dir, checkpoints or report. Stopping (should_stop on any
+/// rank) happens on every rank at the same step, after rank 0 has saved the checkpoint.
+TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks = {},
+                  std::shared_ptr<core::ProcessGroup> group = nullptr);
 
 /// What may change when a run is continued.
 struct ResumeOptions {
@@ -200,6 +213,11 @@ struct ResumeOptions {
   /// the new length, so the rate jumps to the new curve's value at that step.
   int64_t epochs = 0;
   int64_t workers = -1;  ///< folder decoding threads; -1 = the run's (results do not depend on it)
+  /// Continue data-parallel on these ranks (as train()); every rank reads the run's last.pt,
+  /// so the run directory must be reachable from each (a shared file system). Any number of
+  /// ranks may continue a run: the batches stay the same; BatchNorm's per-rank statistics
+  /// and the order of float sums change with it.
+  std::shared_ptr<core::ProcessGroup> group;
 };
 
 /// Continues the run in `run_dir` from its last.pt with its saved configuration. On the CPU
