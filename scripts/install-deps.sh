@@ -25,7 +25,8 @@ if [[ ${1:-} == --test ]]; then
   packages+=(python3                   # scripts/study.py and its test (standard library only)
              python3-torch python3-torchvision
              clang libclang-rt-14-dev   # libFuzzer smoke run of the IDX parser
-             chromium)                  # opens the HTML report headless in a test
+             chromium                   # opens the HTML report headless in a test
+             iproute2)                  # ip netns: the two-host distributed test
 fi
 
 missing=()

@@ -48,6 +48,7 @@ LaunchInfo launch_info(const std::function<const char*(const char*)>& getenv) {
   const char* agent = getenv("TORCHELASTIC_USE_AGENT_STORE");
   l.agent_store = agent && std::string(agent) == "True";
   l.restart_count = integer_variable(getenv, "TORCHELASTIC_RESTART_COUNT", 0, 0, 1 << 30);
+  if (const char* interface = getenv("GLOO_SOCKET_IFNAME"); interface && *interface) l.gloo_interface = interface;
   return l;
 }
 
@@ -99,7 +100,9 @@ ProcessGroup::ProcessGroup(const LaunchInfo& launch, std::chrono::milliseconds t
     impl_->store = c10::make_intrusive<c10d::PrefixStore>(
         "/batchcam/attempt_" + std::to_string(launch.restart_count), tcp);
     auto gloo = c10d::ProcessGroupGloo::Options::create(timeout);
-    gloo->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    gloo->devices.push_back(launch.gloo_interface.empty()
+                                ? c10d::ProcessGroupGloo::createDefaultDevice()
+                                : c10d::ProcessGroupGloo::createDeviceForInterface(launch.gloo_interface));
     impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, static_cast<int>(launch.rank),
                                                                static_cast<int>(launch.world_size), gloo);
   } catch (const std::exception& e) {

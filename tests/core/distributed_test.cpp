@@ -537,3 +537,45 @@ TEST(DistributedCli, ARankKilledMidRunStopsTheOtherAndTheCheckpointResumes) {
   EXPECT_TRUE(fs::exists(run / "report.html"));
   fs::remove_all(dir);
 }
+
+TEST(DistributedCli, TwoHostsInNetworkNamespacesTrainOverTcp) {
+  if (!core::distributed_available()) GTEST_SKIP() << "built without c10d's Gloo (libgloo-dev)";
+  if (::geteuid() != 0) GTEST_SKIP() << "network namespaces need root (CI runs as root)";
+  // Two "machines": network namespaces joined by a veth pair, one rank in each, each with its
+  // own loopback, so that the ranks can reach each other only over 10.231.0.0/24.
+  const std::string id = std::to_string(::getpid() % 100000);
+  const std::string a = "bcam-a-" + id, b = "bcam-b-" + id, link_a = "bca" + id, link_b = "bcb" + id;
+  const auto shell = [](const std::string& command) { return test_support::run_shell(command); };
+  const auto made = shell("ip netns add " + a + " && ip netns add " + b);
+  if (made.code != 0) {
+    shell("ip netns del " + a + "; ip netns del " + b);
+    GTEST_SKIP() << "cannot create network namespaces here (ip netns add: " << made.out << ")";
+  }
+  const auto set_up = shell("ip link add " + link_a + " type veth peer name " + link_b + " && ip link set " + link_a +
+                            " netns " + a + " && ip link set " + link_b + " netns " + b + " && ip -n " + a +
+                            " addr add 10.231.0.1/24 dev " + link_a + " && ip -n " + b + " addr add 10.231.0.2/24 dev " +
+                            link_b + " && ip -n " + a + " link set " + link_a + " up && ip -n " + b + " link set " +
+                            link_b + " up && ip -n " + a + " link set lo up && ip -n " + b + " link set lo up");
+  const auto dir = fs::temp_directory_path() / ("batchcam-two-hosts-" + id);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  test_support::CommandResult result{-1, ""};
+  if (set_up.code == 0) {
+    // torchrun on each machine would set these; LOCAL_RANK is 0 on both.
+    const auto rank = [&](const std::string& ns, const std::string& link, int r) {
+      return "ip netns exec " + ns + " env WORLD_SIZE=2 RANK=" + std::to_string(r) +
+             " LOCAL_RANK=0 MASTER_ADDR=10.231.0.1 MASTER_PORT=29500 GLOO_SOCKET_IFNAME=" + link +
+             " OMP_NUM_THREADS=1 timeout -k 5 120 '" + BATCHCAM_CLI + "' train --train-size 512 --test-size 64 " +
+             "--batch-size 64 --epochs 1 --no-report --dist-timeout 30 --out-dir '" + dir.string() +
+             "' --run-name run > '" + (dir / ("rank" + std::to_string(r))).string() + "' 2>&1";
+    };
+    result = shell(rank(a, link_a, 0) + " & " + rank(b, link_b, 1) + "; s1=$?; wait $!; s0=$?; cat '" +
+                   dir.string() + "'/rank*; exit $((s0 + s1))");
+  }
+  shell("ip netns del " + a + "; ip netns del " + b);  // takes the veth pair with it
+  ASSERT_EQ(set_up.code, 0) << set_up.out;
+  EXPECT_EQ(result.code, 0) << result.out;
+  EXPECT_NE(result.out.find("2 processes over Gloo"), std::string::npos) << result.out;
+  EXPECT_EQ(metrics_lines(dir / "run").size(), 1u) << result.out;
+  fs::remove_all(dir);
+}

@@ -25,11 +25,14 @@ struct LaunchInfo {
   /// this restart attempt (TORCHELASTIC_RESTART_COUNT).
   bool agent_store = false;
   int64_t restart_count = 0;
+  /// The network interface Gloo connects the ranks over (GLOO_SOCKET_IFNAME, as in PyTorch);
+  /// "" = the one this host's name resolves to.
+  std::string gloo_interface;
   bool distributed() const { return world_size > 1; }
 };
 
-/// From RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, TORCHELASTIC_USE_AGENT_STORE
-/// and TORCHELASTIC_RESTART_COUNT, read through `getenv`
+/// From RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, TORCHELASTIC_USE_AGENT_STORE,
+/// TORCHELASTIC_RESTART_COUNT and GLOO_SOCKET_IFNAME, read through `getenv`
 /// (the CLI passes std::getenv; the library reads no environment itself). Without
 /// WORLD_SIZE, or with 1: a single process. Throws std::invalid_argument naming the variable,
 /// its value and what was expected.
