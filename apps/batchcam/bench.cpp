@@ -5,6 +5,7 @@
 #include "malloc_settings.h"
 
 #include "batchcam/cam/grad_cam.h"
+#include "batchcam/core/distributed.h"
 #include "batchcam/core/runtime.h"
 #include "batchcam/data/datasets.h"
 #include "batchcam/data/shapes.h"
@@ -21,7 +22,9 @@
 #include <spdlog/fmt/fmt.h>
 #include <torch/torch.h>
 
+#include <netinet/in.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -353,12 +356,109 @@ nlohmann::json folder_pipeline(const BenchArgs& a, torch::Device device, const s
 
 }  // namespace
 
+// One rank's part of the data-parallel measurement (or one process alone, without
+// WORLD_SIZE): `steps` training steps on global batches of kBatch with the default
+// Batch-CAM, timed one by one after `warmup`, and the gradient all-reduce alone. Rank 0
+// prints one JSON line.
+int distributed_probe(const BenchArgs& a, const std::string& model, int64_t steps) {
+  const auto launch = batchcam::core::launch_info([](const char* name) { return std::getenv(name); });
+  std::shared_ptr<batchcam::core::ProcessGroup> group;
+  if (launch.distributed()) group = std::make_shared<batchcam::core::ProcessGroup>(launch, std::chrono::seconds(120));
+  batchcam::train::TrainConfig c;
+  c.model = model;
+  c.train_size = kBatch * (a.warmup + steps);
+  c.test_size = 16;
+  c.batch_size = kBatch;
+  c.epochs = 1;
+  c.log_every = 1000000;  // no reads of the running loss but the epoch's last
+  const auto splits = batchcam::train::load_dataset(c);
+  batchcam::train::Trainer trainer(c, splits, torch::kCPU);
+  trainer.use_process_group(group);
+  std::vector<double> step_ms;
+  auto last = Clock::now();
+  trainer.run_epoch([&](const batchcam::train::StepInfo& s) {
+    const auto now = Clock::now();
+    if (s.step > a.warmup) step_ms.push_back(1e3 * std::chrono::duration<double>(now - last).count());
+    last = now;
+  });
+  nlohmann::json r = {{"ranks", group ? group->size() : 1}, {"threads", a.threads}, {"step_ms", median_of(step_ms)}};
+  if (group) {
+    // The all-reduce of one step's gradients (bucketed as in training), timed alone.
+    std::vector<torch::Tensor> gradients;
+    int64_t bytes = 0;
+    for (const auto& p : trainer.model().parameters()) {
+      gradients.push_back(torch::ones_like(p));
+      bytes += p.numel() * static_cast<int64_t>(p.element_size());
+    }
+    std::vector<double> reduce_ms;
+    for (int64_t i = 0; i < a.warmup + std::max<int64_t>(steps, 5); ++i) {
+      const auto start = Clock::now();
+      group->all_reduce_sum(gradients);
+      if (i >= a.warmup) reduce_ms.push_back(1e3 * std::chrono::duration<double>(Clock::now() - start).count());
+    }
+    r["allreduce_ms"] = median_of(reduce_ms);
+    r["allreduce_bytes"] = bytes;
+  }
+  if (!group || group->rank() == 0) std::cout << r.dump() << std::endl;
+  return 0;
+}
+
+// A TCP port that was free a moment ago, for the ranks' rendezvous.
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t length = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// Data-parallel training on this machine: per model, two ranks with 1 thread each against
+// one process with 1 and with 2 threads, on the same global batches; each run in its own
+// processes, one after the other.
+nlohmann::json distributed_costs(const BenchArgs& a, const std::string& self_path) {
+  nlohmann::json out = nlohmann::json::object();
+  std::cout << fmt::format("\ndata-parallel steps (global batch {}, default Batch-CAM, Gloo on loopback, median of {} "
+                           "steps after {}):\n",
+                           kBatch, a.distributed_steps, a.warmup);
+  for (const auto& model : a.models) {
+    const auto probe = [&](const std::string& environment, int threads) {
+      return fmt::format("{}'{}' bench --threads {} --warmup {} --distributed-probe {} {}", environment, self_path,
+                         threads, a.warmup, model, a.distributed_steps);
+    };
+    const auto alone = [&](int threads) { return nlohmann::json::parse(run_capture(probe("", threads))); };
+    const int port = free_port();
+    const auto rank = [&](int r) {
+      return fmt::format("WORLD_SIZE=2 RANK={} LOCAL_RANK={} MASTER_ADDR=127.0.0.1 MASTER_PORT={} ", r, r, port);
+    };
+    const auto two = nlohmann::json::parse(run_capture(probe(rank(1), 1) + " > /dev/null & " + probe(rank(0), 1) +
+                                                       "; status=$?; wait $! && exit $status"));
+    const auto one_1 = alone(1), one_2 = alone(2);
+    const double two_ms = two.at("step_ms"), one_1_ms = one_1.at("step_ms"), one_2_ms = one_2.at("step_ms");
+    const double reduce_ms = two.at("allreduce_ms"), bytes = two.at("allreduce_bytes");
+    out[model] = {{"two_ranks", two}, {"one_process_1_thread", one_1}, {"one_process_2_threads", one_2},
+                  {"two_ranks_over_one_process_1_thread", two_ms / one_1_ms},
+                  {"two_ranks_over_one_process_2_threads", two_ms / one_2_ms},
+                  {"allreduce_share_of_step", reduce_ms / two_ms}};
+    std::cout << fmt::format("{:<18} step: 2 ranks x 1 thread {:.1f} ms, 1 process x 1 thread {:.1f} ms (ratio {:.2f}), "
+                             "x 2 threads {:.1f} ms (ratio {:.2f}); all-reduce {:.2f} MiB in {:.2f} ms ({:.0f}% of the "
+                             "step)\n",
+                             model, two_ms, one_1_ms, two_ms / one_1_ms, one_2_ms, two_ms / one_2_ms, bytes / 1048576.0,
+                             reduce_ms, 100 * reduce_ms / two_ms);
+  }
+  return out;
+}
+
 int run_bench(const BenchArgs& a, const std::string& self_path) {
   const auto device = batchcam::core::resolve_device(a.device);
   batchcam::core::require_supported(batchcam::core::parse_precision(a.precision), device);
   const int64_t threads = a.threads;
   if (a.probe.size() == 3 && a.probe[0] == "folder") return folder_memory_probe(a.probe[1], std::stoll(a.probe[2]));
   if (a.probe.size() == 2) return memory_probe(a, a.probe[0], a.probe[1]);
+  if (a.distributed_probe.size() == 2) return distributed_probe(a, a.distributed_probe[0], std::stoll(a.distributed_probe[1]));
 
   nlohmann::json results = {{"threads", threads}, {"batch", kBatch}, {"image", "1x28x28"},
                             {"device", batchcam::core::device_name(device)}, {"precision", a.precision},
@@ -508,6 +608,9 @@ int run_bench(const BenchArgs& a, const std::string& self_path) {
 
   if (a.epoch_images > 0) results["training_loop"] = loop_cost(a, device);
   if (a.folder_images > 0) results["folder"] = folder_pipeline(a, device, self_path);
+  if (a.distributed_steps > 0 && batchcam::core::distributed_available()) {
+    results["distributed"] = distributed_costs(a, self_path);
+  }
 
   if (!a.mnist_dir.empty()) {
     for (const bool cam : {false, true}) {

@@ -22,6 +22,11 @@ struct BenchArgs {
   std::string python_script;     ///< default: the source tree's bench/python_step.py
   std::string mnist_dir;         ///< when set: one MNIST epoch of SimpleCNN, CE only and Batch-CAM
   std::string json_out;          ///< also write the results as JSON here
+  /// Data-parallel steps timed with two ranks (Gloo on loopback, 1 thread each) against one
+  /// process on the same global batch, and the gradient all-reduce alone (0 = skip).
+  int64_t distributed_steps = 20;
+  // Internal: `--distributed-probe MODEL STEPS` times steps as one rank of a launch (or alone).
+  std::vector<std::string> distributed_probe;
   // Internal: `--memory-probe MODEL VARIANT` measures one step's peak RSS in a fresh process;
   // `--memory-probe folder DIR N` that of streaming N images of a folder.
   std::vector<std::string> probe;

@@ -468,8 +468,9 @@ int run_train(batchcam::train::TrainConfig config, const std::string& resume_dir
     const std::string why = stop_signal == 0         ? "stopped (another rank was interrupted)"
                             : stop_signal == SIGTERM ? "terminated"
                                                      : "interrupted";
-    std::cerr << fmt::format("batchcam: {} at epoch {}, step {}: saved {}; continue with: batchcam train --resume {}\n",
-                             why, result.stopped_epoch, result.stopped_step, result.checkpoint, result.run_dir);
+    std::cerr << fmt::format("batchcam: {} at epoch {}, step {}: saved {}; continue with: batchcam train --resume {}{}\n",
+                             why, result.stopped_epoch, result.stopped_step, result.checkpoint, result.run_dir,
+                             group ? " (under torchrun, on any number of processes)" : "");
     return 128 + signal;
   }
   if (!writer) return 0;
@@ -985,6 +986,11 @@ int main(int argc, char** argv) {
   bencher->add_option("--python-script", bench_args.python_script, "The Python side")->check(CLI::ExistingFile);
   bencher->add_option("--mnist-dir", bench_args.mnist_dir, "Also time one MNIST epoch of SimpleCNN from these IDX files");
   bencher->add_option("--json", bench_args.json_out, "Also write the results as JSON to this file");
+  bencher->add_option("--distributed-steps", bench_args.distributed_steps,
+                      "Steps timed with 2 ranks (Gloo, loopback, 1 thread each) against 1 process (0 = skip)")
+      ->check(integer_in(0, 100000));
+  bencher->add_option("--distributed-probe", bench_args.distributed_probe, "(internal) MODEL STEPS: one rank's steps")
+      ->expected(2)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->group("");
   bencher->add_option("--memory-probe", bench_args.probe, "(internal) MODEL ce|batchcam: one step's memory; folder DIR N: streaming's")
       ->expected(2, 3)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->group("");
 

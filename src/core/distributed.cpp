@@ -15,6 +15,7 @@
 #include <functional>
 #include <map>
 #include <stdexcept>
+#include <thread>
 
 namespace batchcam::core {
 
@@ -59,11 +60,11 @@ bool distributed_available() { return true; }
 struct ProcessGroup::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
-  int64_t rank = 0;
+  int64_t rank = 0, size = 1;
   std::chrono::milliseconds timeout{0};
 
   // Runs one collective and waits for it; a failure (a rank gone, the timeout) becomes one
-  // std::runtime_error naming this rank and the operation.
+  // std::runtime_error naming this rank, the operation and the ranks that did not answer.
   template <typename F>
   void run(const char* what, F&& start) {
     try {
@@ -73,8 +74,35 @@ struct ProcessGroup::Impl {
       std::string message = e.what();
       message = message.substr(0, message.find('\n'));
       throw std::runtime_error("distributed " + std::string(what) + " failed on rank " + std::to_string(rank) +
-                               " (another rank stopped, did not answer within " + std::to_string(timeout.count()) +
-                               " ms, or made a different call): " + message);
+                               roll_call() + " (waited up to " + std::to_string(timeout.count()) + " ms): " + message);
+    }
+  }
+
+  // After a failed collective: every rank that meets the failure checks in at the store, and
+  // those that have not within a few seconds are named (stopped, or stuck in other work).
+  // Best effort: the store may have gone with rank 0.
+  std::string roll_call() {
+    try {
+      store->set("failed/" + std::to_string(rank), std::vector<uint8_t>{1});
+      const auto deadline =
+          std::chrono::steady_clock::now() + std::min<std::chrono::milliseconds>(timeout, std::chrono::seconds(5));
+      std::vector<int64_t> missing;
+      for (;;) {
+        missing.clear();
+        for (int64_t r = 0; r < size; ++r) {
+          if (r != rank && !store->check({"failed/" + std::to_string(r)})) missing.push_back(r);
+        }
+        if (missing.empty() || std::chrono::steady_clock::now() >= deadline) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      if (missing.empty()) return ", and so did every other rank (the ranks made different calls?)";
+      std::string names;
+      for (size_t i = 0; i < missing.size() && i < 8; ++i) names += (i ? ", " : "") + std::to_string(missing[i]);
+      if (missing.size() > 8) names += " and " + std::to_string(missing.size() - 8) + " more";
+      return ": rank" + std::string(missing.size() > 1 ? "s " : " ") + names +
+             " stopped or did not answer";
+    } catch (const std::exception&) {
+      return ": the rendezvous store is gone as well (rank 0 or the launcher stopped)";
     }
   }
 };
@@ -82,6 +110,7 @@ struct ProcessGroup::Impl {
 ProcessGroup::ProcessGroup(const LaunchInfo& launch, std::chrono::milliseconds timeout)
     : impl_(std::make_unique<Impl>()), rank_(launch.rank), size_(launch.world_size) {
   impl_->rank = launch.rank;
+  impl_->size = launch.world_size;
   impl_->timeout = timeout;
   try {
     c10d::TCPStoreOptions options;

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <iterator>
 #include <string>
 #include <thread>
@@ -43,6 +44,9 @@ inline std::string read_text(const std::string& path) {
 /// its environment and its stdout and stderr in `log`; returns its pid.
 inline pid_t spawn_process(const std::string& program, const std::vector<std::string>& args,
                            const std::vector<std::string>& env, const std::string& log) {
+  // What the parent has buffered would otherwise be written again by the child.
+  std::cout.flush();
+  std::fflush(nullptr);
   const pid_t pid = ::fork();
   if (pid == 0) {
     for (const auto& e : env) ::putenv(const_cast<char*>(e.c_str()));

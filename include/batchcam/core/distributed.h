@@ -46,10 +46,11 @@ bool distributed_available();
 class ProcessGroup {
  public:
   /// Rendezvous through a TCPStore at master_addr:master_port (hosted by torchrun's agent,
-  /// else by rank 0), then a
-  /// Gloo process group. `timeout` bounds every collective: when a rank has died or hangs,
-  /// the others throw std::runtime_error instead of waiting for ever. The rendezvous waits
-  /// for the other ranks to start for `timeout`, and at least 60 s.
+  /// else by rank 0), then a Gloo process group. `timeout` bounds every collective: when a
+  /// rank has died or hangs, the others throw std::runtime_error instead of waiting for
+  /// ever, naming the ranks that did not check in at the store within a few seconds of the
+  /// failure. The rendezvous waits for the other ranks to start for `timeout`, and at least
+  /// 60 s.
   ProcessGroup(const LaunchInfo& launch, std::chrono::milliseconds timeout);
   ~ProcessGroup();
   ProcessGroup(const ProcessGroup&) = delete;
