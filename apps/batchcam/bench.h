@@ -24,7 +24,7 @@ struct BenchArgs {
   std::string json_out;          ///< also write the results as JSON here
   /// Data-parallel steps timed with two ranks (Gloo on loopback, 1 thread each) against one
   /// process on the same global batch, and the gradient all-reduce alone (0 = skip).
-  int64_t distributed_steps = 20;
+  int64_t distributed_steps = 0;
   // Internal: `--distributed-probe MODEL STEPS` times steps as one rank of a launch (or alone).
   std::vector<std::string> distributed_probe;
   // Internal: `--memory-probe MODEL VARIANT` measures one step's peak RSS in a fresh process;

@@ -342,8 +342,8 @@ batchcam::train::TrainConfig resolve_config(const CLI::App& cmd, const batchcam:
 }
 
 // SIGINT/SIGTERM ask the trainer to save a checkpoint and stop; a second signal kills, except
-// under torchrun: Ctrl-C reaches every rank and torchrun, which then sends each rank SIGTERM
-// and waits 30 s before SIGKILL; the ranks use that time to stop together and save.
+// under torchrun: Ctrl-C reaches every rank and torchrun, which passes the signal on to each
+// rank again and kills them 30 s later; the ranks use that time to stop together and save.
 volatile std::sig_atomic_t stop_signal = 0;
 extern "C" void on_stop_signal(int sig) {
   if (stop_signal == 0) stop_signal = sig;
@@ -372,9 +372,11 @@ std::string error_text(const std::string& message) {
   return fmt::format("rank {}: {}", error_rank, message);
 }
 
-// Under torchrun each process trains on the GPU of its LOCAL_RANK: "auto" and "cuda" name it.
+// Under torchrun each process trains on the GPU of its LOCAL_RANK: "auto" (with CUDA),
+// "cuda" and "cuda:N" (a resumed run records rank 0's) name it.
 std::string per_rank_device(const std::string& device, int64_t local_rank) {
-  if (device == "cuda" || (device == "auto" && torch::cuda::is_available())) return "cuda:" + std::to_string(local_rank);
+  const bool cuda = device.rfind("cuda", 0) == 0 || (device == "auto" && torch::cuda::is_available());
+  if (cuda) return "cuda:" + std::to_string(local_rank);
   return device == "auto" ? "cpu" : device;
 }
 
@@ -447,16 +449,18 @@ int run_train(batchcam::train::TrainConfig config, const std::string& resume_dir
     std::signal(SIGTERM, SIG_DFL);
     if (stop_signal != 0) {
       if (progress_line_open) std::cerr << "\n";
-      std::cerr << "batchcam: stopped before the final evaluation and report; write them with: batchcam train "
-                   "--resume "
-                << run_dir << "\n";
+      if (!group || group->rank() == 0) {
+        std::cerr << "batchcam: stopped before the final evaluation and report; write them with: batchcam train "
+                     "--resume "
+                  << run_dir << "\n";
+      }
       std::raise(static_cast<int>(stop_signal));
     }
   };
   callbacks.on_final_phase = [&](const std::string& what) {
     if (!quiet) spdlog::info("final outputs: {} ...", what);
   };
-  install_stop_handlers(/*second_signal_kills=*/!group);
+  install_stop_handlers(/*second_signal_kills=*/std::getenv("TORCHELASTIC_RUN_ID") == nullptr);
   const auto result = resume_dir.empty() ? batchcam::train::train(config, callbacks, group)
                                          : batchcam::train::resume(resume_dir, callbacks, resume_options);
   const bool writer = !group || group->rank() == 0;
@@ -987,7 +991,7 @@ int main(int argc, char** argv) {
   bencher->add_option("--mnist-dir", bench_args.mnist_dir, "Also time one MNIST epoch of SimpleCNN from these IDX files");
   bencher->add_option("--json", bench_args.json_out, "Also write the results as JSON to this file");
   bencher->add_option("--distributed-steps", bench_args.distributed_steps,
-                      "Steps timed with 2 ranks (Gloo, loopback, 1 thread each) against 1 process (0 = skip)")
+                      "Steps timed with 2 ranks (Gloo, loopback, 1 thread each) against 1 process (0 = skip; docs/performance.md uses 20)")
       ->check(integer_in(0, 100000));
   bencher->add_option("--distributed-probe", bench_args.distributed_probe, "(internal) MODEL STEPS: one rank's steps")
       ->expected(2)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->group("");

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <filesystem>
 #include <limits>
+#include <optional>
 #include <stdexcept>
 
 namespace batchcam::train {
@@ -490,6 +491,7 @@ bool Trainer::run_epoch(const std::function<void(const StepInfo&)>& on_step, con
 TrainingState Trainer::training_state() {
   TORCH_CHECK(step_ < steps_, "Trainer::training_state: the epoch's steps are done; call end_epoch() first");
   read_progress();  // never save what a non-finite step produced
+  average_batchnorm_statistics();  // a mid-epoch checkpoint holds every rank's, as an epoch's end does
   // The losses were finite, but the last update may not have been (a loss is computed
   // before its step's update).
   {
@@ -534,15 +536,7 @@ EpochMetrics Trainer::end_epoch() {
   m.train_proto = progress.proto;
   m.train_batch = progress.batch;
   m.train_accuracy = progress.accuracy;
-  if (group_) {
-    // BatchNorm's running statistics, averaged over the ranks: the same model everywhere.
-    std::vector<torch::Tensor> statistics;
-    for (const auto& b : model_->buffers()) {
-      if (b.is_floating_point()) statistics.push_back(b.detach());
-    }
-    group_->all_reduce_sum(statistics);
-    for (auto& s : statistics) s.div_(static_cast<double>(group_->size()));
-  }
+  average_batchnorm_statistics();
   m.test = evaluate_test_set();
   train_seconds_ += m.seconds;
   history_.push_back(m);
@@ -552,6 +546,19 @@ EpochMetrics Trainer::end_epoch() {
   step_ = 0;
   if (!finished()) begin_epoch();
   return m;
+}
+
+void Trainer::average_batchnorm_statistics() {
+  // Running statistics are only read in eval mode, so averaging them during training changes
+  // no step; and since their updates are linear, the average at an epoch's end is the same
+  // whether or not they were averaged before. Frozen, they are equal on every rank already.
+  if (!group_ || config_.freeze_batchnorm) return;
+  std::vector<torch::Tensor> statistics;
+  for (const auto& b : model_->buffers()) {
+    if (b.is_floating_point()) statistics.push_back(b.detach());
+  }
+  group_->all_reduce_sum(statistics);
+  for (auto& s : statistics) s.div_(static_cast<double>(group_->size()));
 }
 
 eval::EvalMetrics Trainer::evaluate_test_set() {
@@ -652,6 +659,24 @@ TrainResult drive(Trainer& trainer, RunDirectory* files, const TrainCallbacks& c
 
 bool writes_files(const std::shared_ptr<core::ProcessGroup>& group) { return !group || group->rank() == 0; }
 
+// Runs `work` on rank 0 (the only rank of a single process), then every rank learns whether
+// it failed: rank 0 throws its error, the others one that points to it, instead of waiting
+// for rank 0 in their next collective.
+void on_rank_0(Trainer& trainer, const std::function<void()>& work) {
+  std::exception_ptr failure;
+  if (writes_files(trainer.process_group())) {
+    try {
+      work();
+    } catch (...) {
+      failure = std::current_exception();
+    }
+  }
+  if (!trainer.any_rank(failure != nullptr)) return;
+  if (failure) std::rethrow_exception(failure);
+  throw std::runtime_error("rank " + std::to_string(trainer.process_group()->rank()) +
+                           ": rank 0 could not write the run directory (its error says why)");
+}
+
 }  // namespace
 
 TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks,
@@ -666,11 +691,13 @@ TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks,
   recorded.image_size = splits.train.height();  // the size used, also when asked for by 0
   Trainer trainer(recorded, splits, device);
   trainer.use_process_group(group);
-  if (!writes_files(group)) return drive(trainer, nullptr, callbacks);
-  auto provenance = core::provenance(device);
-  if (group) provenance["world_size"] = group->size();
-  auto files = RunDirectory::create(recorded, provenance);
-  return drive(trainer, &files, callbacks);
+  std::optional<RunDirectory> files;
+  on_rank_0(trainer, [&] {
+    auto provenance = core::provenance(device);
+    if (group) provenance["world_size"] = group->size();
+    files.emplace(RunDirectory::create(recorded, provenance));
+  });
+  return drive(trainer, files ? &*files : nullptr, callbacks);
 }
 
 TrainResult resume(const std::string& run_dir, const TrainCallbacks& callbacks, const ResumeOptions& options) {
@@ -714,11 +741,12 @@ TrainResult resume(const std::string& run_dir, const TrainCallbacks& callbacks, 
     notices.push_back("continued on " + std::to_string(world) + " process(es); trained on " + std::to_string(before) +
                       " so far: the same batches, but BatchNorm's per-rank statistics and float rounding differ");
   }
-  if (!writer) return drive(trainer, nullptr, callbacks, notices);
-  // A stop between the last.pt and best.pt commits leaves best.pt an epoch behind.
-  if (trainer.last_epoch_was_best()) files.copy_last_to_best();
-  if (extended) files.write_config(config, core::provenance(device));
-  return drive(trainer, &files, callbacks, notices);
+  on_rank_0(trainer, [&] {
+    // A stop between the last.pt and best.pt commits leaves best.pt an epoch behind.
+    if (trainer.last_epoch_was_best()) files.copy_last_to_best();
+    if (extended) files.write_config(config, core::provenance(device));
+  });
+  return drive(trainer, writer ? &files : nullptr, callbacks, notices);
 }
 
 }  // namespace batchcam::train

@@ -17,11 +17,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 
 using namespace batchcam;
 namespace fs = std::filesystem;
@@ -440,11 +443,39 @@ std::vector<nlohmann::json> metrics_lines(const fs::path& run) {
   return lines;
 }
 
-// Seeds, data and schedule of the CLI runs below: 32 steps of 64 images per epoch.
-std::vector<std::string> shapes_run(const fs::path& dir, const std::string& name, int epochs) {
-  return {"--train-size", "2048", "--test-size", "1000", "--batch-size", "64", "--epochs", std::to_string(epochs),
-          "--out-dir", dir.string(), "--run-name", name, "--threads", "1"};
+// The CLI runs below: the default shapes run (6000 training and 1000 test images, batches
+// of 128: 46 steps an epoch), 4 epochs, 1 thread per process.
+std::vector<std::string> shapes_run(const fs::path& dir, const std::string& name) {
+  return {"--epochs", "4", "--out-dir", dir.string(), "--run-name", name, "--threads", "1"};
 }
+
+// Polls (up to two minutes) until the file holds `text`: here, a progress line of rank 0
+// (without a terminal it writes one each quarter of an epoch).
+bool wait_for_text(const fs::path& file, const std::string& text) {
+  for (int i = 0; i < 1200; ++i) {
+    if (read_text(file.string()).find(text) != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
+// The processes a test started; those still running when it ends early (a failed
+// assertion) get SIGTERM and are waited for, so that none outlives the test.
+struct Started {
+  std::vector<pid_t> running;
+  pid_t add(pid_t pid) {
+    running.push_back(pid);
+    return pid;
+  }
+  int wait(pid_t pid) {
+    running.erase(std::remove(running.begin(), running.end(), pid), running.end());
+    return wait_exit(pid);
+  }
+  ~Started() {
+    for (const pid_t pid : running) ::kill(pid, SIGTERM);
+    for (const pid_t pid : running) (void)wait_exit(pid);
+  }
+};
 }  // namespace
 
 TEST(DistributedCli, TorchrunTrainsStopsEveryRankAtOneStepAndResumes) {
@@ -454,32 +485,36 @@ TEST(DistributedCli, TorchrunTrainsStopsEveryRankAtOneStepAndResumes) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   const auto run = dir / "two", log = dir / "two.log";
-  // SIGTERM to torchrun (as a cluster's scheduler sends it): torchrun passes it on to both
-  // ranks, which stop at the same step; rank 0 saves.
-  const pid_t launcher = spawn_process(kPython, torchrun(free_port(), shapes_run(dir, "two", 3)), {}, log.string());
-  ASSERT_TRUE(wait_for_file(run / "metrics.jsonl")) << read_text(log.string());
+  Started started;
+  // SIGTERM to torchrun (as a cluster's scheduler sends it) a quarter into epoch 2: torchrun
+  // passes it on to both ranks, which stop after the same step; rank 0 saves.
+  const pid_t launcher = started.add(spawn_process(kPython, torchrun(free_port(), shapes_run(dir, "two")), {}, log.string()));
+  ASSERT_TRUE(wait_for_text(log, "epoch 2/4 step 11/46")) << read_text(log.string());
   ::kill(launcher, SIGTERM);
-  EXPECT_NE(wait_exit(launcher), 0);
+  EXPECT_NE(started.wait(launcher), 0);
   const auto stopped = read_text(log.string());
-  EXPECT_NE(stopped.find("batchcam: terminated at epoch 2, step "), std::string::npos) << stopped;
   EXPECT_EQ(stopped.find("batchcam: error"), std::string::npos) << stopped;
   const auto ck = train::load_checkpoint((run / "last.pt").string());
-  ASSERT_EQ(ck.epoch, 1) << stopped;
+  ASSERT_GE(ck.epoch, 1) << stopped;
   ASSERT_GT(ck.step, 0) << "stopped mid-epoch: " << stopped;
+  EXPECT_NE(stopped.find("batchcam: terminated at epoch " + std::to_string(ck.epoch + 1) + ", step " +
+                         std::to_string(ck.step) + ": saved"),
+            std::string::npos)
+      << stopped;
   const auto progress = nlohmann::json::parse(ck.progress);
   EXPECT_EQ(progress.at("world_size"), 2);
-  EXPECT_EQ(progress.at("sums").at("seen").get<double>(), 64.0 * static_cast<double>(ck.step))
-      << "the checkpoint's running sums are both ranks' (each saw 32 images a step)";
+  EXPECT_EQ(progress.at("sums").at("seen").get<double>(), 128.0 * static_cast<double>(ck.step))
+      << "the checkpoint's running sums are both ranks' (each saw 64 images a step)";
   EXPECT_EQ(std::distance(fs::directory_iterator(dir), fs::directory_iterator()), 2) << "one run directory and the log";
 
   // Resumed under torchrun: rank 0 alone writes and prints.
-  const pid_t resumed = spawn_process(kPython, torchrun(free_port(), {"--resume", run.string()}), {}, log.string());
-  ASSERT_EQ(wait_exit(resumed), 0) << read_text(log.string());
+  const pid_t resumed = started.add(spawn_process(kPython, torchrun(free_port(), {"--resume", run.string()}), {}, log.string()));
+  ASSERT_EQ(started.wait(resumed), 0) << read_text(log.string());
   const auto output = read_text(log.string());
-  EXPECT_NE(output.find("[default0]:Trained simple-cnn on shapes for 3 epochs"), std::string::npos) << output;
+  EXPECT_NE(output.find("[default0]:Trained simple-cnn on shapes for 4 epochs"), std::string::npos) << output;
   EXPECT_EQ(output.find("[default1]:Trained"), std::string::npos) << "rank 1 prints no summary: " << output;
   const auto epochs = metrics_lines(run);
-  ASSERT_EQ(epochs.size(), 3u);
+  ASSERT_EQ(epochs.size(), 4u);
   EXPECT_TRUE(fs::exists(run / "report.html"));
 
   // The 2-rank run (per-rank BatchNorm statistics) against one process on the same batches,
@@ -487,12 +522,12 @@ TEST(DistributedCli, TorchrunTrainsStopsEveryRankAtOneStepAndResumes) {
   const auto one = test_support::run_shell(std::string(BATCHCAM_CLI) + " train -q --no-report " +
                                            [&] {
                                              std::string a;
-                                             for (const auto& x : shapes_run(dir, "one", 3)) a += "'" + x + "' ";
+                                             for (const auto& x : shapes_run(dir, "one")) a += "'" + x + "' ";
                                              return a;
                                            }());
   ASSERT_EQ(one.code, 0) << one.out;
   const double two_ranks = epochs.back().at("test_accuracy"), one_process = metrics_lines(dir / "one").back().at("test_accuracy");
-  std::cout << "test accuracy after 3 epochs: 2 ranks (stopped and resumed) " << 100 * two_ranks << "%, one process "
+  std::cout << "test accuracy after 4 epochs: 2 ranks (stopped and resumed) " << 100 * two_ranks << "%, one process "
             << 100 * one_process << "%\n";
   EXPECT_NEAR(two_ranks, one_process, 0.005);
   const auto eval = test_support::run_shell(std::string(BATCHCAM_CLI) + " eval '" + (run / "last.pt").string() +
@@ -509,17 +544,18 @@ TEST(DistributedCli, ARankKilledMidRunStopsTheOtherAndTheCheckpointResumes) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   const auto run = dir / "run";
-  auto args = shapes_run(dir, "run", 3);
+  auto args = shapes_run(dir, "run");
   args.insert(args.begin(), "train");
   args.insert(args.end(), {"--dist-timeout", "30"});
   const int port = free_port();
   const auto log0 = (dir / "rank0.log").string(), log1 = (dir / "rank1.log").string();
-  const pid_t rank0 = spawn_process(BATCHCAM_CLI, args, rank_environment(0, port), log0);
-  const pid_t rank1 = spawn_process(BATCHCAM_CLI, args, rank_environment(1, port), log1);
-  ASSERT_TRUE(wait_for_file(run / "metrics.jsonl")) << read_text(log0);
+  Started started;
+  const pid_t rank0 = started.add(spawn_process(BATCHCAM_CLI, args, rank_environment(0, port), log0));
+  const pid_t rank1 = started.add(spawn_process(BATCHCAM_CLI, args, rank_environment(1, port), log1));
+  ASSERT_TRUE(wait_for_text(log0, "epoch 2/4 step 11/46")) << read_text(log0);
   ::kill(rank1, SIGKILL);  // a machine lost, an out-of-memory kill
-  EXPECT_EQ(wait_exit(rank1), 128 + SIGKILL);
-  EXPECT_EQ(wait_exit(rank0), 1) << read_text(log0);
+  EXPECT_EQ(started.wait(rank1), 128 + SIGKILL);
+  EXPECT_EQ(started.wait(rank0), 1) << read_text(log0);
   const auto failed = read_text(log0);
   EXPECT_NE(failed.find("batchcam: error: distributed "), std::string::npos) << failed;
   EXPECT_NE(failed.find("failed on rank 0: rank 1 stopped or did not answer"), std::string::npos) << failed;
@@ -532,11 +568,11 @@ TEST(DistributedCli, ARankKilledMidRunStopsTheOtherAndTheCheckpointResumes) {
   // Both ranks started again continue the run from its last checkpoint.
   const std::vector<std::string> resume = {"train", "--resume", run.string()};
   const int port2 = free_port();
-  const pid_t again0 = spawn_process(BATCHCAM_CLI, resume, rank_environment(0, port2), log0);
-  const pid_t again1 = spawn_process(BATCHCAM_CLI, resume, rank_environment(1, port2), log1);
-  EXPECT_EQ(wait_exit(again1), 0) << read_text(log1);
-  EXPECT_EQ(wait_exit(again0), 0) << read_text(log0);
-  EXPECT_EQ(metrics_lines(run).size(), 3u);
+  const pid_t again0 = started.add(spawn_process(BATCHCAM_CLI, resume, rank_environment(0, port2), log0));
+  const pid_t again1 = started.add(spawn_process(BATCHCAM_CLI, resume, rank_environment(1, port2), log1));
+  EXPECT_EQ(started.wait(again1), 0) << read_text(log1);
+  EXPECT_EQ(started.wait(again0), 0) << read_text(log0);
+  EXPECT_EQ(metrics_lines(run).size(), 4u);
   EXPECT_TRUE(fs::exists(run / "report.html"));
   fs::remove_all(dir);
 }
@@ -573,12 +609,40 @@ TEST(DistributedCli, TwoHostsInNetworkNamespacesTrainOverTcp) {
              "' --run-name run > '" + (dir / ("rank" + std::to_string(r))).string() + "' 2>&1";
     };
     result = shell(rank(a, link_a, 0) + " & " + rank(b, link_b, 1) + "; s1=$?; wait $!; s0=$?; cat '" +
-                   dir.string() + "'/rank*; exit $((s0 + s1))");
+                   dir.string() + "'/rank*; [ $s0 -eq 0 ] && [ $s1 -eq 0 ]");
   }
-  shell("ip netns del " + a + "; ip netns del " + b);  // takes the veth pair with it
+  // Deleting the namespaces takes the veth pair with them; the link goes too where setting
+  // up failed before it moved into a namespace.
+  shell("ip netns del " + a + "; ip netns del " + b + "; ip link del " + link_a + " 2>/dev/null");
   ASSERT_EQ(set_up.code, 0) << set_up.out;
   EXPECT_EQ(result.code, 0) << result.out;
   EXPECT_NE(result.out.find("2 processes over Gloo"), std::string::npos) << result.out;
   EXPECT_EQ(metrics_lines(dir / "run").size(), 1u) << result.out;
+  fs::remove_all(dir);
+}
+
+TEST(DistributedCli, WhenRankZeroCannotWriteTheRunDirectoryEveryRankStops) {
+  if (!core::distributed_available()) GTEST_SKIP() << "built without c10d's Gloo (libgloo-dev)";
+  const auto dir = fs::temp_directory_path() / ("batchcam-taken-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "run");
+  std::ofstream(dir / "run" / "metrics.jsonl") << "{}\n";  // the name holds a run already
+  // Both ranks get --dist-timeout 300 and 120 s to live: rank 1 must not wait for the timeout.
+  const int port = free_port();
+  std::string command;
+  for (int r = 0; r < 2; ++r) {
+    std::string env;
+    for (const auto& e : rank_environment(r, port)) env += e + " ";
+    command += "env " + env + "timeout -k 5 120 '" + BATCHCAM_CLI + "' train --epochs 1 --train-size 256 " +
+               "--test-size 64 --dist-timeout 300 --out-dir '" + dir.string() + "' --run-name run > '" +
+               (dir / ("rank" + std::to_string(r))).string() + "' 2>&1 & ";
+  }
+  command += "wait %1; s0=$?; wait %2; s1=$?; cat '" + dir.string() + "'/rank*; echo \"exit $s0 $s1\"";
+  const auto r = test_support::run_shell("bash -c \"$(cat <<'EOS'\n" + command + "\nEOS\n)\"");
+  EXPECT_NE(r.out.find("exit 1 1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("holds a run"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("batchcam: error: rank 1: rank 0 could not write the run directory (its error says why)"),
+            std::string::npos)
+      << r.out;
   fs::remove_all(dir);
 }

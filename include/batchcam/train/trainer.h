@@ -108,7 +108,7 @@ class Trainer {
   /// stay identical on every rank. cam-ema prototypes move with the class means of the global
   /// batch. Running losses and test metrics are summed over the ranks (each evaluates its
   /// share of the test set); BatchNorm keeps per-rank statistics, averaged over the ranks
-  /// before each evaluation. The Batch-CAM Loss compares maps within each rank's slice.
+  /// before each evaluation and checkpoint. The Batch-CAM Loss compares maps within each rank's slice.
   /// Call before the first step; every rank must then make the same calls: step() and
   /// run_epoch() with the same batches, and read_progress(), training_state(), end_epoch()
   /// and any_rank() (collective) at the same points. A rank whose data, configuration or
@@ -129,6 +129,7 @@ class Trainer {
  private:
   void set_up(const data::DatasetSplits& splits);
   void set_training_mode();
+  void average_batchnorm_statistics();
   eval::EvalMetrics evaluate_test_set();
   void average_gradients(const std::vector<torch::Tensor>& parameters, double local_samples);
   void begin_epoch();
