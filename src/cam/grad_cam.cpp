@@ -21,17 +21,39 @@ void check_targets(const torch::Tensor& targets, int64_t batch, int64_t classes,
   }
 }
 
-// From features A [B, D, h, w] and their gradient G: weights, weighted sum, ReLU,
-// upsampling, normalisation (spec section 2).
-CamResult cam_from_gradients(const torch::Tensor& a, const torch::Tensor& g, const GradCamOptions& options) {
-  // Without create_graph the maps are explanations, constants for any optimiser.
-  torch::AutoGradMode grad_mode(options.create_graph());
-  // The maps are at least fp32 whatever precision the forward pass ran in (bf16 and fp16
-  // features are promoted; fp32 and fp64 stay as they are).
-  core::AutocastScope no_autocast(a.device().type(), core::Precision::fp32);
-  const auto dtype = torch::promote_types(a.scalar_type(), torch::kFloat32);
-  const auto alpha = g.to(dtype).mean({2, 3}, /*keepdim=*/true);  // [B, D, 1, 1]
-  auto raw = torch::relu((alpha * a.to(dtype)).sum(1));           // [B, h, w]
+// x / d where d != 0, else 0 (without NaN in either branch's gradient).
+torch::Tensor divide_or_zero(const torch::Tensor& x, const torch::Tensor& d) {
+  const auto nonzero = d != 0;
+  return torch::where(nonzero, x / torch::where(nonzero, d, torch::ones_like(d)), torch::zeros_like(x));
+}
+
+// The method's map before ReLU, [B, h, w], from A and G [B, D, h, w] (promoted dtype).
+torch::Tensor weighted_sum(CamMethod method, const torch::Tensor& a, const torch::Tensor& g) {
+  const auto channel_weighted = [&](const torch::Tensor& w) { return (w * a).sum(1); };  // w [B, D, 1, 1]
+  switch (method) {
+    case CamMethod::grad_cam:
+      return channel_weighted(g.mean({2, 3}, /*keepdim=*/true));
+    case CamMethod::grad_cam_pp: {
+      const auto g2 = g.pow(2), g3 = g.pow(3);
+      const auto alpha = divide_or_zero(g2, 2 * g2 + a.sum({2, 3}, /*keepdim=*/true) * g3);
+      return channel_weighted((alpha * torch::relu(g)).sum({2, 3}, /*keepdim=*/true));
+    }
+    case CamMethod::xgrad_cam:
+      return channel_weighted(divide_or_zero((g * a).sum({2, 3}, true), a.sum({2, 3}, true)));
+    case CamMethod::hires_cam:
+      return (g * a).sum(1);
+    case CamMethod::layer_cam:
+      return (torch::relu(g) * a).sum(1);
+    case CamMethod::cam:
+      break;
+  }
+  throw std::invalid_argument("cam_from_gradients: the closed-form CAM needs the classifier's weights, not gradients "
+                              "(class_activation_map)");
+}
+
+// ReLU, upsampling and normalisation of a method's map [B, h, w] (spec section 2).
+CamResult finish(const torch::Tensor& sum, const GradCamOptions& options) {
+  auto raw = torch::relu(sum);  // [B, h, w]
   auto up = raw;
   if (!options.output_size().empty()) {
     TORCH_CHECK(options.output_size().size() == 2, "grad_cam: output_size must be {H, W}");
@@ -46,6 +68,50 @@ CamResult cam_from_gradients(const torch::Tensor& a, const torch::Tensor& g, con
 }
 
 }  // namespace
+
+const std::vector<std::string>& cam_method_names() {
+  static const std::vector<std::string> names = {"grad-cam", "grad-cam++", "xgrad-cam", "hirescam", "layercam", "cam"};
+  return names;
+}
+
+const std::string& to_string(CamMethod method) { return cam_method_names().at(static_cast<size_t>(method)); }
+
+CamMethod parse_cam_method(const std::string& name) {
+  const auto& names = cam_method_names();
+  std::string list;
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (names[i] == name) return static_cast<CamMethod>(i);
+    list += (i ? " | " : "") + names[i];
+  }
+  throw std::invalid_argument("CAM method must be " + list + ", got '" + name + "'");
+}
+
+CamResult cam_from_gradients(const torch::Tensor& features, const torch::Tensor& gradients,
+                             const GradCamOptions& options) {
+  TORCH_CHECK(features.dim() == 4 && gradients.sizes() == features.sizes(), "cam_from_gradients: features ",
+              features.sizes(), " and gradients ", gradients.sizes(), " must both be [B, D, h, w]");
+  // Without create_graph the maps are explanations, constants for any optimiser.
+  torch::AutoGradMode grad_mode(options.create_graph());
+  // The maps are at least fp32 whatever precision the forward pass ran in (bf16 and fp16
+  // features are promoted; fp32 and fp64 stay as they are).
+  core::AutocastScope no_autocast(features.device().type(), core::Precision::fp32);
+  const auto dtype = torch::promote_types(features.scalar_type(), torch::kFloat32);
+  return finish(weighted_sum(options.method(), features.to(dtype), gradients.to(dtype)), options);
+}
+
+CamResult class_activation_map(const torch::Tensor& features, const torch::Tensor& class_weights,
+                               const GradCamOptions& options) {
+  TORCH_CHECK(features.dim() == 4 && class_weights.dim() == 2 && class_weights.size(0) == features.size(0) &&
+                  class_weights.size(1) == features.size(1),
+              "class_activation_map: features ", features.sizes(), " [B, D, h, w] need class weights [B, D], got ",
+              class_weights.sizes());
+  torch::AutoGradMode grad_mode(options.create_graph());
+  core::AutocastScope no_autocast(features.device().type(), core::Precision::fp32);
+  const auto dtype = torch::promote_types(features.scalar_type(), torch::kFloat32);
+  const double positions = static_cast<double>(features.size(2) * features.size(3));
+  const auto w = class_weights.to(dtype).unsqueeze(2).unsqueeze(3) / positions;  // [B, D, 1, 1]
+  return finish((w * features.to(dtype)).sum(1), options);
+}
 
 torch::Tensor normalize_maps(const torch::Tensor& maps, double eps) {
   TORCH_CHECK(maps.dim() == 3, "normalize_maps expects [B, H, W], got ", maps.sizes());
@@ -66,6 +132,9 @@ CamResult grad_cam(const torch::Tensor& features, const torch::Tensor& logits, c
   check_targets(targets, logits.size(0), logits.size(1), options.check_targets());
   // s = sum_i z[i, t_i]; because z[i] depends on A[i] only, dS/dA[i] = dz[i, t_i]/dA[i].
   const auto score = logits.gather(1, targets.unsqueeze(1)).sum();
+  TORCH_CHECK(options.method() != CamMethod::cam,
+              "grad_cam: the closed-form CAM needs the classifier's weights (class_activation_map, or grad_cam on a "
+              "CamModel)");
   const auto grads = torch::autograd::grad({score}, {features}, /*grad_outputs=*/{},
                                            /*retain_graph=*/true, /*create_graph=*/options.create_graph());
   return cam_from_gradients(features, grads[0], options);
@@ -93,6 +162,17 @@ ModelCam grad_cam(models::CamModel& model, const torch::Tensor& x, const torch::
   ModelCam out;
   out.logits = model.head(a);
   out.targets = targets.defined() ? targets : out.logits.argmax(1);
+  if (options.method() == CamMethod::cam) {
+    const auto weight = model.gap_linear_weight();
+    if (!weight.defined()) {
+      throw std::invalid_argument("CAM method 'cam' needs a head of global average pooling and one linear layer; model " +
+                                  model.name() + " with target layer '" + model.target_layer() +
+                                  "' has another (use grad-cam, which equals it where it applies)");
+    }
+    check_targets(out.targets, out.logits.size(0), out.logits.size(1), options.check_targets());
+    out.cam = class_activation_map(a, weight.index_select(0, out.targets), options);
+    return out;
+  }
   out.cam = grad_cam(a, out.logits, out.targets, options);
   return out;
 }

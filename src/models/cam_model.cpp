@@ -23,6 +23,11 @@ bool mixes_samples(const torch::nn::Module& m) {
 }
 }  // namespace
 
+torch::Tensor CamModel::gap_linear_weight() const {
+  if (stages_.empty() || target_ + 1 != stages_.size()) return {};  // later stages would come first
+  return gap_linear_classifier_weight();
+}
+
 void CamModel::freeze_batchnorm() {
   for (const auto& m : modules(/*include_self=*/false)) {
     if (m->name().find("BatchNorm") != std::string::npos) m->eval();

@@ -5,7 +5,10 @@
 #include "support/tensor_asserts.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+
+#include <fstream>
 
 using namespace batchcam;
 
@@ -156,4 +159,125 @@ TEST(GradCam, WithCreateGraphTheMapsTrainTheConvolutions) {
   // Without create_graph the maps are constants for the optimiser.
   const auto plain = cam::grad_cam(*model, x, y, cam::GradCamOptions().output_size({28, 28}));
   EXPECT_FALSE(plain.cam.maps.requires_grad());
+}
+
+// The CAM family on the one-gradient-call path.
+namespace {
+const std::vector<cam::CamMethod> kGradientMethods = {cam::CamMethod::grad_cam, cam::CamMethod::grad_cam_pp,
+                                                      cam::CamMethod::xgrad_cam, cam::CamMethod::hires_cam,
+                                                      cam::CamMethod::layer_cam};
+}  // namespace
+
+TEST(CamMethods, NamesRoundTripAndAnUnknownOneIsRefused) {
+  for (const auto& name : cam::cam_method_names()) EXPECT_EQ(cam::to_string(cam::parse_cam_method(name)), name);
+  try {
+    cam::parse_cam_method("gradcam");
+    FAIL() << "an unknown method was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(e.what(), "CAM method must be grad-cam | grad-cam++ | xgrad-cam | hirescam | layercam | cam, got 'gradcam'");
+  }
+}
+
+TEST(CamMethods, EveryMethodBatchedEqualsPerSampleOnEveryModel) {
+  // In float64: a map whose values barely differ (ConvNeXt's HiResCAM of some samples) is
+  // stretched to [0, 1] by the normalisation, and with it float32's rounding of the batch.
+  for (const auto& name : {"simple-cnn", "resnet18", "convnext-v2-atto"}) {
+    auto model = trained_looking_model(name);
+    model->to(torch::kDouble);
+    const auto x = torch::randn({8, 1, 28, 28}, torch::kDouble);
+    const auto targets = torch::randint(0, 10, {8}, torch::kLong);
+    for (const auto method : kGradientMethods) {
+      const auto options = cam::GradCamOptions().method(method).output_size({28, 28});
+      const auto batched = cam::grad_cam(*model, x, targets, options);
+      const auto single = cam::grad_cam_per_sample(*model, x, targets, options);
+      EXPECT_LE(test_support::max_abs_diff(batched.cam.maps, single.maps), 1e-5) << name << " " << cam::to_string(method);
+      EXPECT_LE(test_support::max_abs_diff(batched.cam.raw, single.raw), 1e-5 * (1 + single.raw.abs().max().item<double>()))
+          << name << " " << cam::to_string(method);
+      EXPECT_GT(batched.cam.maps.max().item<double>(), 0.5) << name << " " << cam::to_string(method) << ": all zero";
+    }
+  }
+}
+
+TEST(CamMethods, ClosedFormCamEqualsGradCamOnGlobalAveragePoolingAndLinearHeads) {
+  for (const auto& name : {"simple-cnn", "resnet18"}) {
+    auto model = trained_looking_model(name);
+    model->to(torch::kDouble);
+    const auto x = torch::randn({8, 1, 28, 28}, torch::kDouble);
+    const auto targets = torch::randint(0, 10, {8}, torch::kLong);
+    const auto options = cam::GradCamOptions().output_size({28, 28});
+    const auto closed_form = cam::GradCamOptions().output_size({28, 28}).method(cam::CamMethod::cam);
+    const auto grad = cam::grad_cam(*model, x, targets, options);
+    const auto closed = cam::grad_cam(*model, x, targets, closed_form);
+    EXPECT_LE(test_support::max_abs_diff(closed.cam.raw, grad.cam.raw), 1e-6) << name;
+    EXPECT_LE(test_support::max_abs_diff(closed.cam.maps, grad.cam.maps), 1e-6) << name;
+    EXPECT_GT(grad.cam.raw.max().item<double>(), 0.0) << name;
+    // Not at an earlier layer: the later stages are not linear.
+    model->set_target_layer(model->target_layers().front());
+    EXPECT_THROW(cam::grad_cam(*model, x, targets, closed_form), std::invalid_argument);
+  }
+  auto convnext = trained_looking_model("convnext-v2-atto");  // pooling, LayerNorm, linear
+  try {
+    cam::grad_cam(*convnext, torch::randn({2, 1, 28, 28}), {}, cam::GradCamOptions().method(cam::CamMethod::cam));
+    FAIL() << "closed-form CAM on a head with LayerNorm";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("needs a head of global average pooling and one linear layer"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+// Each map's gradient with respect to the features, through the gradient call
+// (create_graph), against central differences, in float64. The head makes the gradient
+// depend on the features (tanh), so that its own derivative is tested too.
+TEST(CamMethods, FiniteDifferencesMatchEachMapsGradientWithRespectToTheFeatures) {
+  torch::manual_seed(3);
+  const auto features = (torch::rand({2, 4, 5, 5}, torch::kDouble) + 0.1).requires_grad_(true);
+  const auto classifier = torch::randn({3, 4}, torch::kDouble);
+  const auto targets = torch::tensor({2, 0}, torch::kLong);
+  const auto projection = torch::rand({2, 5, 5}, torch::kDouble);  // the scalar checked: sum(R * maps)
+  for (const auto method : kGradientMethods) {
+    const auto options = cam::GradCamOptions().method(method).create_graph(true);
+    const auto value = [&](const torch::Tensor& a) {
+      const auto logits = torch::tanh(a).mean({2, 3}).matmul(classifier.t());
+      return (cam::grad_cam(a, logits, targets, options).maps * projection).sum();
+    };
+    const auto analytic = torch::autograd::grad({value(features)}, {features})[0];
+    const double h = 1e-6;
+    double worst = 0;
+    for (int64_t k = 0; k < features.numel(); k += 7) {
+      torch::Tensor plus, minus;
+      {
+        torch::NoGradGuard no_grad;
+        plus = features.detach().clone();
+        minus = features.detach().clone();
+        plus.view(-1)[k] += h;
+        minus.view(-1)[k] -= h;
+      }
+      const double numeric =
+          (value(plus.requires_grad_(true)).item<double>() - value(minus.requires_grad_(true)).item<double>()) / (2 * h);
+      worst = std::max(worst, std::abs(numeric - analytic.view(-1)[k].item<double>()));
+    }
+    EXPECT_LT(worst, 1e-6) << cam::to_string(method);
+    EXPECT_GT(analytic.abs().max().item<double>(), 1e-3) << cam::to_string(method) << ": a gradient to check";
+  }
+}
+
+// The maps of tests/cam/cam_methods_golden.py, written with NumPy from the papers' formulas.
+TEST(CamMethods, MatchTheIndependentNumpyImplementation) {
+  std::ifstream in(std::string(BATCHCAM_SOURCE_DIR) + "/tests/cam/golden/cam_methods.json");
+  ASSERT_TRUE(in) << "tests/cam/golden/cam_methods.json";
+  const auto golden = nlohmann::json::parse(in);
+  const auto shape = golden.at("shape").get<std::vector<int64_t>>();
+  const auto tensor = [](const nlohmann::json& values, std::vector<int64_t> sizes) {
+    return torch::tensor(values.get<std::vector<double>>(), torch::kDouble).view(sizes);
+  };
+  const auto a = tensor(golden.at("features"), shape), g = tensor(golden.at("gradients"), shape);
+  for (const auto& [name, expected] : golden.at("methods").items()) {
+    const auto result = cam::cam_from_gradients(a, g, cam::GradCamOptions().method(cam::parse_cam_method(name)));
+    EXPECT_LE(test_support::max_abs_diff(result.raw, tensor(expected.at("raw"), {shape[0], shape[2], shape[3]})), 1e-12)
+        << name;
+    EXPECT_LE(test_support::max_abs_diff(result.maps, tensor(expected.at("maps"), {shape[0], shape[2], shape[3]})), 1e-12)
+        << name;
+  }
+  EXPECT_EQ(golden.at("methods").size(), 5u);
 }

@@ -34,6 +34,10 @@ class CamModel : public torch::nn::Module {
   void set_target_layer(const std::string& name);
   const std::string& target_layer() const { return stages_.at(target_).name; }
 
+  /// The classifier's weight [K, D] when everything after the target layer is global average
+  /// pooling and one linear layer (the closed-form CAM's case); an undefined tensor otherwise.
+  torch::Tensor gap_linear_weight() const;
+
   /// Puts every BatchNorm layer in eval mode (running statistics, not updated), whatever
   /// train() set; call it after train(). Not for TorchScript models (their layers are not
   /// C++ modules).
@@ -64,6 +68,9 @@ class CamModel : public torch::nn::Module {
   virtual torch::Tensor classify(const torch::Tensor& a) = 0;
   /// Modules used by classify(), checked by head_sample_mixing_module().
   virtual NamedModules classifier_modules() const = 0;
+  /// The linear layer of a classify() that is global average pooling and that layer alone;
+  /// an undefined tensor (the default) for other classifiers.
+  virtual torch::Tensor gap_linear_classifier_weight() const { return {}; }
 
  private:
   struct Stage {

@@ -45,6 +45,7 @@ class ResNet18Impl : public CamModel {
  protected:
   torch::Tensor classify(const torch::Tensor& a) override;
   NamedModules classifier_modules() const override;
+  torch::Tensor gap_linear_classifier_weight() const override { return fc_->weight; }
 
  private:
   ResNetOptions options_;

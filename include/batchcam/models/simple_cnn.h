@@ -31,6 +31,7 @@ class SimpleCNNImpl : public CamModel {
  protected:
   torch::Tensor classify(const torch::Tensor& a) override;
   NamedModules classifier_modules() const override;
+  torch::Tensor gap_linear_classifier_weight() const override { return fc_->weight; }
 
  private:
   SimpleCNNOptions options_;
