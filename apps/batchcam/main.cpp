@@ -212,6 +212,11 @@ void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
       ->group("Batch-CAM");
   add_enum_option(cmd, "--batch-target", c.batch_target, "In-batch prototypes: attached (in the graph) or detached")
       ->group("Batch-CAM");
+  add_enum_option(cmd, "--cam-method", c.cam_method,
+                  "The maps the CAM losses compare: grad-cam, grad-cam++, xgrad-cam, hirescam, layercam, or cam "
+                  "(closed form, no gradient call; heads of global average pooling and one linear layer, where it "
+                  "equals grad-cam)")
+      ->group("Batch-CAM");
   cmd.add_option("--cam-warmup-epochs", c.cam_warmup_epochs, "Epochs of CE only before the CAM losses start")
       ->check(integer_in(0, 100000))->group("Batch-CAM");
 
@@ -584,7 +589,7 @@ Evaluated load_evaluated(const std::string& target, const std::string& dataset, 
 }
 
 struct EvalArgs {
-  std::string target, dataset, data_dir, out, device = "auto";
+  std::string target, dataset, data_dir, out, device = "auto", method;  ///< method "": the run's
   int64_t test_size = 0, faithfulness_count = 1000, randomization_count = 256;
   bool json = false;
 };
@@ -593,6 +598,7 @@ int run_eval(const EvalArgs& a) {
   const auto device = batchcam::core::resolve_device(a.device);
   auto e = load_evaluated(a.target, a.dataset, a.data_dir, a.test_size, device);
   batchcam::eval::EvalOptions options;
+  options.method = a.method.empty() ? e.ck.config.cam_method : batchcam::cam::parse_cam_method(a.method);
   options.faithfulness_count = a.faithfulness_count;
   options.randomization_count = a.randomization_count;
   const auto report = batchcam::eval::evaluate_full(*e.ck.model, e.splits.test, e.ck.normalization, e.ck.prototypes,
@@ -612,7 +618,7 @@ int run_eval(const EvalArgs& a) {
 }
 
 struct ExplainArgs {
-  std::string checkpoint, dataset, data_dir, out = "explanations", target, device = "auto";
+  std::string checkpoint, dataset, data_dir, out = "explanations", target, device = "auto", method;  ///< "": the run's
   std::vector<std::string> images;
   int64_t count = 16;
 };
@@ -661,23 +667,15 @@ int run_explain(const ExplainArgs& a) {
                                   std::to_string(k - 1) + " or a class name)");
     }
   }
-  model.eval();
+  const auto method = a.method.empty() ? e.ck.config.cam_method : batchcam::cam::parse_cam_method(a.method);
   const auto x = norm.apply(inputs.images_at(torch::arange(inputs.size(), torch::kInt64)).to(device));
-  torch::Tensor logits;
-  {
-    torch::NoGradGuard no_grad;
-    logits = model.forward(x);
-  }
-  const auto predicted_on_device = logits.argmax(1);
-  const auto targets_on_device =
-      fixed_target >= 0 ? torch::full_like(predicted_on_device, fixed_target) : predicted_on_device;
-  const auto maps = batchcam::cam::grad_cam(model, x, targets_on_device,
-                                            batchcam::cam::GradCamOptions().output_size({x.size(2), x.size(3)}))
-                        .cam.maps.detach()
-                        .cpu();
-  const auto probabilities = torch::softmax(logits, 1).cpu();
-  const auto predicted = predicted_on_device.cpu();
-  const auto targets = targets_on_device.cpu();
+  const auto explained = batchcam::cam::explain(
+      model, x, fixed_target >= 0 ? torch::full({x.size(0)}, fixed_target, torch::kLong).to(device) : torch::Tensor(),
+      method);
+  const auto maps = explained.maps.cpu();
+  const auto probabilities = torch::softmax(explained.logits.to(torch::kFloat32), 1).cpu();
+  const auto predicted = explained.logits.argmax(1).cpu();
+  const auto targets = explained.targets.cpu();
   const auto images = norm.to_unit(x).cpu();
   const int64_t zoom = batchcam::eval::display_zoom(x.size(2), 112);
   fs::create_directories(fs::path(a.out) / "images");
@@ -707,7 +705,8 @@ int run_explain(const ExplainArgs& a) {
                             batchcam::eval::stack_rows(rows));
   }
   batchcam::io::write_file_atomic((fs::path(a.out) / "cam_stats.csv").string(), csv);
-  std::cout << "wrote " << x.size(0) << " explanations (image | CAM | overlay | reconstruction) to " << a.out
+  std::cout << "wrote " << x.size(0) << " explanations (" << batchcam::cam::to_string(method)
+            << ": image | CAM | overlay | reconstruction) to " << a.out
             << "/images, " << by_class.size() << " class grids and cam_stats.csv\n";
   return 0;
 }
@@ -737,8 +736,10 @@ int run_report(const std::string& run_or_checkpoint, const std::string& device_n
   spdlog::info("pictures (prototypes.png, samples.png) ...");
   batchcam::io::write_png((out_dir / "prototypes.png").string(), batchcam::eval::prototype_strip(e.ck.prototypes.cpu()));
   batchcam::io::write_png((out_dir / "samples.png").string(),
-                          batchcam::eval::cam_examples(*e.ck.model, e.splits.test, e.ck.normalization));
+                          batchcam::eval::cam_examples(*e.ck.model, e.splits.test, e.ck.normalization, 0,
+                                                       e.ck.config.cam_method));
   batchcam::eval::EvalOptions options;
+  options.method = e.ck.config.cam_method;  // the run's
   options.on_phase = [](const std::string& what) { spdlog::info("{} ...", what); };
   batchcam::eval::write_run_report(out_dir.string(), *e.ck.model, e.splits.test, e.ck.normalization,
                                    e.ck.prototypes, batchcam::train::to_json(e.ck.config), history,
@@ -941,6 +942,8 @@ int main(int argc, char** argv) {
   evaluator->add_flag("--json", eval_args.json, "Print JSON instead of the table");
   evaluator->add_option("--out", eval_args.out, "Also write the JSON to this file");
   evaluator->add_option("--device", eval_args.device, kDeviceHelp);
+  evaluator->add_option("--method", eval_args.method, "CAM method of every CAM metric (default: the run's --cam-method)")
+      ->check(CLI::IsMember(batchcam::cam::cam_method_names()));
 
   auto* explainer = app.add_subcommand("explain", "Write CAM pictures (image, CAM, overlay, reconstruction) and CAM statistics");
   ExplainArgs explain_args;
@@ -956,6 +959,8 @@ int main(int argc, char** argv) {
   explainer->add_option("--target", explain_args.target, "Class to explain, index or name (default: the predicted class)");
   explainer->add_option("--out", explain_args.out, "Output directory");
   explainer->add_option("--device", explain_args.device, kDeviceHelp);
+  explainer->add_option("--method", explain_args.method, "CAM method (default: the run's --cam-method)")
+      ->check(CLI::IsMember(batchcam::cam::cam_method_names()));
 
   auto* reporter = app.add_subcommand("report", "Evaluate a run and write its report.html (train does this at the end)");
   std::string report_dir;

@@ -177,6 +177,19 @@ ModelCam grad_cam(models::CamModel& model, const torch::Tensor& x, const torch::
   return out;
 }
 
+Explanation explain(models::CamModel& model, const torch::Tensor& x, const torch::Tensor& targets, CamMethod method) {
+  TORCH_CHECK(x.dim() == 4, "explain: x must be [B, C, H, W], got ", x.sizes());
+  // Eval mode for the explanation, the caller's mode afterwards, whatever happens between.
+  struct ModeGuard {
+    models::CamModel& model;
+    bool was_training;
+    ~ModeGuard() { model.train(was_training); }
+  } guard{model, model.is_training()};
+  model.eval();
+  const auto out = grad_cam(model, x, targets, GradCamOptions().method(method).output_size({x.size(2), x.size(3)}));
+  return {out.logits.detach(), out.targets, out.cam.maps.detach(), out.cam.raw.detach()};
+}
+
 CamResult grad_cam_per_sample(models::CamModel& model, const torch::Tensor& x, const torch::Tensor& targets,
                               const GradCamOptions& options) {
   TORCH_CHECK(x.dim() == 4, "grad_cam_per_sample: x must be [B, C, H, W], got ", x.sizes());

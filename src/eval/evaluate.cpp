@@ -40,7 +40,8 @@ torch::Tensor rank_correlation(const torch::Tensor& a, const torch::Tensor& b) {
 // one Grad-CAM per batch; `full` additionally receives the confusion matrix, input
 // reconstruction and pointing game.
 EvalMetrics evaluation_pass(models::CamModel& model, const data::Dataset& dataset, const data::Normalization& norm,
-                            const torch::Tensor& prototypes, int64_t batch_size, EvalReport* full) {
+                            const torch::Tensor& prototypes, int64_t batch_size, EvalReport* full,
+                            cam::CamMethod method) {
   const bool was_training = model.is_training();
   model.eval();
   const auto device = core::module_device(model);
@@ -54,15 +55,14 @@ EvalMetrics evaluation_pass(models::CamModel& model, const data::Dataset& datase
   std::vector<torch::Tensor> all_predicted;
   const int64_t k = dataset.num_classes();
   auto confusion = torch::zeros({k * k}, torch::TensorOptions().dtype(torch::kInt64).device(device));
-  const auto options = cam::GradCamOptions().output_size({dataset.height(), dataset.width()});
   for (int64_t i = 0; i < batches.size(); ++i) {
     const auto b = batches.get(i);
     torch::Tensor logits;
     if (protos.defined()) {
-      const auto out = cam::grad_cam(model, b.x, b.y, options);
-      logits = out.logits.detach();
+      const auto out = cam::explain(model, b.x, b.y, method);
+      logits = out.logits;
       torch::NoGradGuard no_grad;
-      const auto maps = out.cam.maps.detach();
+      const auto& maps = out.maps;
       const auto target = protos.index_select(0, b.y);
       l1 += losses::distance(losses::Distance::l1, maps, target).sum().item<double>();
       l2 += losses::distance(losses::Distance::l2, maps, target).sum().item<double>();
@@ -95,7 +95,7 @@ EvalMetrics evaluation_pass(models::CamModel& model, const data::Dataset& datase
     if (full && dataset.decoy_masks.defined()) {
       // Where the model looked for the class it chose (the true class's CAM above hides a
       // decoy that decided against the label).
-      const auto maps = cam::grad_cam(model, b.x, predicted, options).cam.maps.detach();
+      const auto maps = cam::explain(model, b.x, predicted, method).maps;
       const auto masks = dataset.decoy_masks.index_select(0, b.index).to(device);
       decoy_predicted += mass_share(maps, masks).sum().item<double>();
       decoy_predicted_hits += pointing_game(maps, masks).sum().item<double>();
@@ -149,14 +149,14 @@ data::Dataset first_images(const data::Dataset& d, int64_t n) {
   return out;
 }
 
-torch::Tensor cams_for(models::CamModel& model, const torch::Tensor& x, const torch::Tensor& y) {
-  return cam::grad_cam(model, x, y, cam::GradCamOptions().output_size({x.size(2), x.size(3)})).cam.maps.detach();
+torch::Tensor cams_for(models::CamModel& model, const torch::Tensor& x, const torch::Tensor& y, cam::CamMethod method) {
+  return cam::explain(model, x, y, method).maps;
 }
 }  // namespace
 
 EvalMetrics evaluate(models::CamModel& model, const data::Dataset& dataset, const data::Normalization& norm,
-                     const torch::Tensor& prototypes, int64_t batch_size) {
-  return evaluation_pass(model, dataset, norm, prototypes, batch_size, nullptr);
+                     const torch::Tensor& prototypes, int64_t batch_size, cam::CamMethod method) {
+  return evaluation_pass(model, dataset, norm, prototypes, batch_size, nullptr, method);
 }
 
 torch::Tensor pointing_game(const torch::Tensor& maps, const torch::Tensor& masks) {
@@ -213,7 +213,8 @@ EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, 
     if (options.on_phase) options.on_phase(what);
   };
   phase("evaluation of " + std::to_string(dataset.size()) + " test images (accuracy, CAM metrics)");
-  evaluation_pass(model, dataset, norm, prototypes, options.batch_size, &r);
+  r.method = options.method;
+  evaluation_pass(model, dataset, norm, prototypes, options.batch_size, &r, options.method);
   const bool was_training = model.is_training();
   model.eval();
   const auto forward = [&](const torch::Tensor& input) { return model.forward(input); };
@@ -227,7 +228,7 @@ EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, 
     double deletion = 0, insertion = 0;
     for (int64_t i = 0; i < batches.size(); ++i) {
       const auto b = batches.get(i);
-      const auto maps = cams_for(model, b.x, b.y);
+      const auto maps = cams_for(model, b.x, b.y, options.method);
       const auto baseline = norm.apply(torch::zeros({1, subset.channels(), subset.height(), subset.width()}, torch::kUInt8).to(device)).expand_as(b.x);
       const auto [del, ins] =
           deletion_insertion_curves(forward, b.x, b.y, maps, baseline, options.faithfulness_steps);
@@ -246,7 +247,7 @@ EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, 
     data::BatchIterator whole(subset, norm, subset.size(), false, 0, false);
     whole.set_device(device);
     const auto all = whole.get(0);
-    const auto trained = cams_for(model, all.x, all.y);
+    const auto trained = cams_for(model, all.x, all.y, options.method);
     // Re-initialise from the output down (cascading), drawn on the CPU from a fixed seed so
     // the report is repeatable on every device; the weights and the caller's random state are
     // restored afterwards.
@@ -263,7 +264,7 @@ EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, 
             p.copy_(w);
           }
         }
-        const auto randomized = cams_for(model, all.x, all.y);
+        const auto randomized = cams_for(model, all.x, all.y, options.method);
         RandomizationStep step;
         step.layer = layer;
         step.ssim = losses::ssim(randomized, trained).mean().item<double>();
@@ -299,7 +300,7 @@ EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, 
       torch::NoGradGuard no_grad;
       return model.forward(b.x);
     });
-    r.ms_per_image_with_cam = time_per_image([&](const data::Batch& b) { return cams_for(model, b.x, b.y); });
+    r.ms_per_image_with_cam = time_per_image([&](const data::Batch& b) { return cams_for(model, b.x, b.y, options.method); });
   }
   model.train(was_training);
   return r;
@@ -313,7 +314,8 @@ nlohmann::json to_json(const EvalReport& r) {
   nlohmann::json per_class = nlohmann::json::object();
   for (size_t k = 0; k < r.per_class_accuracy.size(); ++k) per_class[r.class_names.at(k)] = r.per_class_accuracy[k];
   const auto& m = r.metrics;
-  return {{"count", m.count},
+  return {{"cam_method", cam::to_string(r.method)},
+          {"count", m.count},
           {"loss", m.loss},
           {"accuracy", m.accuracy},
           {"per_class_accuracy", per_class},
@@ -351,7 +353,7 @@ std::string format_report(const EvalReport& r) {
     s << std::fixed << std::setprecision(digits) << v;
     return s.str();
   };
-  out << "Evaluation on " << m.count << " test images\n";
+  out << "Evaluation on " << m.count << " test images (CAM method: " << cam::to_string(r.method) << ")\n";
   row("accuracy", num(100 * m.accuracy, 2) + " %");
   row("cross-entropy", num(m.loss));
   row("CAM vs prototype  L1 / L2 / SSIM", num(m.proto_l1) + " / " + num(m.proto_l2) + " / " + num(m.proto_ssim));

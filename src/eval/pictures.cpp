@@ -91,7 +91,7 @@ torch::Tensor stack_rows(const std::vector<torch::Tensor>& rows) {
 }
 
 torch::Tensor cam_examples(models::CamModel& model, const data::Dataset& dataset, const data::Normalization& norm,
-                           int64_t zoom) {
+                           int64_t zoom, cam::CamMethod method) {
   std::vector<int64_t> picks;
   for (int64_t k = 0; k < dataset.num_classes(); ++k) {
     const auto where = dataset.labels.eq(k).nonzero();
@@ -101,13 +101,8 @@ torch::Tensor cam_examples(models::CamModel& model, const data::Dataset& dataset
   const auto index = torch::tensor(picks, torch::kLong);
   const auto device = core::module_device(model);
   const auto x = norm.apply(dataset.images_at(index).to(device));
-  const bool was_training = model.is_training();
-  model.eval();
-  const auto out = cam::grad_cam(model, x, dataset.labels.index_select(0, index).to(device),
-                                 cam::GradCamOptions().output_size({x.size(2), x.size(3)}));
-  model.train(was_training);
+  const auto maps = cam::explain(model, x, dataset.labels.index_select(0, index).to(device), method).maps.cpu();
   const auto images = norm.to_unit(x).cpu();
-  const auto maps = out.cam.maps.detach().cpu();
   if (zoom <= 0) zoom = display_zoom(dataset.height());
   std::vector<std::vector<torch::Tensor>> rows;
   for (int64_t i = 0; i < index.size(0); ++i) {

@@ -89,9 +89,7 @@ const double kPalette[][3] = {{0.00, 0.45, 0.70}, {0.90, 0.62, 0.00}, {0.00, 0.6
 }  // namespace
 
 std::vector<ClassGrid> class_grids(models::CamModel& model, const data::Dataset& dataset,
-                                   const data::Normalization& norm, int64_t per_class) {
-  const bool was_training = model.is_training();
-  model.eval();
+                                   const data::Normalization& norm, int64_t per_class, cam::CamMethod method) {
   const auto device = core::module_device(model);
   const auto name = [&](int64_t c) { return dataset.class_names.at(static_cast<size_t>(c)); };
   std::vector<ClassGrid> grids;
@@ -100,10 +98,9 @@ std::vector<ClassGrid> class_grids(models::CamModel& model, const data::Dataset&
     if (where.numel() == 0) continue;
     const auto index = where.narrow(0, 0, std::min<int64_t>(per_class, where.numel()));
     const auto x = norm.apply(dataset.images_at(index).to(device));
-    const auto cam = cam::grad_cam(model, x, dataset.labels.index_select(0, index).to(device),
-                                   cam::GradCamOptions().output_size({x.size(2), x.size(3)}));
-    const auto maps = cam.cam.maps.detach().cpu();
-    const auto probabilities = torch::softmax(cam.logits.detach().to(torch::kFloat32), 1).cpu();
+    const auto explained = cam::explain(model, x, dataset.labels.index_select(0, index).to(device), method);
+    const auto maps = explained.maps.cpu();
+    const auto probabilities = torch::softmax(explained.logits.to(torch::kFloat32), 1).cpu();
     const auto images = norm.to_unit(x).cpu();
     const int64_t zoom = display_zoom(dataset.height(), 84);
     ClassGrid grid{name(k), {}, zoom > 1};
@@ -118,7 +115,6 @@ std::vector<ClassGrid> class_grids(models::CamModel& model, const data::Dataset&
     }
     grids.push_back(std::move(grid));
   }
-  model.train(was_training);
   return grids;
 }
 
@@ -419,7 +415,7 @@ EvalReport write_run_report(const std::string& run_dir, models::CamModel& model,
   in.eval = eval_json;
   in.prototypes_png = io::encode_png(prototype_strip(prototypes.cpu()));
   if (options.on_phase) options.on_phase("report.html");
-  in.class_grids = class_grids(model, test_set, norm);
+  in.class_grids = class_grids(model, test_set, norm, 4, options.method);
   io::write_file_atomic((fs::path(run_dir) / "report.html").string(), render_report_html(in));
   return report;
 }

@@ -36,6 +36,7 @@ template <> const std::vector<std::string>& names<losses::Distance>() {
   return n;
 }
 template <> const std::vector<std::string>& names<core::Precision>() { return core::precision_names(); }
+template <> const std::vector<std::string>& names<cam::CamMethod>() { return cam::cam_method_names(); }
 
 namespace {
 // One table drives serialisation both ways, so a new field cannot be forgotten in one of them.
@@ -80,6 +81,7 @@ void for_each_field(TrainConfig& c, F&& f) {
   f("prototype", c.prototype);
   f("batch_target", c.batch_target);
   f("cam_warmup_epochs", c.cam_warmup_epochs);
+  f("cam_method", c.cam_method);
   f("out_dir", c.out_dir);
   f("run_name", c.run_name);
   f("log_every", c.log_every);

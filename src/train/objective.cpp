@@ -43,8 +43,16 @@ StepLosses compute_losses(models::CamModel& model, const data::Batch& batch, con
   const auto cam_options = cam::GradCamOptions()
                                .create_graph(true)
                                .output_size({batch.x.size(2), batch.x.size(3)})
-                               .check_targets(config.check_targets);
-  out.maps = cam::grad_cam(features, logits, batch.y, cam_options).maps;
+                               .check_targets(config.check_targets)
+                               .method(config.method);
+  if (config.method == cam::CamMethod::cam) {
+    // Closed form: no gradient call (the trainer checked that the head allows it).
+    const auto weight = model.gap_linear_weight();
+    TORCH_CHECK(weight.defined(), "compute_losses: cam needs a head of global average pooling and one linear layer");
+    out.maps = cam::class_activation_map(features, weight.index_select(0, batch.y), cam_options).maps;
+  } else {
+    out.maps = cam::grad_cam(features, logits, batch.y, cam_options).maps;
+  }
   out.ce = cross_entropy(logits, batch.y, config.label_smoothing);
   if (config.lambda_proto > 0.0) {
     TORCH_CHECK(prototypes.defined(), "compute_losses: lambda_proto > 0 needs prototypes");

@@ -115,11 +115,12 @@ void RunDirectory::write_final(Trainer& trainer, const std::function<void(const 
   if (on_phase) on_phase("pictures (prototypes.png, samples.png)");
   io::write_png((fs::path(path_) / "prototypes.png").string(), eval::prototype_strip(trainer.prototypes().cpu()));
   io::write_png((fs::path(path_) / "samples.png").string(),
-                eval::cam_examples(trainer.model(), test, trainer.normalization()));
+                eval::cam_examples(trainer.model(), test, trainer.normalization(), 0, trainer.config().cam_method));
   std::vector<nlohmann::json> history;
   for (const auto& m : trainer.history()) history.push_back(to_json(m));
   eval::EvalOptions options;
   options.on_phase = on_phase;
+  options.method = trainer.config().cam_method;
   eval::write_run_report(path_, trainer.model(), test, trainer.normalization(), trainer.prototypes(),
                          to_json(trainer.config()), history,
                          eval::evaluation_origin(last_checkpoint(), trainer.epochs_done(), trainer.device()), options);

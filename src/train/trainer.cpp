@@ -246,6 +246,12 @@ void Trainer::set_up(const data::DatasetSplits& splits) {
   objective_.label_smoothing = config_.label_smoothing;
   objective_.precision = config_.precision;
   objective_.check_targets = false;
+  objective_.method = config_.cam_method;
+  if (config_.cam_method == cam::CamMethod::cam && !model_->gap_linear_weight().defined()) {
+    throw std::invalid_argument("config: 'cam_method' cam needs a head of global average pooling and one linear "
+                                "layer; model " + spec_.name + " with target layer '" + model_->target_layer() +
+                                "' has another (grad-cam equals cam where it applies)");
+  }
 
   optimizer_ = make_optimizer(config_, model_->parameters());
   if (config_.precision == core::Precision::fp16) scaler_ = std::make_unique<LossScaler>(device_);
@@ -563,11 +569,12 @@ void Trainer::average_batchnorm_statistics() {
 
 eval::EvalMetrics Trainer::evaluate_test_set() {
   const auto& test = splits_->test;
-  if (!group_) return eval::evaluate(*model_, test, norm_, prototypes_);
+  if (!group_) return eval::evaluate(*model_, test, norm_, prototypes_, 256, config_.cam_method);
   // Each rank evaluates its share of the test set; the means are combined by their counts.
   const int64_t n = test.size(), r = group_->rank(), w = group_->size();
   const int64_t begin = n * r / w, end = n * (r + 1) / w;
-  const auto mine = eval::evaluate(*model_, test.subset(torch::arange(begin, end, torch::kInt64)), norm_, prototypes_);
+  const auto mine = eval::evaluate(*model_, test.subset(torch::arange(begin, end, torch::kInt64)), norm_, prototypes_,
+                                   256, config_.cam_method);
   const std::vector<double> means = {mine.loss,     mine.accuracy,     mine.proto_l1,   mine.proto_l2,
                                      mine.proto_ssim, mine.object_share, mine.decoy_share};
   // [count x mean, count where the mean is available] per metric.

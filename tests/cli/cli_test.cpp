@@ -162,6 +162,36 @@ TEST(Cli, TrainsATinyRunAndPrintsASummary) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(Cli, CamMethodTrainsAndEvalAndExplainTakeAnother) {
+  const auto dir = std::filesystem::temp_directory_path() / ("batchcam-methods-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  const auto r = run("train --quiet --no-report --train-size 128 --test-size 32 --epochs 1 --batch-size 32 "
+                     "--cam-method cam --out-dir " + dir.string() + " --run-name m");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(read_text((dir / "m" / "config.json").string()).find("\"cam_method\": \"cam\""), std::string::npos);
+  const auto run_dir = (dir / "m").string();
+  const auto json_file = (dir / "eval.json").string();
+  const auto eval_run = run("eval " + run_dir + " --faithfulness-count 8 --randomization-count 8 --out " + json_file);
+  ASSERT_EQ(eval_run.code, 0) << eval_run.out;
+  EXPECT_EQ(nlohmann::json::parse(read_text(json_file)).at("cam_method"), "cam") << "the run's method by default";
+  const auto eval_other = run("eval " + run_dir + " --method layercam --faithfulness-count 8 --randomization-count 8");
+  ASSERT_EQ(eval_other.code, 0) << eval_other.out;
+  EXPECT_NE(eval_other.out.find("(CAM method: layercam)"), std::string::npos) << eval_other.out;
+  const auto explained = run("explain " + run_dir + " --method grad-cam++ --count 3 --out " + (dir / "x").string());
+  ASSERT_EQ(explained.code, 0) << explained.out;
+  EXPECT_NE(explained.out.find("wrote 3 explanations (grad-cam++:"), std::string::npos) << explained.out;
+  const auto bad = run("explain " + run_dir + " --method gradcam");
+  EXPECT_EQ(bad.code, 2) << bad.out;
+  // The closed form needs a pooling-and-linear head: ConvNeXt's has a LayerNorm.
+  const auto convnext = run("train --quiet --model convnext-v2-atto --cam-method cam --train-size 32 --test-size 8 "
+                            "--out-dir " + dir.string());
+  EXPECT_EQ(convnext.code, 2) << convnext.out;
+  EXPECT_NE(convnext.out.find("batchcam: error: config: 'cam_method' cam needs a head of global average pooling"),
+            std::string::npos)
+      << convnext.out;
+  std::filesystem::remove_all(dir);
+}
+
 TEST(Cli, ConfigFileSetsOptionsAndFlagsOverrideIt) {
   const auto dir = std::filesystem::temp_directory_path() / ("batchcam-cfg-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);

@@ -20,9 +20,11 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <random>
 
 using namespace batchcam;
@@ -103,6 +105,54 @@ TEST(Trainer, CamLossesChangeTheConvolutionGradients) {
     // The CAM terms add their own gradient: clearly different from CE alone.
     EXPECT_GT(test_support::max_abs_diff(g, g_ce), 1e-3 * g_ce.abs().max().item<double>()) << losses::to_string(d);
   }
+}
+
+TEST(Trainer, EveryCamMethodTrainsTheConvolutionsAndClosedFormCamHasGradCamsGradient) {
+  FixedBatch f;
+  auto model = fresh_simple_cnn();
+  const auto parameters = model->parameters();
+  const auto conv = model->named_parameters()["block2.1.weight"];
+  const auto gradients = [&](const train::CamLossConfig& c) {
+    return torch::autograd::grad({train::compute_losses(*model, f.batch, f.protos, 10, c).total}, parameters);
+  };
+  const auto g_ce = gradients({});
+  std::map<cam::CamMethod, std::vector<torch::Tensor>> by_method;
+  for (const auto& name : cam::cam_method_names()) {
+    train::CamLossConfig c;
+    c.lambda_proto = 1.0;
+    c.distance_proto = losses::Distance::l1;
+    c.method = cam::parse_cam_method(name);
+    const auto g = gradients(c);
+    size_t i = 0;
+    while (i < parameters.size() && !parameters[i].is_same(conv)) ++i;
+    EXPECT_GT(test_support::max_abs_diff(g[i], g_ce[i]), 1e-3 * g_ce[i].abs().max().item<double>()) << name;
+    by_method[c.method] = g;
+  }
+  // On SimpleCNN's head (pooling, linear) the closed form is Grad-CAM without the gradient
+  // call: the same maps, so the same gradient (float32, untrained maps of small range).
+  double worst = 0;
+  for (size_t i = 0; i < parameters.size(); ++i) {
+    const auto& a = by_method[cam::CamMethod::cam][i];
+    const auto& b = by_method[cam::CamMethod::grad_cam][i];
+    worst = std::max(worst, test_support::max_abs_diff(a, b) / (b.abs().max().item<double>() + 1e-12));
+  }
+  EXPECT_LT(worst, 1e-3);
+
+  train::TrainConfig config;
+  config.model = "convnext-v2-atto";
+  config.cam_method = cam::CamMethod::cam;
+  config.train_size = 32;
+  config.test_size = 8;
+  const auto splits = train::load_dataset(config);
+  try {
+    train::Trainer trainer(config, splits, torch::kCPU);
+    FAIL() << "closed-form CAM accepted for ConvNeXt's head";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("config: 'cam_method' cam needs a head of global average pooling"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(train::config_from_json(train::to_json(config)).cam_method, cam::CamMethod::cam);
 }
 
 TEST(Trainer, ConfigJsonRoundTripAndErrorsNameTheKey) {

@@ -2,6 +2,7 @@
 // Batch-CAM: Grad-CAM for a whole batch from one autograd::grad call, differentiable so
 // that losses on the maps can train the network (method spec, section 2).
 
+#include "batchcam/cam/method.h"
 #include "batchcam/models/cam_model.h"
 
 #include <torch/arg.h>
@@ -11,27 +12,6 @@
 #include <vector>
 
 namespace batchcam::cam {
-
-/// The class activation maps batchcam computes, each from the features A [B, D, h, w] and
-/// the gradient G = dz_t/dA of each sample's target score (one gradient call for the batch),
-/// then ReLU, upsampling and per-sample min-max normalisation. Sums run over the channels d
-/// and, for weights, over the positions (x, y):
-/// - grad_cam (Selvaraju et al. 2017): ReLU(sum_d mean_xy(G_d) A_d)
-/// - grad_cam_pp (Chattopadhay et al. 2018): ReLU(sum_d w_d A_d), w_d = sum_xy a_dxy ReLU(G_dxy),
-///   a_dxy = G^2 / (2 G^2 + sum_xy(A_d) G^3) (0 where that denominator is 0)
-/// - xgrad_cam (Fu et al. 2020): ReLU(sum_d w_d A_d), w_d = sum_xy(G_d A_d) / sum_xy(A_d)
-///   (0 where sum_xy(A_d) is 0)
-/// - hires_cam (Draelos and Carin 2020): ReLU(sum_d G_d * A_d)
-/// - layer_cam (Jiang et al. 2021): ReLU(sum_d ReLU(G_d) * A_d)
-/// - cam (Zhou et al. 2016), for heads that are global average pooling and one linear layer:
-///   ReLU(sum_d W_td A_d / (h w)) in closed form, no gradient call; on such heads G_d = W_td /
-///   (h w) everywhere, so it equals Grad-CAM (the 1 / (h w) keeps Grad-CAM's scale).
-enum class CamMethod { grad_cam, grad_cam_pp, xgrad_cam, hires_cam, layer_cam, cam };
-/// "grad-cam", "grad-cam++", "xgrad-cam", "hirescam", "layercam", "cam", in enum order.
-const std::vector<std::string>& cam_method_names();
-const std::string& to_string(CamMethod method);
-/// Throws std::invalid_argument naming the value and the choices.
-CamMethod parse_cam_method(const std::string& name);
 
 struct GradCamOptions {
   TORCH_ARG(CamMethod, method) = CamMethod::grad_cam;
@@ -84,6 +64,20 @@ struct ModelCam {
 };
 ModelCam grad_cam(models::CamModel& model, const torch::Tensor& x, const torch::Tensor& targets,
                   const GradCamOptions& options = {});
+
+/// An explanation of a batch (what a user looks at; no training signal).
+struct Explanation {
+  torch::Tensor logits;   ///< [B, K], detached
+  torch::Tensor targets;  ///< [B] the classes explained
+  torch::Tensor maps;     ///< [B, H, W] at the input's resolution, in [0, 1], detached
+  torch::Tensor raw;      ///< [B, h, w] detached
+};
+/// The maps of `method` for x [B, C, H, W] as explanations: the model in eval mode (its
+/// mode is restored afterwards, also when this throws), maps at the input's resolution and
+/// detached. Targets undefined: the predicted classes. The one entry for evaluation,
+/// pictures, the report and `batchcam explain`.
+Explanation explain(models::CamModel& model, const torch::Tensor& x, const torch::Tensor& targets = {},
+                    CamMethod method = CamMethod::grad_cam);
 
 /// The method Batch-CAM replaces: one forward pass of the batch, then one backward pass
 /// per image (B gradient calls, each for one sample's score). Same maths otherwise; kept

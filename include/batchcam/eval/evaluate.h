@@ -2,6 +2,7 @@
 // Test-set evaluation: accuracy, cross-entropy, and how close the CAMs are to the class
 // prototypes (method spec, section 7).
 
+#include "batchcam/cam/method.h"
 #include "batchcam/data/dataset.h"
 #include "batchcam/models/cam_model.h"
 
@@ -42,9 +43,11 @@ struct EvalMetrics {
 torch::Tensor mass_share(const torch::Tensor& maps, const torch::Tensor& masks);
 
 /// Evaluates `model` in eval mode on the whole dataset (the model's mode is restored).
-/// prototypes [K, H, W] may be undefined: then the CAM metrics are skipped.
+/// prototypes [K, H, W] may be undefined: then the CAM metrics are skipped. The CAM metrics
+/// use the maps of `method`.
 EvalMetrics evaluate(models::CamModel& model, const data::Dataset& dataset, const data::Normalization& norm,
-                     const torch::Tensor& prototypes, int64_t batch_size = 256);
+                     const torch::Tensor& prototypes, int64_t batch_size = 256,
+                     cam::CamMethod method = cam::CamMethod::grad_cam);
 
 /// Per-sample pointing game: whether the map's maximum (first in row-major order on ties)
 /// lies inside the mask. maps [B, H, W], masks [B, H, W] bool -> [B] bool.
@@ -74,6 +77,7 @@ struct EvalOptions {
   int64_t faithfulness_steps = 16;
   int64_t randomization_count = 256;  ///< first N test images for the sanity check (0 = skip)
   bool timing = true;                 ///< measure inference time per image
+  cam::CamMethod method = cam::CamMethod::grad_cam;  ///< the maps every CAM metric and picture uses
   /// Told before each part of evaluate_full (for progress output); may be empty.
   std::function<void(const std::string& what)> on_phase;
 };
@@ -89,6 +93,7 @@ struct RandomizationStep {
 
 /// Everything `batchcam eval` reports (method spec, section 7).
 struct EvalReport {
+  cam::CamMethod method = cam::CamMethod::grad_cam;  ///< the maps evaluated
   EvalMetrics metrics;  ///< accuracy, loss, CAM vs prototype, mass shares
   std::vector<std::string> class_names;
   std::vector<double> per_class_accuracy;

@@ -3,6 +3,7 @@
 // as image grids. Every map is min-max normalised per image (0 = its lowest value, 1 = its
 // highest), so colours compare places within one image, not across images.
 
+#include "batchcam/cam/method.h"
 #include "batchcam/data/dataset.h"
 #include "batchcam/models/cam_model.h"
 
@@ -30,11 +31,11 @@ int64_t display_zoom(int64_t side, int64_t target = 112);
 /// (0 = display_zoom of H), separated by 2 px. -> [zoom*H, K*(zoom*W+2)-2, 3] uint8.
 torch::Tensor prototype_strip(const torch::Tensor& prototypes, int64_t zoom = 0);
 
-/// For the first test image of each class (rows): the image, its Grad-CAM for the true
+/// For the first test image of each class (rows): the image, its map (`method`) for the true
 /// class as a heat map, and the overlay (columns), each scaled up `zoom` times (0 =
 /// display_zoom of the images' side). -> [K*(zoom*H+2)-2, 3*(zoom*W+2)-2, 3] uint8.
 torch::Tensor cam_examples(models::CamModel& model, const data::Dataset& dataset, const data::Normalization& norm,
-                           int64_t zoom = 0);
+                           int64_t zoom = 0, cam::CamMethod method = cam::CamMethod::grad_cam);
 
 /// The four panels of one explanation, each scaled up `zoom` times, side by side with
 /// 2 px gaps: the image (unit [C, H, W], in colour when C = 3), the CAM map [H, W] in

@@ -30,9 +30,10 @@ struct ClassGrid {
 };
 
 /// For each class, up to `per_class` test images of that class (the first ones),
-/// explained for the true class, panels shown at about 84 px (display_zoom).
+/// explained for the true class with `method`, panels shown at about 84 px (display_zoom).
 std::vector<ClassGrid> class_grids(models::CamModel& model, const data::Dataset& dataset,
-                                   const data::Normalization& norm, int64_t per_class = 4);
+                                   const data::Normalization& norm, int64_t per_class = 4,
+                                   cam::CamMethod method = cam::CamMethod::grad_cam);
 
 struct PlotSeries {
   std::string name;

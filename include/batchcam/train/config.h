@@ -1,6 +1,7 @@
 #pragma once
 // Everything that defines a training run. Saved as config.json in the run directory.
 
+#include "batchcam/cam/method.h"
 #include "batchcam/core/runtime.h"
 #include "batchcam/io/image.h"
 #include "batchcam/losses/distances.h"
@@ -21,8 +22,8 @@ enum class BatchTarget { attached, detached };  ///< in-batch prototypes in the 
 enum class Augment { none, shift, shift_flip, crop_jitter_flip };
 
 /// The names of an option's values in the enum's order: the one list used by config
-/// files, validation and the command line. Defined for the enums above, losses::Distance
-/// and core::Precision.
+/// files, validation and the command line. Defined for the enums above, losses::Distance,
+/// core::Precision and cam::CamMethod.
 template <typename E>
 const std::vector<std::string>& names();
 template <> const std::vector<std::string>& names<OptimizerKind>();
@@ -32,6 +33,7 @@ template <> const std::vector<std::string>& names<BatchTarget>();
 template <> const std::vector<std::string>& names<Augment>();
 template <> const std::vector<std::string>& names<losses::Distance>();
 template <> const std::vector<std::string>& names<core::Precision>();
+template <> const std::vector<std::string>& names<cam::CamMethod>();
 
 template <typename E>
 std::string to_string(E value) {
@@ -114,6 +116,9 @@ struct TrainConfig {
   PrototypeKind prototype = PrototypeKind::image;
   BatchTarget batch_target = BatchTarget::attached;
   int64_t cam_warmup_epochs = 0;
+  /// The map the CAM losses compare (cam::CamMethod; cam needs a head of global average
+  /// pooling and one linear layer, where it equals grad-cam without a gradient call).
+  cam::CamMethod cam_method = cam::CamMethod::grad_cam;
 
   // Output
   std::string out_dir = "runs";

@@ -2,6 +2,7 @@
 // The training objective: CE + lambda_p * Prototype Loss + lambda_b * Batch-CAM Loss
 // (method spec, section 6), with the forward pass under autocast and the CAM in fp32.
 
+#include "batchcam/cam/method.h"
 #include "batchcam/core/runtime.h"
 #include "batchcam/data/dataset.h"
 #include "batchcam/losses/distances.h"
@@ -18,6 +19,8 @@ struct CamLossConfig {
   losses::Distance distance_batch = losses::Distance::ssim;
   bool detach_batch_target = false;
   double label_smoothing = 0.0;  ///< of the cross-entropy term
+  /// The maps compared: cam (closed form) needs model.gap_linear_weight().
+  cam::CamMethod method = cam::CamMethod::grad_cam;
   /// Autocast type of the forward pass; Grad-CAM maps and distances stay in fp32.
   core::Precision precision = core::Precision::fp32;
   /// Check on every call that the labels lie in [0, K). Reading them back synchronises an
