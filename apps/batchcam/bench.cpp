@@ -71,8 +71,9 @@ struct Stats {
 
 // The bench's work runs as `batchcam train` runs it: a Trainer's steps on batches of 128
 // shapes images at 28 px (`steps` of them), with the run's defaults except the losses of `variant`:
-// "ce" (CE only), "batchcam" (the default: Prototype Loss, L1, lambda 1) or "batchcam_both"
-// (both losses, L1, lambda 1; the variant bench/python_step.py runs).
+// "ce" (CE only), "batchcam" (the default: Prototype Loss, L1, lambda 1), "batchcam_cam" (the
+// same with the closed-form CAM) or "batchcam_both" (both losses, L1, lambda 1; the variant
+// bench/python_step.py runs).
 struct StepTrainer {
   batchcam::data::DatasetSplits splits;
   std::unique_ptr<batchcam::train::Trainer> trainer;
@@ -90,6 +91,7 @@ struct StepTrainer {
     c.precision = batchcam::core::parse_precision(a.precision);
     c.lambda_proto = variant == "ce" ? 0.0 : 1.0;
     c.lambda_batch = variant == "batchcam_both" ? 1.0 : 0.0;
+    if (variant == "batchcam_cam") c.cam_method = batchcam::cam::CamMethod::cam;
     splits = batchcam::train::load_dataset(c);
     trainer = std::make_unique<batchcam::train::Trainer>(c, splits, device);
     batches = std::make_unique<batchcam::data::BatchIterator>(splits.train, trainer->normalization(), kBatch, false, 0,
@@ -356,6 +358,53 @@ nlohmann::json folder_pipeline(const BenchArgs& a, torch::Device device, const s
 
 }  // namespace
 
+// The CAM methods as explanations (maps per second, batched, eval mode), and, where the
+// head is pooling and one linear layer, a training step with the closed-form CAM against
+// the same step with Grad-CAM's gradient call.
+nlohmann::json cam_method_costs(const BenchArgs& a, torch::Device device) {
+  nlohmann::json out = nlohmann::json::object();
+  std::cout << fmt::format("\nCAM methods (batch {} at 1x28x28, eval mode): maps per second\n", kBatch);
+  const auto wait = [](const torch::Tensor& t) { (void)t.sum().item<double>(); };
+  for (const auto& name : a.models) {
+    auto explainer = batchcam::core::with_cpu_seed(0, [&] { return batchcam::models::make_model({name, 1, 10, 28, ""}); });
+    explainer->to(device);
+    explainer->eval();
+    const bool closed_form = explainer->gap_linear_weight().defined();
+    const auto x = batchcam::core::with_cpu_seed(1, [] { return torch::randn({kBatch, 1, 28, 28}); }).to(device);
+    const auto y = batchcam::core::with_cpu_seed(2, [] { return torch::randint(0, 10, {kBatch}, torch::kLong); }).to(device);
+    std::vector<std::pair<std::string, std::function<void()>>> work;
+    for (const auto& method : batchcam::cam::cam_method_names()) {
+      const auto m = batchcam::cam::parse_cam_method(method);
+      if (m == batchcam::cam::CamMethod::cam && !closed_form) continue;
+      work.emplace_back(method, [&, m] { wait(batchcam::cam::explain(*explainer, x, y, m).maps); });
+    }
+    const auto stats = interleaved(work, a.warmup, a.repetitions);
+    nlohmann::json r;
+    std::string line;
+    for (const auto& [method, st] : stats) {
+      const double per_second = 1e3 * kBatch / st.median();
+      r["maps_per_second"][method] = per_second;
+      line += fmt::format(" {} {:.0f},", method, per_second);
+    }
+    line.pop_back();
+    std::cout << fmt::format("{:<18}{}\n", name, line);
+    if (closed_form) {
+      const int64_t steps = a.warmup + a.repetitions;
+      StepTrainer gradient(name, "batchcam", a, device, steps), closed(name, "batchcam_cam", a, device, steps);
+      auto step_stats = interleaved({{"grad-cam", [&] { gradient.step(); }}, {"cam", [&] { closed.step(); }}},
+                                    a.warmup, a.repetitions);
+      const double ratio = step_stats["cam"].median() / step_stats["grad-cam"].median();
+      r["training_step_ms"] = {{"grad-cam", step_stats["grad-cam"].json()}, {"cam", step_stats["cam"].json()}};
+      r["closed_form_over_gradient_call"] = ratio;
+      std::cout << fmt::format("{:<18} training step (Prototype Loss): grad-cam {} ms, closed-form cam {} ms; ratio "
+                               "{:.3f}\n",
+                               "", step_stats["grad-cam"].text(), step_stats["cam"].text(), ratio);
+    }
+    out[name] = r;
+  }
+  return out;
+}
+
 // One rank's part of the data-parallel measurement (or one process alone, without
 // WORLD_SIZE): `steps` training steps on global batches of kBatch with the default
 // Batch-CAM, timed one by one after `warmup`, and the gradient all-reduce alone. Rank 0
@@ -609,6 +658,7 @@ int run_bench(const BenchArgs& a, const std::string& self_path) {
 
   if (a.epoch_images > 0) results["training_loop"] = loop_cost(a, device);
   if (a.folder_images > 0) results["folder"] = folder_pipeline(a, device, self_path);
+  if (a.cam_methods) results["cam_methods"] = cam_method_costs(a, device);
   if (a.distributed_steps > 0 && batchcam::core::distributed_available()) {
     results["distributed"] = distributed_costs(a, self_path);
   }

@@ -25,6 +25,9 @@ struct BenchArgs {
   /// Data-parallel steps timed with two ranks (Gloo on loopback, 1 thread each) against one
   /// process on the same global batch, and the gradient all-reduce alone (0 = skip).
   int64_t distributed_steps = 0;
+  /// Maps per second of each CAM method, and the closed-form CAM's training step against
+  /// Grad-CAM's (models whose head is pooling and one linear layer).
+  bool cam_methods = true;
   // Internal: `--distributed-probe MODEL STEPS` times steps as one rank of a launch (or alone).
   std::vector<std::string> distributed_probe;
   // Internal: `--memory-probe MODEL VARIANT` measures one step's peak RSS in a fresh process;
