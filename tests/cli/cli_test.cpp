@@ -253,15 +253,17 @@ TEST(Cli, TrainingStepsReuseFreedMemoryWithoutPageFaults) {
   // main.cpp keeps freed blocks in the process, so after warm-up a step of batch 128 faults
   // in almost no fresh page. With glibc's defaults a SimpleCNN step takes about 11,000 minor
   // page faults (the same step in PyTorch from Python: bench/python_step.py reports them).
+  // Alone the steps take 0; beside other tests under ctest -j2 a median of 391 was seen once
+  // (CI at 21b1a25), hence a bound of 1,000: still a tenth of glibc's defaults.
   const auto dir = std::filesystem::temp_directory_path() / ("batchcam-faults-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   const auto json_path = (dir / "bench.json").string();
-  const auto r = run("bench --models simple-cnn --repetitions 3 --warmup 2 --no-memory --no-per-sample --epoch-images 0 --threads 2 "
-                     "--json " + json_path);
+  const auto r = run("bench --models simple-cnn --repetitions 3 --warmup 2 --no-memory --no-per-sample --epoch-images 0 "
+                     "--folder-images 0 --no-cam-methods --threads 2 --json " + json_path);
   ASSERT_EQ(r.code, 0) << r.out;
   const auto bench = nlohmann::json::parse(read_text(json_path));
   for (const char* step : {"ce", "batchcam"}) {
-    EXPECT_LT(bench.at("models").at("simple-cnn").at(step).at("median_page_faults").get<double>(), 200.0) << step;
+    EXPECT_LT(bench.at("models").at("simple-cnn").at(step).at("median_page_faults").get<double>(), 1000.0) << step;
   }
   std::filesystem::remove_all(dir);
 }
