@@ -117,29 +117,31 @@ torch::Tensor image_prototypes(const data::Dataset& dataset) {
   return sums.prototypes();
 }
 
+std::pair<torch::Tensor, torch::Tensor> class_sums(const torch::Tensor& maps, const torch::Tensor& labels,
+                                                   int64_t num_classes, bool check_targets) {
+  check_maps_targets(maps, labels, num_classes, "class_sums", check_targets);
+  const auto onehot = torch::one_hot(labels, num_classes).to(maps.scalar_type());  // [B, K]
+  const auto sums = onehot.t().matmul(maps.flatten(1));                             // [K, HW]
+  return {sums.view({num_classes, maps.size(1), maps.size(2)}), onehot.sum(0)};
+}
+
 std::pair<torch::Tensor, torch::Tensor> batch_prototypes(const torch::Tensor& maps, const torch::Tensor& labels,
                                                          int64_t num_classes, bool check_targets) {
-  check_maps_targets(maps, labels, num_classes, "batch_prototypes", check_targets);
-  const auto onehot = torch::one_hot(labels, num_classes).to(maps.scalar_type());  // [B, K]
-  const auto counts = onehot.sum(0);                                                // [K]
-  const auto sums = onehot.t().matmul(maps.flatten(1));                             // [K, HW]
-  const auto q = (sums / counts.clamp_min(1.0).unsqueeze(1)).view({num_classes, maps.size(1), maps.size(2)});
-  return {q, counts.to(torch::kLong)};
+  const auto [sums, counts] = class_sums(maps, labels, num_classes, check_targets);
+  return {sums / counts.clamp_min(1.0).view({-1, 1, 1}), counts.to(torch::kLong)};
 }
 
 torch::Tensor ema_prototypes(const torch::Tensor& prototypes, const torch::Tensor& maps, const torch::Tensor& labels,
                              double momentum, bool check_targets) {
-  TORCH_CHECK(momentum >= 0.0 && momentum <= 1.0, "ema_prototypes: momentum must be in [0, 1], got ", momentum);
   torch::NoGradGuard no_grad;
-  const auto [q, counts] = batch_prototypes(maps.detach().to(prototypes.scalar_type()), labels, prototypes.size(0),
-                                            check_targets);
-  const auto present = (counts > 0).view({-1, 1, 1});
-  return torch::where(present, momentum * prototypes + (1.0 - momentum) * q, prototypes);
+  const auto [sums, counts] =
+      class_sums(maps.detach().to(prototypes.scalar_type()), labels, prototypes.size(0), check_targets);
+  return ema_prototypes_from_sums(prototypes, sums, counts, momentum);
 }
 
 torch::Tensor ema_prototypes_from_sums(const torch::Tensor& prototypes, const torch::Tensor& sums,
                                        const torch::Tensor& counts, double momentum) {
-  TORCH_CHECK(momentum >= 0.0 && momentum <= 1.0, "ema_prototypes_from_sums: momentum must be in [0, 1], got ", momentum);
+  TORCH_CHECK(momentum >= 0.0 && momentum <= 1.0, "ema_prototypes: momentum must be in [0, 1], got ", momentum);
   TORCH_CHECK(sums.sizes() == prototypes.sizes() && counts.dim() == 1 && counts.size(0) == prototypes.size(0),
               "ema_prototypes_from_sums: sums ", sums.sizes(), " and counts ", counts.sizes(), " must match prototypes ",
               prototypes.sizes());

@@ -329,18 +329,13 @@ void Trainer::step(const data::Batch& batch) {
     optimizer_->step();
   }
   if (config_.prototype == PrototypeKind::cam_ema && losses_now.maps.defined()) {
-    if (group_) {
-      // The class means of the global batch: every rank's class sums and counts, summed.
-      torch::NoGradGuard no_grad;
-      auto [means, counts] = losses::batch_prototypes(losses_now.maps.detach().to(prototypes_.scalar_type()), batch.y,
-                                                      spec_.num_classes, /*check_targets=*/false);
-      auto sums = means * counts.to(means.scalar_type()).view({-1, 1, 1});
-      auto totals = counts.to(means.scalar_type());
-      group_->all_reduce_sum({sums, totals});
-      prototypes_ = losses::ema_prototypes_from_sums(prototypes_, sums, totals, 0.99);
-    } else {
-      prototypes_ = losses::ema_prototypes(prototypes_, losses_now.maps, batch.y, 0.99, /*check_targets=*/false);
-    }
+    // The class means of the batch; data-parallel, of the global batch (every rank's class
+    // sums and counts, summed).
+    torch::NoGradGuard no_grad;
+    const auto [sums, counts] = losses::class_sums(losses_now.maps.detach().to(prototypes_.scalar_type()), batch.y,
+                                                   spec_.num_classes, /*check_targets=*/false);
+    if (group_) group_->all_reduce_sum({sums, counts});
+    prototypes_ = losses::ema_prototypes_from_sums(prototypes_, sums, counts, 0.99);
   }
 
   // Running sums and the first non-finite term, kept on the device.
@@ -372,10 +367,7 @@ std::string shape_of(const torch::Tensor& values) {
 
 void Trainer::use_process_group(std::shared_ptr<core::ProcessGroup> group) {
   if (!group || group->size() == 1) return;
-  const auto refuse = [](const std::string& what) {
-    throw std::invalid_argument("distributed training: " + what + " is not supported yet");
-  };
-  if (group_) refuse("a second process group");
+  if (group_) throw std::invalid_argument("distributed training: a second process group is not supported yet");
   if (group->size() > config_.batch_size) {
     throw std::invalid_argument("distributed training: " + std::to_string(group->size()) +
                                 " ranks need a global --batch-size of at least as many, got " +

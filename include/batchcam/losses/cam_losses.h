@@ -31,6 +31,11 @@ class PrototypeSums {
   torch::Tensor sums_, counts_;
 };
 
+/// In-batch class sums of the maps. maps [B, H, W], labels [B] ->
+/// {sums [K, H, W] (zero for absent classes), counts [K] in the maps' dtype}.
+std::pair<torch::Tensor, torch::Tensor> class_sums(const torch::Tensor& maps, const torch::Tensor& labels,
+                                                   int64_t num_classes, bool check_targets = true);
+
 /// In-batch class means of the maps. maps [B, H, W], labels [B] ->
 /// {Q [K, H, W] (zero for absent classes), counts [K] int64}.
 /// check_targets: verify that labels lie in [0, K) (a host synchronisation on an
@@ -43,8 +48,8 @@ std::pair<torch::Tensor, torch::Tensor> batch_prototypes(const torch::Tensor& ma
 torch::Tensor ema_prototypes(const torch::Tensor& prototypes, const torch::Tensor& maps, const torch::Tensor& labels,
                              double momentum = 0.99, bool check_targets = true);
 
-/// The same update from class sums [K, H, W] and counts [K] of the maps (floating point),
-/// e.g. summed over the ranks of a data-parallel run: Q_c = sums_c / counts_c where counts_c > 0.
+/// The same update from class sums [K, H, W] and counts [K] of the maps (class_sums), e.g.
+/// summed over the ranks of a data-parallel run: Q_c = sums_c / counts_c where counts_c > 0.
 torch::Tensor ema_prototypes_from_sums(const torch::Tensor& prototypes, const torch::Tensor& sums,
                                        const torch::Tensor& counts, double momentum = 0.99);
 
