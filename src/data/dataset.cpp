@@ -116,6 +116,15 @@ torch::Tensor Normalization::to_unit(const torch::Tensor& x) const {
   return (x * s + m).clamp(0.0, 1.0);
 }
 
+torch::Tensor Normalization::from_unit(const torch::Tensor& unit) const {
+  TORCH_CHECK(unit.dim() == 4 && unit.size(1) == static_cast<int64_t>(mean.size()),
+              "Normalization expects [B, ", mean.size(), ", H, W], got ", unit.sizes());
+  const auto opts = unit.options();
+  const auto m = torch::tensor(std::vector<double>(mean)).to(opts).view({1, -1, 1, 1});
+  const auto s = torch::tensor(std::vector<double>(std)).to(opts).view({1, -1, 1, 1});
+  return (unit - m) / s;
+}
+
 torch::Tensor Normalization::to_unit_gray(const torch::Tensor& x) const { return to_unit(x).mean(1); }
 
 BatchIterator::BatchIterator(const Dataset& dataset, Normalization norm, int64_t batch_size, bool shuffle,

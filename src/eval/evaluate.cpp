@@ -4,6 +4,7 @@
 #include "batchcam/core/runtime.h"
 #include "batchcam/losses/distances.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include <chrono>
@@ -199,6 +200,94 @@ std::pair<torch::Tensor, torch::Tensor> deletion_insertion_curves(
   return {torch::stack(deletion, 1), torch::stack(insertion, 1)};
 }
 
+torch::Tensor noisy_linear_imputation(const torch::Tensor& x, const torch::Tensor& removed, double noise,
+                                      uint64_t seed) {
+  TORCH_CHECK(x.dim() == 4 && removed.dim() == 3 && removed.size(0) == x.size(0) && removed.size(1) == x.size(2) &&
+                  removed.size(2) == x.size(3),
+              "noisy_linear_imputation: x ", x.sizes(), " must be [B, C, H, W] and removed ", removed.sizes(),
+              " [B, H, W]");
+  torch::NoGradGuard no_grad;
+  const int64_t b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const auto opts = x.options();
+  // One system per image and channel: [B*C, 1, H, W], unknowns where u = 1.
+  const auto u = removed.to(opts).unsqueeze(1).expand({b, c, h, w}).reshape({b * c, 1, h, w});
+  TORCH_CHECK(!removed.flatten(1).all(1).any().item<bool>(),
+              "noisy_linear_imputation: an image with every pixel removed has nothing to impute from");
+  const auto kernel = torch::tensor({1.0 / 12, 1.0 / 6, 1.0 / 12, 1.0 / 6, 0.0, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 12},
+                                    opts).view({1, 1, 3, 3});
+  // Weighted sum of each pixel's neighbours inside the image (outside counts as 0).
+  const auto neighbours = [&](const torch::Tensor& v) { return torch::conv2d(v, kernel, {}, 1, 1); };
+  const auto known = x.reshape({b * c, 1, h, w}) * (1 - u);
+  // Each removed pixel: d * v - (its removed neighbours' weighted sum) = its kept neighbours'
+  // weighted sum, d = the weight of its neighbours inside the image (1 away from the border).
+  const auto d = neighbours(torch::ones_like(u));
+  const auto apply = [&](const torch::Tensor& v) { return u * (d * v - neighbours(v)); };
+  const auto rhs = u * neighbours(known);
+  // Conjugate gradients with the diagonal as preconditioner, all systems at once (the matrix
+  // is symmetric, and positive definite wherever an image keeps a pixel).
+  const auto dot = [](const torch::Tensor& p, const torch::Tensor& q) { return (p * q).sum({1, 2, 3}, true); };
+  auto v = torch::zeros_like(rhs);
+  auto r = rhs.clone();
+  auto z = r / d;
+  auto p = z.clone();
+  auto rz = dot(r, z);
+  const double tolerance = x.scalar_type() == torch::kDouble ? 1e-10 : 1e-5;
+  const auto goal = tolerance * rhs.flatten(1).norm(2, 1).clamp_min(1e-12);
+  const int64_t max_iterations = 10 * (h + w) + 100;
+  for (int64_t i = 0; i < max_iterations; ++i) {
+    const auto ap = apply(p);
+    const auto pap = dot(p, ap);
+    const auto alpha = torch::where(pap > 0, rz / pap.clamp_min(1e-30), torch::zeros_like(pap));
+    v.add_(alpha * p);
+    r.sub_(alpha * ap);
+    if (i % 8 == 7 && (r.flatten(1).norm(2, 1) <= goal).all().item<bool>()) break;
+    z = r / d;
+    const auto rz_next = dot(r, z);
+    const auto beta = torch::where(rz > 0, rz_next / rz.clamp_min(1e-30), torch::zeros_like(rz));
+    p = z + beta * p;
+    rz = rz_next;
+  }
+  auto gen = at::detail::createCPUGenerator(seed);
+  const auto jitter = torch::randn({b * c, 1, h, w}, gen, torch::TensorOptions().dtype(x.scalar_type())).to(x.device());
+  return (known + u * (v + noise * jitter)).view({b, c, h, w});
+}
+
+RoadCurves road_curves(const std::function<torch::Tensor(const torch::Tensor&)>& forward, const torch::Tensor& x,
+                       const torch::Tensor& targets, const torch::Tensor& maps, const std::vector<double>& fractions,
+                       double noise, uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  const int64_t b = x.size(0), h = x.size(2), w = x.size(3), pixels = h * w;
+  const auto order = std::get<1>(maps.reshape({b, pixels}).sort(/*stable=*/true, /*dim=*/1, /*descending=*/true));
+  const auto rank = order.argsort(int64_t{1}).view({b, h, w});
+  std::vector<torch::Tensor> morf, lerf, morf_correct, lerf_correct;
+  const auto ask = [&](const torch::Tensor& removed, uint64_t step_seed, std::vector<torch::Tensor>& probability,
+                       std::vector<torch::Tensor>& correct) {
+    const auto logits = forward(noisy_linear_imputation(x, removed, noise, step_seed));
+    probability.push_back(torch::softmax(logits, 1).gather(1, targets.view({-1, 1})).squeeze(1));
+    correct.push_back(logits.argmax(1).eq(targets));
+  };
+  for (size_t k = 0; k < fractions.size(); ++k) {
+    const double f = fractions[k];
+    TORCH_CHECK(f > 0 && f < 1, "road_curves: fractions must lie in (0, 1), got ", f);
+    const auto removed = static_cast<int64_t>(std::llround(f * static_cast<double>(pixels)));
+    ask(rank < removed, seed + 2 * k, morf, morf_correct);
+    ask(rank >= pixels - removed, seed + 2 * k + 1, lerf, lerf_correct);
+  }
+  return {torch::stack(morf, 1), torch::stack(lerf, 1), torch::stack(morf_correct, 1), torch::stack(lerf_correct, 1)};
+}
+
+std::pair<torch::Tensor, torch::Tensor> confidence_change(
+    const std::function<torch::Tensor(const torch::Tensor&)>& forward, const torch::Tensor& x,
+    const torch::Tensor& explained, const torch::Tensor& targets) {
+  torch::NoGradGuard no_grad;
+  const auto probability = [&](const torch::Tensor& input) {
+    return torch::softmax(forward(input), 1).gather(1, targets.view({-1, 1})).squeeze(1);
+  };
+  const auto p = probability(x);
+  const auto o = probability(explained);
+  return {(p - o).clamp_min(0) / p.clamp_min(1e-30), o > p};
+}
+
 torch::Tensor curve_auc(const torch::Tensor& curves) {
   const int64_t s = curves.size(1) - 1;
   TORCH_CHECK(s >= 1, "curve_auc needs at least two points per curve");
@@ -222,10 +311,12 @@ EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, 
 
   if (options.faithfulness_count > 0) {
     const auto subset = first_images(dataset, options.faithfulness_count);
-    phase("deletion and insertion curves on " + std::to_string(subset.size()) + " images");
+    phase("deletion and insertion curves, ROAD and confidence change on " + std::to_string(subset.size()) +
+          " images");
     data::BatchIterator batches(subset, norm, options.batch_size, false, 0, false);
     batches.set_device(device);
-    double deletion = 0, insertion = 0;
+    double deletion = 0, insertion = 0, drops = 0, increases = 0;
+    torch::Tensor morf, lerf, morf_correct, lerf_correct;  // [F] sums over images
     for (int64_t i = 0; i < batches.size(); ++i) {
       const auto b = batches.get(i);
       const auto maps = cams_for(model, b.x, b.y, options.method);
@@ -234,11 +325,45 @@ EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, 
           deletion_insertion_curves(forward, b.x, b.y, maps, baseline, options.faithfulness_steps);
       deletion += curve_auc(del).sum().item<double>();
       insertion += curve_auc(ins).sum().item<double>();
+      const auto explained = norm.from_unit(norm.to_unit(b.x) * maps.unsqueeze(1));
+      const auto [drop, increase] = confidence_change(forward, b.x, explained, b.y);
+      drops += drop.sum().item<double>();
+      increases += increase.sum().item<double>();
+      if (!options.road_fractions.empty()) {
+        const auto road = road_curves(forward, b.x, b.y, maps, options.road_fractions, options.road_noise,
+                                      static_cast<uint64_t>(i) << 16);
+        const auto add = [](torch::Tensor& total, const torch::Tensor& part) {
+          const auto s = part.to(torch::kDouble).sum(0).cpu();
+          total = total.defined() ? total + s : s;
+        };
+        add(morf, road.morf);
+        add(lerf, road.lerf);
+        add(morf_correct, road.morf_correct);
+        add(lerf_correct, road.lerf_correct);
+      }
     }
+    const double n = static_cast<double>(subset.size());
     r.faithfulness_count = subset.size();
     r.faithfulness_steps = options.faithfulness_steps;
-    r.deletion_auc = deletion / static_cast<double>(subset.size());
-    r.insertion_auc = insertion / static_cast<double>(subset.size());
+    r.deletion_auc = deletion / n;
+    r.insertion_auc = insertion / n;
+    r.average_drop = drops / n;
+    r.increase_in_confidence = increases / n;
+    if (morf.defined()) {
+      const auto means = [&](const torch::Tensor& total) {
+        const auto m = (total / n).contiguous();
+        return std::vector<double>(m.data_ptr<double>(), m.data_ptr<double>() + m.numel());
+      };
+      r.road_fractions = options.road_fractions;
+      r.road_noise = options.road_noise;
+      r.road_morf = means(morf);
+      r.road_lerf = means(lerf);
+      r.road_morf_accuracy = means(morf_correct);
+      r.road_lerf_accuracy = means(lerf_correct);
+      r.road_morf_mean = (morf / n).mean().item<double>();
+      r.road_lerf_mean = (lerf / n).mean().item<double>();
+      r.road_combined = (r.road_lerf_mean - r.road_morf_mean) / 2;
+    }
   }
 
   if (options.randomization_count > 0) {
@@ -313,6 +438,19 @@ nlohmann::json to_json(const EvalReport& r) {
   }
   nlohmann::json per_class = nlohmann::json::object();
   for (size_t k = 0; k < r.per_class_accuracy.size(); ++k) per_class[r.class_names.at(k)] = r.per_class_accuracy[k];
+  nlohmann::json road;  // null when skipped
+  if (!r.road_fractions.empty()) {
+    road = {{"fractions", r.road_fractions},
+            {"morf_probability", r.road_morf},
+            {"lerf_probability", r.road_lerf},
+            {"morf_accuracy", r.road_morf_accuracy},
+            {"lerf_accuracy", r.road_lerf_accuracy},
+            {"morf", json_metric(r.road_morf_mean)},
+            {"lerf", json_metric(r.road_lerf_mean)},
+            {"combined", json_metric(r.road_combined)},
+            {"imputation", "noisy linear (8 neighbours, weights 1/6 and 1/12)"},
+            {"noise", r.road_noise}};
+  }
   const auto& m = r.metrics;
   return {{"cam_method", cam::to_string(r.method)},
           {"count", m.count},
@@ -335,7 +473,12 @@ nlohmann::json to_json(const EvalReport& r) {
             {"insertion_auc", json_metric(r.insertion_auc)},
             {"images", r.faithfulness_count},
             {"steps", r.faithfulness_steps},
-            {"baseline", r.faithfulness_baseline}}},
+            {"baseline", r.faithfulness_baseline},
+            {"road", road},
+            {"confidence",
+             {{"average_drop", json_metric(r.average_drop)},
+              {"increase", json_metric(r.increase_in_confidence)},
+              {"explained_image", "image x map (pixel values), black where the map is 0"}}}}},
           {"randomization", randomization},
           {"timing",
            {{"ms_per_image", json_metric(r.ms_per_image)}, {"ms_per_image_with_cam", json_metric(r.ms_per_image_with_cam)}}}};
@@ -370,8 +513,30 @@ std::string format_report(const EvalReport& r) {
     row("  on", std::to_string(r.faithfulness_count) + " images, " + std::to_string(r.faithfulness_steps) +
                     " steps, baseline " + r.faithfulness_baseline);
   }
+  if (available(r.road_combined)) {
+    row("ROAD MoRF / LeRF (mean probability)", num(r.road_morf_mean) + " / " + num(r.road_lerf_mean));
+    row("ROAD (LeRF - MoRF) / 2 (higher is better)", num(r.road_combined));
+  }
+  if (available(r.average_drop)) {
+    row("average drop in confidence (lower)", num(100 * r.average_drop, 2) + " %");
+    row("increase in confidence (higher)", num(100 * r.increase_in_confidence, 2) + " %");
+  }
   if (available(r.ms_per_image)) {
     row("inference ms/image, without / with CAM", num(r.ms_per_image, 3) + " / " + num(r.ms_per_image_with_cam, 3));
+  }
+  if (!r.road_fractions.empty()) {
+    out << "\nROAD on " << r.faithfulness_count << " images (removed pixels imputed from their neighbours, noise "
+        << r.road_noise << ")\n";
+    const auto line = [&](const std::string& name, const std::vector<double>& values, double scale, int digits) {
+      out << "  " << std::left << std::setw(26) << name << std::right;
+      for (const auto v : values) out << std::setw(7) << num(scale * v, digits);
+      out << "\n";
+    };
+    line("removed %", r.road_fractions, 100, 0);
+    line("MoRF: P(true class)", r.road_morf, 1, 3);
+    line("LeRF: P(true class)", r.road_lerf, 1, 3);
+    line("MoRF: accuracy %", r.road_morf_accuracy, 100, 1);
+    line("LeRF: accuracy %", r.road_lerf_accuracy, 100, 1);
   }
   if (!r.randomization.empty()) {
     out << "\nParameter randomisation (cascading from the output; similarity to the trained CAMs, low = faithful)\n";

@@ -266,7 +266,9 @@ std::string render_report_html(const ReportInputs& in) {
     const auto& v = b ? e.at(a).at(b) : e.at(a);
     return number(v);
   };
-  h << "<h2>Test metrics</h2>\n<table>\n";
+  // The CAM method of the maps below (eval.json written before there was a choice has none: Grad-CAM).
+  const auto method_name = e.contains("cam_method") ? e.at("cam_method").get<std::string>() : std::string("grad-cam");
+  h << "<h2>Test metrics</h2>\n<p class=\"note\">CAM method: " << escape_html(method_name) << "</p>\n<table>\n";
   const auto row = [&](const std::string& name, const std::string& value) {
     h << "<tr><td class=\"l\">" << name << "</td><td>" << value << "</td></tr>\n";
   };
@@ -292,11 +294,40 @@ std::string render_report_html(const ReportInputs& in) {
   const auto& f = e.at("faithfulness");
   row("deletion AUC (lower is better)", fixed(number(f.at("deletion_auc")), 4));
   row("insertion AUC (higher is better)", fixed(number(f.at("insertion_auc")), 4));
+  const auto& road = f.value("road", nlohmann::json());  // absent from older eval.json, null when skipped
+  const auto& confidence = f.value("confidence", nlohmann::json());
+  if (road.is_object()) {
+    row("ROAD, mean P(true class): MoRF (lower is better) / LeRF (higher is better)",
+        fixed(number(road.at("morf")), 4) + " / " + fixed(number(road.at("lerf")), 4));
+    row("ROAD: (LeRF &minus; MoRF) / 2 (higher is better)", fixed(number(road.at("combined")), 4));
+  }
+  if (confidence.is_object()) {
+    row("average drop in confidence (lower is better)", fixed(100 * number(confidence.at("average_drop")), 2) + " %");
+    row("increase in confidence (higher is better)", fixed(100 * number(confidence.at("increase")), 2) + " %");
+  }
   row("inference ms/image: without / with CAM",
       fixed(get("timing", "ms_per_image"), 3) + " / " + fixed(get("timing", "ms_per_image_with_cam"), 3));
   h << "</table>\n<p class=\"note\">Deletion/insertion: " << f.at("images").get<int64_t>() << " images, "
     << f.at("steps").get<int64_t>() << " steps, pixels replaced by a " << escape_html(f.at("baseline").get<std::string>())
-    << ". Mass share and pointing game need ground-truth masks (n/a where the dataset has none).</p>\n";
+    << ". ROAD (Rong et al. 2022): the most (MoRF) or least (LeRF) relevant pixels removed and imputed from "
+       "their neighbours with noise. Confidence change (Chattopadhay et al. 2018): the image multiplied by its map. "
+       "Mass share and pointing game need ground-truth masks (n/a where the dataset has none).</p>\n";
+  if (road.is_object()) {
+    std::vector<double> removed;
+    for (const auto& x : road.at("fractions")) removed.push_back(100 * x.get<double>());
+    const auto series = [&](const char* key) {
+      std::vector<double> y;
+      for (const auto& x : road.at(key)) y.push_back(x.get<double>());
+      return y;
+    };
+    h << "<div class=\"plots\">";
+    img("image/svg+xml",
+        line_plot_svg("ROAD (" + method_name + ")", "pixels removed (%)", "P(true class)",
+                      {{"MoRF", removed, series("morf_probability")},
+                       {"LeRF", removed, series("lerf_probability")}}),
+        "ROAD curves");
+    h << "</div>\n";
+  }
 
   // Training curves.
   if (!in.history.empty()) {
@@ -335,7 +366,7 @@ std::string render_report_html(const ReportInputs& in) {
     h << "\n";
   }
   if (!in.class_grids.empty()) {
-    h << "<h2>Explanations per class</h2>\n<p class=\"note\">Each row: image, Grad-CAM of the true class, overlay, "
+    h << "<h2>Explanations per class</h2>\n<p class=\"note\">Each row: image, " << escape_html(method_name) << " map of the true class, overlay, "
          "reconstruction (CAM &times; image). Each map is min-max normalised per image: its lowest value is 0, its "
          "highest 1, so colours compare places within an image, not across images.</p>\n<div class=\"bar\"><span>0"
          "</span>";

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 
 using namespace batchcam;
@@ -98,6 +99,124 @@ TEST(Faithfulness, PerfectOrderingGivesTheKnownDeletionAndInsertionAreas) {
   EXPECT_NEAR(eval::curve_auc(ins_worst)[0].item<double>(), 0.125, 1e-6);
 }
 
+namespace {
+// The imputation's defining equation, written out pixel by pixel (independently of the
+// library's convolution): the largest |v_i - weighted mean of i's in-image neighbours| over
+// the removed pixels of image 0, channel c.
+double imputation_residual(const torch::Tensor& v, const torch::Tensor& removed, int64_t c) {
+  const int64_t h = v.size(2), w = v.size(3);
+  const auto image = v[0][c].contiguous(), holes = removed[0].contiguous();
+  const auto img = image.accessor<double, 2>();
+  const auto mask = holes.accessor<bool, 2>();
+  double worst = 0;
+  for (int64_t i = 0; i < h; ++i) {
+    for (int64_t j = 0; j < w; ++j) {
+      if (!mask[i][j]) continue;
+      double sum = 0, weight = 0;
+      for (int64_t di = -1; di <= 1; ++di) {
+        for (int64_t dj = -1; dj <= 1; ++dj) {
+          if ((di == 0 && dj == 0) || i + di < 0 || i + di >= h || j + dj < 0 || j + dj >= w) continue;
+          const double wt = (di == 0 || dj == 0) ? 1.0 / 6 : 1.0 / 12;
+          sum += wt * img[i + di][j + dj];
+          weight += wt;
+        }
+      }
+      worst = std::max(worst, std::abs(img[i][j] - sum / weight));
+    }
+  }
+  return worst;
+}
+}  // namespace
+
+TEST(NoisyLinearImputation, SolvesTheNeighbourEquationsAndKeepsTheOtherPixels) {
+  torch::manual_seed(3);
+  const auto x = torch::rand({2, 3, 12, 10}, torch::kDouble);
+  auto removed = torch::rand({2, 12, 10}) < 0.7;  // scattered, with large connected holes
+  removed[1].slice(0, 0, 6).fill_(true);          // the top half of image 1, border included
+  const auto v = eval::noisy_linear_imputation(x, removed, 0.0, 0);
+  const auto kept = removed.logical_not().unsqueeze(1).expand_as(x);
+  EXPECT_TRUE(torch::equal(v.masked_select(kept), x.masked_select(kept))) << "kept pixels are not touched";
+  for (int64_t c = 0; c < 3; ++c) EXPECT_LT(imputation_residual(v, removed, c), 1e-8) << "channel " << c;
+  // Image by image gives the same (the systems are independent).
+  const auto second = eval::noisy_linear_imputation(x.narrow(0, 1, 1), removed.narrow(0, 1, 1), 0.0, 0);
+  EXPECT_LT((second - v.narrow(0, 1, 1)).abs().max().item<double>(), 1e-9);
+  // A plane is its own weighted neighbour mean: a hole away from the border refills exactly.
+  const auto ramp = (torch::arange(12, torch::kDouble).view({12, 1}) + 2 * torch::arange(10, torch::kDouble))
+                        .view({1, 1, 12, 10});
+  auto hole = torch::zeros({1, 12, 10}, torch::kBool);
+  hole[0].slice(0, 2, 9).slice(1, 3, 8).fill_(true);
+  EXPECT_LT((eval::noisy_linear_imputation(ramp, hole, 0.0, 0) - ramp).abs().max().item<double>(), 1e-8);
+  // Float32 input reaches the float tolerance.
+  const auto single = eval::noisy_linear_imputation(x.to(torch::kFloat), removed, 0.0, 0);
+  EXPECT_LT((single.to(torch::kDouble) - v).abs().max().item<double>(), 1e-4);
+  EXPECT_THROW(eval::noisy_linear_imputation(x, torch::ones({2, 12, 10}, torch::kBool), 0.0, 0), c10::Error)
+      << "nothing left to impute from";
+}
+
+TEST(NoisyLinearImputation, AddsSeededNoiseOfTheGivenSizeToRemovedPixelsOnly) {
+  torch::manual_seed(4);
+  const auto x = torch::rand({4, 1, 32, 32}, torch::kDouble);
+  const auto removed = torch::rand({4, 32, 32}) < 0.5;
+  const auto clean = eval::noisy_linear_imputation(x, removed, 0.0, 7);
+  const auto a = eval::noisy_linear_imputation(x, removed, 0.2, 7);
+  const auto b = eval::noisy_linear_imputation(x, removed, 0.2, 7);
+  const auto c = eval::noisy_linear_imputation(x, removed, 0.2, 8);
+  EXPECT_TRUE(torch::equal(a, b)) << "the same seed, the same noise";
+  EXPECT_FALSE(torch::equal(a, c));
+  const auto mask = removed.unsqueeze(1);
+  const auto noise = (a - clean).masked_select(mask);
+  EXPECT_NEAR(noise.std().item<double>(), 0.2, 0.02) << noise.numel() << " removed pixels";
+  EXPECT_NEAR(noise.mean().item<double>(), 0.0, 0.02);
+  EXPECT_EQ((a - clean).masked_select(mask.logical_not()).abs().max().item<double>(), 0.0);
+}
+
+namespace {
+// Class 0's probability rises with the mean of the 2 x 2 evidence pixels (top left of an
+// 8 x 8 image): logits (10 * (mean - 0.5), 0).
+torch::Tensor evidence_mean_model(const torch::Tensor& x) {
+  const auto m = x.slice(2, 0, 2).slice(3, 0, 2).flatten(1).mean(1);
+  return torch::stack({10 * (m - 0.5), torch::zeros_like(m)}, 1);
+}
+}  // namespace
+
+TEST(Road, RemovingTheEvidenceFirstLowersTheScoreAndRemovingItLastKeepsIt) {
+  auto x = torch::zeros({1, 1, 8, 8}, torch::kDouble);
+  x[0][0].slice(0, 0, 2).slice(1, 0, 2).fill_(1.0);
+  const auto y = torch::zeros({1}, torch::kLong);
+  const double original = 1 / (1 + std::exp(-5.0));  // softmax of (5, 0)
+  // A map that ranks the evidence first, the other pixels by their distance from it.
+  const auto rows = torch::arange(8, torch::kDouble).view({8, 1}), cols = torch::arange(8, torch::kDouble);
+  const auto perfect = (1.0 / (1.0 + rows + cols) + x[0][0]).unsqueeze(0);
+  const std::vector<double> fractions{0.1, 0.5, 0.9};  // 6, 32 and 58 of 64 pixels
+  const auto good = eval::road_curves(evidence_mean_model, x, y, perfect, fractions, 0.0, 0);
+  ASSERT_EQ(good.morf.sizes(), (std::vector<int64_t>{1, 3}));
+  // MoRF imputes the evidence from its zero surroundings: the score falls, the class flips.
+  EXPECT_LT(good.morf.max().item<double>(), 0.5);
+  EXPECT_FALSE(good.morf_correct.any().item<bool>());
+  // LeRF removes only zeros far from the evidence, which stays: the score does not move.
+  EXPECT_NEAR(good.lerf.min().item<double>(), original, 1e-9);
+  EXPECT_TRUE(good.lerf_correct.all().item<bool>());
+  // The reversed map exchanges the two.
+  const auto bad = eval::road_curves(evidence_mean_model, x, y, 1 - perfect, fractions, 0.0, 0);
+  EXPECT_NEAR(bad.morf.min().item<double>(), original, 1e-9);
+  EXPECT_LT(bad.lerf.max().item<double>(), 0.5);
+}
+
+TEST(ConfidenceChange, DropIsRelativeAndOnlyDownwardsIncreaseCountsRises) {
+  // logits (sum of the image, 0): p = sigmoid(sum).
+  const auto model = [](const torch::Tensor& x) {
+    const auto s = x.flatten(1).sum(1);
+    return torch::stack({s, torch::zeros_like(s)}, 1);
+  };
+  const auto x = torch::tensor({4.0, -4.0}, torch::kDouble).view({2, 1, 1, 1});
+  const auto [drop, increase] = eval::confidence_change(model, x, 0.5 * x, torch::zeros({2}, torch::kLong));
+  const auto sigmoid = [](double v) { return 1 / (1 + std::exp(-v)); };
+  EXPECT_NEAR(drop[0].item<double>(), (sigmoid(4) - sigmoid(2)) / sigmoid(4), 1e-12);
+  EXPECT_EQ(drop[1].item<double>(), 0.0) << "the confidence rose: no drop";
+  EXPECT_FALSE(increase[0].item<bool>());
+  EXPECT_TRUE(increase[1].item<bool>());
+}
+
 TEST(EvaluateFull, IsStableForAFixedModelAndLeavesItUnchanged) {
   const auto d = data::generate_shapes(48, 28, 4, data::SpuriousCue::random_class, 0.08);
   const auto norm = data::Normalization::fit(d.images);
@@ -138,6 +257,18 @@ TEST(EvaluateFull, IsStableForAFixedModelAndLeavesItUnchanged) {
   EXPECT_LE(a.decoy_share_predicted, 1.0);
   EXPECT_GE(a.decoy_pointing_predicted, 0.0);
   EXPECT_GE(a.decoy_following, 0.0);
+  ASSERT_EQ(a.road_morf.size(), 9u) << "ROAD at 10%, ..., 90%";
+  for (size_t k = 0; k < 9; ++k) {
+    EXPECT_GE(a.road_morf[k], 0.0);
+    EXPECT_LE(a.road_lerf[k], 1.0);
+    EXPECT_GE(a.road_lerf_accuracy[k], 0.0);
+  }
+  EXPECT_NEAR(a.road_combined, (a.road_lerf_mean - a.road_morf_mean) / 2, 1e-12);
+  EXPECT_GE(a.average_drop, 0.0);
+  EXPECT_LE(a.average_drop, 1.0);
+  EXPECT_GE(a.increase_in_confidence, 0.0);
+  EXPECT_LE(a.increase_in_confidence, 1.0);
+  EXPECT_EQ(ja.at("faithfulness").at("road").at("morf_probability").size(), 9u) << ja.dump();
   EXPECT_LE(a.decoy_following, 1.0);
   // The predicted-class CAM is the true-class CAM wherever the prediction is right, so on
   // an untrained model (mostly wrong) they differ but stay in range; the JSON carries both.
@@ -159,6 +290,8 @@ TEST(EvaluateFull, NotAvailableIsNullInJsonAndNaInTextAndNegativeValuesPrintAsNu
   EXPECT_TRUE(j.at("object").at("cam_mass_share").is_null()) << j.dump();
   EXPECT_TRUE(j.at("decoy").at("follows_decoy").is_null()) << j.dump();
   EXPECT_TRUE(j.at("faithfulness").at("deletion_auc").is_null()) << j.dump();
+  EXPECT_TRUE(j.at("faithfulness").at("road").is_null()) << "ROAD skipped: " << j.dump();
+  EXPECT_TRUE(j.at("faithfulness").at("confidence").at("average_drop").is_null()) << j.dump();
   EXPECT_DOUBLE_EQ(j.at("randomization").at(0).at("rank_correlation").get<double>(), -0.0625);
   const auto table = eval::format_report(r);
   EXPECT_NE(table.find("-0.125"), std::string::npos) << table;

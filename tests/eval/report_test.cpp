@@ -155,9 +155,9 @@ TEST(ReportCli, HeadlessChromiumLoadsEveryPictureAndRendersThePage) {
   const std::string url = "file://" + (run / "report.html").string();
   const auto dom = shell(browser + flags + "--dump-dom " + url);
   ASSERT_EQ(dom.code, 0) << dom.out.substr(0, 2000);
-  // 3 plots, the prototypes, the colour bar and 4 explained images per class (10), all decoded;
-  // no script error.
-  EXPECT_NE(dom.out.find("data-images-loaded=\"45\""), std::string::npos) << dom.out.substr(0, 500);
+  // 4 plots (3 training curves, ROAD), the prototypes, the colour bar and 4 explained images per
+  // class (10), all decoded; no script error.
+  EXPECT_NE(dom.out.find("data-images-loaded=\"46\""), std::string::npos) << dom.out.substr(0, 500);
   EXPECT_NE(dom.out.find("data-images-broken=\"0\""), std::string::npos);
   EXPECT_EQ(dom.out.find("data-error=\""), std::string::npos) << "a script error on the page";
   const auto png = run.parent_path() / "report.png";

@@ -74,6 +74,8 @@ struct Normalization {
   torch::Tensor to_unit_gray(const torch::Tensor& x) const;
   /// x [B, C, H, W] mapped back to [0, 1], channels kept (for pictures) -> [B, C, H, W].
   torch::Tensor to_unit(const torch::Tensor& x) const;
+  /// The inverse of to_unit: pixel values in [0, 1] [B, C, H, W] (float) -> the model's input.
+  torch::Tensor from_unit(const torch::Tensor& unit) const;
 };
 
 /// Per-channel sums of images added chunk by chunk: the statistics of Normalization::fit

@@ -71,10 +71,44 @@ std::pair<torch::Tensor, torch::Tensor> deletion_insertion_curves(
 /// Area under curves [B, S+1] sampled evenly on [0, 1] (trapezoid rule) -> [B].
 torch::Tensor curve_auc(const torch::Tensor& curves);
 
+/// Noisy linear imputation (ROAD, Rong et al. 2022): every pixel where `removed` [B, H, W]
+/// (bool) is true takes the weighted mean of its 8 neighbours inside the image (1/6 for the
+/// 4 direct ones, 1/12 for the diagonal ones), solved for all removed pixels of an image
+/// at once (a sparse symmetric positive definite system, by conjugate gradients to a
+/// relative residual of 1e-6), channel by channel; then Gaussian noise of standard
+/// deviation `noise` (drawn from a generator seeded with `seed`, on the CPU) is added to
+/// them. Kept pixels are returned unchanged. x [B, C, H, W] float -> [B, C, H, W].
+/// An image with every pixel removed has no solution: refused.
+torch::Tensor noisy_linear_imputation(const torch::Tensor& x, const torch::Tensor& removed, double noise,
+                                      uint64_t seed);
+
+/// ROAD, RemOve And Debias (Rong et al. 2022): for each fraction f, the f most relevant
+/// pixels by `maps` [B, H, W] (MoRF; ranked as deletion_insertion_curves does) or the f
+/// least relevant ones (LeRF) are replaced by noisy_linear_imputation(noise, seed + step),
+/// and the model is asked again about `targets`.
+struct RoadCurves {
+  torch::Tensor morf, lerf;                  ///< [B, F] softmax probability of the target
+  torch::Tensor morf_correct, lerf_correct;  ///< [B, F] bool: the target is still the top class
+};
+RoadCurves road_curves(const std::function<torch::Tensor(const torch::Tensor&)>& forward, const torch::Tensor& x,
+                       const torch::Tensor& targets, const torch::Tensor& maps, const std::vector<double>& fractions,
+                       double noise, uint64_t seed);
+
+/// Average drop and increase in confidence (Chattopadhay et al. 2018): the softmax
+/// probability p of `targets` on `x` against o on `explained`, the image multiplied by its
+/// map. -> {drop [B] = max(0, p - o) / p, increase [B] bool = o > p}.
+std::pair<torch::Tensor, torch::Tensor> confidence_change(
+    const std::function<torch::Tensor(const torch::Tensor&)>& forward, const torch::Tensor& x,
+    const torch::Tensor& explained, const torch::Tensor& targets);
+
 struct EvalOptions {
   int64_t batch_size = 256;
-  int64_t faithfulness_count = 1000;  ///< first N test images for deletion/insertion (0 = skip)
+  /// First N test images for deletion/insertion, ROAD and the confidence change (0 = skip).
+  int64_t faithfulness_count = 1000;
   int64_t faithfulness_steps = 16;
+  /// ROAD's removed fractions (empty = skip ROAD) and the imputation's noise (on the model input).
+  std::vector<double> road_fractions{0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9};
+  double road_noise = 0.01;
   int64_t randomization_count = 256;  ///< first N test images for the sanity check (0 = skip)
   bool timing = true;                 ///< measure inference time per image
   cam::CamMethod method = cam::CamMethod::grad_cam;  ///< the maps every CAM metric and picture uses
@@ -107,6 +141,16 @@ struct EvalReport {
   int64_t faithfulness_count = 0, faithfulness_steps = 0;
   double deletion_auc = kNotAvailable, insertion_auc = kNotAvailable;  ///< not available when skipped
   std::string faithfulness_baseline = "black image (pixel value 0)";
+  /// ROAD on the faithfulness images, per fraction: mean probability of the true class and
+  /// accuracy after removing the most (MoRF) or least (LeRF) relevant pixels; empty when skipped.
+  std::vector<double> road_fractions, road_morf, road_lerf, road_morf_accuracy, road_lerf_accuracy;
+  double road_noise = 0.0;
+  /// Means over the fractions: MoRF (lower is better), LeRF (higher is better) and
+  /// (LeRF - MoRF) / 2 (higher is better; pytorch-grad-cam's ROADCombined).
+  double road_morf_mean = kNotAvailable, road_lerf_mean = kNotAvailable, road_combined = kNotAvailable;
+  /// On the faithfulness images, as fractions: the mean of confidence_change's drop (lower
+  /// is better) and the share of images whose confidence rose (higher is better).
+  double average_drop = kNotAvailable, increase_in_confidence = kNotAvailable;
   std::vector<RandomizationStep> randomization;
   double ms_per_image = kNotAvailable, ms_per_image_with_cam = kNotAvailable;  ///< not available when not timed
 };
