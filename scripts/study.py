@@ -2,11 +2,13 @@
 """Runs a study and writes its report.
 
 A study file (see studies/) lists tables; each table is a grid of `batchcam train` runs made
-from one preset in configs/ (plus the table's overrides), one run per row and seed. This
-script runs every run that has no result yet (a run cut short is resumed from its last.pt),
-then writes one Markdown file from the runs' eval.json, metrics.jsonl and config.json: the
-tables (mean and standard deviation over seeds), a comparison with CE only, and the choice
-of defaults the study file asks for. No number in the report is typed by hand.
+from one preset in configs/ (plus the table's overrides), one run per row and seed, or
+(with "explain") the `batchcam eval --method M` of another table's trained runs, one row per
+CAM method. This script runs every run that has no result yet (a run cut short is resumed
+from its last.pt), then writes one Markdown file from the runs' eval.json, metrics.jsonl
+and config.json: the tables (mean and standard deviation over seeds), a comparison with CE
+only, and the choice of defaults the study file asks for. No number in the report is typed
+by hand.
 
 usage: scripts/study.py STUDY.json [--only ID[,ID...]] [--report-only] [--dry-run]
                                    [--bin PATH] [--threads N]
@@ -43,6 +45,11 @@ COLUMNS = {
     "input_ssim": ("CAM-input SSIM", 3, +1),
     "deletion": ("deletion AUC", 3, -1),
     "insertion": ("insertion AUC", 3, +1),
+    "road_morf": ("ROAD MoRF", 3, -1),
+    "road_lerf": ("ROAD LeRF", 3, +1),
+    "road_combined": ("ROAD (LeRF-MoRF)/2", 3, +1),
+    "average_drop": ("avg drop %", 1, -1),
+    "increase": ("increase %", 1, +1),
     "seconds": ("train s/epoch", 1, -1),
     "ms_per_image": ("ms/img", 3, -1),
     "ms_per_image_cam": ("ms/img + CAM", 3, -1),
@@ -135,11 +142,37 @@ def same_run(requested, saved):
     return True
 
 
+def explained_runs(study, table):
+    """The runs of an `explain` table: each seed of another table's row, once per CAM method;
+    the row carries the method and the evaluation file it writes into the trained run."""
+    spec = table["explain"]
+    source = next((t for t in study["tables"] if t["id"] == spec.get("table")), None)
+    if source is None or "explain" in source:
+        raise StudyError(f"table {table['id']}: explain.table must name a table of trained runs, "
+                         f"got '{spec.get('table')}'")
+    preset = load_json(os.path.join(ROOT, source["preset"])) if "preset" in source else {}
+    row = next((r for r in expand_rows(source, preset) if r["name"] == spec.get("row")), None)
+    if row is None:
+        raise StudyError(f"table {table['id']}: table {source['id']} has no row '{spec.get('row')}'")
+    table.setdefault("seeds", source["seeds"])
+    runs = []
+    for method in spec["methods"]:
+        explained = {"name": method, "label": row["label"], "distance": "-", "method": method,
+                     "eval_file": f"eval-{method}.json"}
+        for seed in table["seeds"]:
+            config = run_config(study, source, preset, row, seed)
+            runs.append((table, explained, seed, config, os.path.join(config["out_dir"], config["run_name"])))
+    return runs
+
+
 def plan(study, only):
     """Every run of the study: (table, row, seed, config, run_dir)."""
     runs = []
     for table in study["tables"]:
         if only and table["id"] not in only:
+            continue
+        if "explain" in table:
+            runs += explained_runs(study, table)
             continue
         preset = load_json(os.path.join(ROOT, table["preset"])) if "preset" in table else {}
         for row in expand_rows(table, preset):
@@ -150,21 +183,29 @@ def plan(study, only):
     return runs
 
 
-def finished(config, run_dir):
-    """Whether run_dir holds the results of the run `config` asks for."""
-    return os.path.isfile(os.path.join(run_dir, "eval.json")) and \
-        same_run(config, load_json(os.path.join(run_dir, "config.json")))
+def finished(config, run_dir, row=None):
+    """Whether run_dir holds the results of the run `config` asks for (and, for a row of an
+    `explain` table, its evaluation by the row's method, made after the run's own)."""
+    own = os.path.join(run_dir, "eval.json")
+    done = os.path.isfile(own) and same_run(config, load_json(os.path.join(run_dir, "config.json")))
+    if not done or not row or "eval_file" not in row:
+        return done
+    path = os.path.join(run_dir, row["eval_file"])
+    return os.path.isfile(path) and os.path.getmtime(path) >= os.path.getmtime(own)
 
 
 def execute(runs, binary, threads, only):
     # A table that `needs` something this machine may lack (a GPU) runs only when --only names it.
     runnable = [r for r in runs if "needs" not in r[0] or r[0]["id"] in only]
-    todo = [r for r in runnable if not finished(r[3], r[4])]
+    todo = [r for r in runnable if not finished(r[3], r[4], r[1])]
     skipped = len(runs) - len(runnable)
     print(f"study: {len(runnable) - len(todo)} of {len(runnable)} runs done, {len(todo)} to run"
           + (f"; {skipped} skipped (their tables need what a plain run does not assume)" if skipped else ""),
           flush=True)
     for i, (table, row, seed, config, run_dir) in enumerate(todo, 1):
+        if "eval_file" in row:
+            explain(table, row, seed, config, run_dir, binary, f"[{i}/{len(todo)}]")
+            continue
         saved = os.path.join(run_dir, "config.json")
         resume = os.path.isfile(os.path.join(run_dir, "last.pt")) and os.path.isfile(saved) \
             and same_run(config, load_json(saved)) and not os.path.isfile(os.path.join(run_dir, "eval.json"))
@@ -189,10 +230,31 @@ def execute(runs, binary, threads, only):
         print(f"study:   {time.monotonic() - start:.0f} s, test accuracy {100 * accuracy:.2f}%", flush=True)
 
 
-def measurements(run_dir):
-    e = load_json(os.path.join(run_dir, "eval.json"))
+def explain(table, row, seed, config, run_dir, binary, counter):
+    """One row of an `explain` table: `batchcam eval` of the trained run's last.pt (the model its
+    own eval.json describes) with the row's CAM method."""
+    if not finished(config, run_dir):
+        raise StudyError(f"table {table['id']}: {run_dir} has no finished run; run table "
+                         f"{table['explain']['table']} first")
+    command = [binary, "eval", os.path.join(run_dir, "last.pt"), "--method", row["method"],
+               "--out", os.path.join(run_dir, row["eval_file"])]
+    print(f"study: {counter} {table['id']} {row['name']} seed {seed}", flush=True)
+    start = time.monotonic()
+    result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise StudyError(f"{' '.join(command)} exited {result.returncode}: {result.stderr.strip()}")
+    print(f"study:   {time.monotonic() - start:.0f} s", flush=True)
+
+
+def measurements(run_dir, eval_file="eval.json"):
+    """The columns of one run; from eval_file (an `explain` table's evaluation by another CAM
+    method) and, for the training time, metrics.jsonl."""
+    e = load_json(os.path.join(run_dir, eval_file))
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         epochs = [json.loads(line) for line in f if line.strip()]
+    road = e["faithfulness"].get("road") or {}  # absent before ROAD, null when skipped
+    confidence = e["faithfulness"].get("confidence") or {}
+    percent = lambda v: None if v is None else 100 * v
     return {
         "accuracy": 100 * e["accuracy"],
         "follows_decoy": e["decoy"].get("follows_decoy"),
@@ -207,6 +269,11 @@ def measurements(run_dir):
         "input_ssim": e["input_reconstruction"]["ssim"],
         "deletion": e["faithfulness"]["deletion_auc"],
         "insertion": e["faithfulness"]["insertion_auc"],
+        "road_morf": road.get("morf"),
+        "road_lerf": road.get("lerf"),
+        "road_combined": road.get("combined"),
+        "average_drop": percent(confidence.get("average_drop")),
+        "increase": percent(confidence.get("increase")),
         "seconds": statistics.mean(m["seconds"] for m in epochs),
         "ms_per_image": e["timing"]["ms_per_image"],
         "ms_per_image_cam": e["timing"]["ms_per_image_with_cam"],
@@ -215,7 +282,8 @@ def measurements(run_dir):
 
 # Columns that cannot be negative: batchcam 0.1 wrote -1 there when a metric was not available.
 NON_NEGATIVE = {"follows_decoy", "decoy_share_predicted", "decoy_pointing_predicted", "decoy_share",
-                "decoy_pointing", "object_share", "deletion", "insertion", "ms_per_image", "ms_per_image_cam"}
+                "decoy_pointing", "object_share", "deletion", "insertion", "ms_per_image", "ms_per_image_cam",
+                "road_morf", "road_lerf", "average_drop", "increase"}
 
 
 def values(results, key):
@@ -247,8 +315,8 @@ def collect(study, only=None):
         rows = entry[1]
         if not rows or rows[-1][0]["name"] != row["name"]:
             rows.append((row, []))
-        if finished(config, run_dir):
-            rows[-1][1].append(measurements(run_dir))
+        if finished(config, run_dir, row):
+            rows[-1][1].append(measurements(run_dir, row.get("eval_file", "eval.json")))
             tables[table["id"]] = (table, rows, load_json(os.path.join(run_dir, "config.json")))
     return tables
 
@@ -303,43 +371,81 @@ def comparison(rows):
     return lines
 
 
-def choose(decision, tables):
-    """One choice of defaults: among the candidate rows (the decision's `rows`, else every row
-    but CE only present in all its tables) whose accuracy is not clearly below CE only's in
-    any table (a drop of at most `accuracy_tolerance` points, or one within twice its standard
-    error over seeds), the best mean rank over the decision's metrics (rank 1 = best in that
-    table and metric)."""
+def rank(decision, tables):
+    """The rows of a decision, best first, the eligible ones, and the mean ranks; or a line
+    saying why it cannot be decided yet."""
     ids = decision["tables"]
     if any(t not in tables or tables[t][2] is None for t in ids):
-        return ["Pending: not every table of this decision has results yet."]
+        return "Pending: not every table of this decision has results yet."
+    baseline = decision.get("baseline", "ce")
     row_sets = [{row["name"]: rs for row, rs in tables[t][1] if rs} for t in ids]
-    candidates = set(decision.get("rows") or set.intersection(*(set(rows) - {"ce"} for rows in row_sets)))
+    candidates = set(decision.get("rows") or set.intersection(*(set(rows) - {baseline} for rows in row_sets)))
     if not candidates or any(name not in rows for rows in row_sets for name in candidates):
-        return ["Pending: not every candidate row has results yet."]
-    metrics = decision["metrics"]
-    tolerance = decision["accuracy_tolerance"]
+        return "Pending: not every candidate row has results yet."
+    tolerance = decision.get("accuracy_tolerance", 0)
     ranks = {name: [] for name in candidates}
     eligible = set(candidates)
     for rows in row_sets:
         for name in candidates:
-            drop, clear = difference(rows[name], rows["ce"], "accuracy") if "ce" in rows else (None, None)
+            if name == baseline or baseline not in rows:
+                continue
+            drop, clear = difference(rows[name], rows[baseline], "accuracy")
             if drop is not None and drop < -tolerance and clear is not False:
                 eligible.discard(name)
-        for key in metrics:
+        for key in decision["metrics"]:
+            if any(mean(rows[n], key) is None for n in candidates):
+                continue  # a metric this table does not have (no decoys)
             sign = COLUMNS[key][2]
             for position, name in enumerate(sorted(candidates, key=lambda n: -sign * mean(rows[n], key)), 1):
                 ranks[name].append(position)
-    lines = [f"Rule: candidates {', '.join(f'`{n}`' for n in sorted(candidates))} in "
-             f"{', '.join(f'`{t}`' for t in ids)}. A row is eligible when its test accuracy is not clearly below "
-             f"CE only's in any of these tables: the drop of the mean is at most {tolerance} points, or within twice "
-             f"its standard error over seeds. Each row is ranked per table and metric "
-             f"({', '.join(COLUMNS[m][0] for m in metrics)}; 1 = best); the eligible row with the lowest mean "
-             f"rank wins.", "", "| row | eligible | mean rank |", "|---|---|---|"]
     order = sorted(candidates, key=lambda n: (n not in eligible, statistics.mean(ranks[n]), n))
+    return order, eligible, ranks
+
+
+def choose(decision, tables):
+    """One choice of defaults: among the candidate rows (the decision's `rows`, else every row
+    but the baseline, CE only unless `baseline` names another, present in all its tables) whose
+    accuracy is not clearly below the baseline's in any table (a drop of at most
+    `accuracy_tolerance` points, or one within twice its standard error over seeds), the best
+    mean rank over the decision's metrics (rank 1 = best in that table and metric)."""
+    ranked = rank(decision, tables)
+    if isinstance(ranked, str):
+        return [ranked]
+    order, eligible, ranks = ranked
+    ids = decision["tables"]
+    baseline = decision.get("baseline", "ce")
+    baseline_label = "CE only's" if baseline == "ce" else f"`{baseline}`'s"
+    tolerance = decision.get("accuracy_tolerance", 0)
+    has_baseline = any(baseline in {row["name"] for row, rs in tables[t][1] if rs} for t in ids)
+    eligibility = (f"A row is eligible when its test accuracy is not clearly below {baseline_label} in any of "
+                   f"these tables: the drop of the mean is at most {tolerance} points, or within twice its "
+                   f"standard error over seeds. ") if has_baseline else "Every row is eligible. "
+    lines = [f"Rule: candidates {', '.join(f'`{n}`' for n in sorted(order))} in "
+             f"{', '.join(f'`{t}`' for t in ids)}. {eligibility}Each row is ranked per table and metric "
+             f"({', '.join(COLUMNS[m][0] for m in decision['metrics'])}; 1 = best; a metric a table does not "
+             f"have is left out there); the eligible row with the lowest mean rank wins.", "",
+             "| row | eligible | mean rank |", "|---|---|---|"]
     for name in order:
         lines.append(f"| {name} | {'yes' if name in eligible else 'no'} | {statistics.mean(ranks[name]):.2f} |")
     winner = next((n for n in order if n in eligible), None)
     lines += ["", f"**Chosen: `{winner}`.**" if winner else "**No row is eligible.**"]
+    return lines
+
+
+def combine(decision, study, tables):
+    """A choice made of two decisions: the best-ranked row of `first` whose counterpart
+    (`counterpart`, a pattern with {} for the row's name) is eligible in `second`; else
+    `fallback`."""
+    spec = decision["combine"]
+    by_title = {d["title"]: d for d in study["decisions"]}
+    first, second = (rank(by_title[spec[k]], tables) for k in ("first", "second"))
+    if isinstance(first, str) or isinstance(second, str):
+        return ["Pending: a decision it combines is not decided yet."]
+    eligible = second[1]
+    winner = next((n for n in first[0] if n in first[1] and spec["counterpart"].format(n) in eligible), None)
+    lines = [f"Rule: the first row of \"{spec['first']}\" (in its order above, eligible there) whose "
+             f"`{spec['counterpart']}` is eligible in \"{spec['second']}\"; if none, `{spec['fallback']}`.", ""]
+    lines.append(f"**Chosen: `{winner or spec['fallback']}`.**")
     return lines
 
 
@@ -376,6 +482,23 @@ def machine():
     return f"{platform.machine()}, {model or 'unknown CPU'}, {os.cpu_count()} CPU cores, {platform.system()}"
 
 
+def explained_table(table, rows, config, rel, seeds, done, total):
+    """The Markdown of an `explain` table: one row per CAM method, the same trained models."""
+    spec = table["explain"]
+    out = [f"Table `{table['id']}`, regenerate: `scripts/study.py {rel} --only {table['id']}` (after table "
+           f"`{spec['table']}`). The runs of row `{spec['row']}` of table `{spec['table']}` (dataset "
+           f"{config['dataset']}, model {config['model']}), each evaluated by every CAM method: `batchcam eval "
+           f"RUN/last.pt --method METHOD --out RUN/eval-METHOD.json`. Seeds {seeds}; mean ± standard deviation "
+           f"over seeds ({done} of {total} evaluations finished).", ""]
+    columns = table.get("columns") or DEFAULT_COLUMNS
+    out.append("| explainer | " + " | ".join(COLUMNS[c][0] for c in columns) + " | seeds |")
+    out.append("|---|" + "---|" * len(columns) + "---|")
+    for row, rs in rows:
+        out.append(f"| {row['name']} | " + " | ".join(cell(rs, c) if rs else "pending" for c in columns)
+                   + f" | {len(rs)} |")
+    return out + ([""] + table["text"] if table.get("text") else [])
+
+
 def report(study, path_of_study, tables, output):
     rel = os.path.relpath(path_of_study, ROOT)
     out = [f"# {study['title']}", "",
@@ -386,6 +509,10 @@ def report(study, path_of_study, tables, output):
     out += study.get("preamble", [])
     for tid, (table, rows, config) in tables.items():
         out += ["", f"## {table['title']}", ""]
+        if config is None and "explain" in table:
+            out += [f"Pending: no evaluation of this table has finished. Run it with `scripts/study.py {rel} --only "
+                    f"{tid}` after table `{table['explain']['table']}`.", ""]
+            continue
         if config is None:
             needs = f" It needs {table['needs']}, so a plain run of the study skips it." if "needs" in table else ""
             out += [f"Pending: no run of this table has finished.{needs} Run it with "
@@ -396,6 +523,9 @@ def report(study, path_of_study, tables, output):
         seeds = sorted({s for s in table["seeds"]})
         done = sum(len(rs) for _, rs in rows)
         total = len(rows) * len(seeds)
+        if "explain" in table:
+            out += explained_table(table, rows, config, rel, seeds, done, total)
+            continue
         base = f"preset `{table['preset']}`" if "preset" in table else "the defaults of `batchcam train`"
         out += [f"Table `{tid}`, regenerate: `scripts/study.py {rel} --only {tid}`. Runs: {base} "
                 f"with {json.dumps(table.get('set', {}))}: dataset {config['dataset']}, model {config['model']}, "
@@ -420,7 +550,8 @@ def report(study, path_of_study, tables, output):
     if study.get("decisions"):
         out += ["", "## Defaults"]
         for decision in study["decisions"]:
-            out += ["", f"### {decision['title']}", ""] + decision.get("text", []) + [""] + choose(decision, tables)
+            choice = combine(decision, study, tables) if "combine" in decision else choose(decision, tables)
+            out += ["", f"### {decision['title']}", ""] + decision.get("text", []) + [""] + choice
     out += ["", "## Columns", ""] + study.get("glossary", [])
     return "\n".join(out) + "\n"
 
@@ -447,7 +578,7 @@ def main():
         runs = plan(study, only)
         if args.dry_run:
             for table, row, seed, config, run_dir in runs:
-                state = "done" if finished(config, run_dir) else "to run"
+                state = "done" if finished(config, run_dir, row) else "to run"
                 if state != "done" and "needs" in table and table["id"] not in only:
                     state = "skipped (needs " + table["needs"].split(",")[0] + "; name it with --only)"
                 print(f"{table['id']} {row['name']} seed {seed}: {state}")

@@ -37,11 +37,19 @@ class StudyTest(unittest.TestCase):
                           "set": {"lambda_proto": 1.0, "lambda_batch": 0.0, "distance_proto": "l2"}}],
                 "seeds": [0, 1],
             }, {
+                "id": "tiny-explain", "title": "Tiny explainers",
+                "explain": {"table": "tiny", "row": "ce", "methods": ["grad-cam", "layercam"]},
+                "columns": ["deletion", "insertion", "road_combined", "average_drop"],
+            }, {
                 "id": "big", "title": "Big table", "preset": os.path.join(cls.dir, "preset.json"),
                 "budget": "more than this machine has", "needs": "a GPU", "rows": [{"name": "ce"}], "seeds": [0],
             }],
             "decisions": [{"title": "Loss", "tables": ["tiny"], "metrics": ["proto_ssim", "insertion"],
-                           "accuracy_tolerance": 100}],
+                           "accuracy_tolerance": 100},
+                          {"title": "Explainer", "tables": ["tiny-explain"], "rows": ["grad-cam", "layercam"],
+                           "metrics": ["deletion", "road_combined"]},
+                          {"title": "Both", "combine": {"first": "Explainer", "second": "Loss",
+                                                        "counterpart": "both-l1", "fallback": "grad-cam"}}],
         }
         cls.study_path = os.path.join(cls.dir, "study.json")
         with open(cls.study_path, "w") as f:
@@ -68,7 +76,7 @@ class StudyTest(unittest.TestCase):
             return json.load(f)
 
     def test_every_row_and_seed_ran_with_the_preset_the_overrides_and_the_row(self):
-        self.assertIn("6 to run", self.first)
+        self.assertIn("10 to run", self.first)
         ce, both, heavy = self.config("ce-s0"), self.config("both-l1-s1"), self.config("proto-heavy-s0")
         self.assertEqual((ce["lambda_proto"], ce["lambda_batch"]), (0.0, 0.0))
         # A grid row keeps the preset's lambdas.
@@ -97,9 +105,27 @@ class StudyTest(unittest.TestCase):
         self.assertIn("Pending: no run of this table has finished. It needs a GPU", text)
         self.assertIn("--only big`", text)
 
+    def test_an_explain_table_evaluates_the_trained_runs_with_each_method(self):
+        deletion = []
+        for seed in (0, 1):
+            with open(os.path.join(self.run_dir(f"ce-s{seed}"), "eval-layercam.json")) as f:
+                e = json.load(f)
+            self.assertEqual(e["cam_method"], "layercam")
+            self.assertTrue(e["checkpoint"]["path"].endswith("last.pt"), e["checkpoint"])
+            deletion.append(e["faithfulness"]["deletion_auc"])
+            self.assertTrue(os.path.isfile(os.path.join(self.run_dir(f"ce-s{seed}"), "eval-grad-cam.json")))
+        with open(self.study["output"]) as f:
+            text = f.read()
+        row = next(line for line in text.splitlines() if line.startswith("| layercam |"))
+        self.assertEqual(row.split(" | ")[1], f"{statistics.mean(deletion):.3f} ± {statistics.stdev(deletion):.3f}")
+        explainer = text[text.index("### Explainer"):text.index("### Both")]
+        chosen = explainer.split("**Chosen: `")[1].split("`")[0]
+        self.assertIn(chosen, ("grad-cam", "layercam"))
+        self.assertIn(f"**Chosen: `{chosen}`.**", text[text.index("### Both"):], "both-l1 is eligible in Loss")
+
     def test_finished_runs_are_kept_and_a_changed_table_reruns_only_what_changed(self):
         second = self.run_study()
-        self.assertIn("6 of 6 runs done, 0 to run", second)
+        self.assertIn("10 of 10 runs done, 0 to run", second)
         changed = json.loads(json.dumps(self.study))
         changed["tables"][0]["rows"][0]["set"]["lambda_proto"] = 2.0
         path = os.path.join(self.dir, "changed.json")
@@ -159,6 +185,26 @@ class ChooseTest(unittest.TestCase):
         decision["accuracy_tolerance"] = 2
         self.assertEqual(study.choose(decision, {"t": self.table(rows)})[-1], "**Chosen: `a`.**")
         self.assertEqual(study.choose(decision, {})[0], "Pending: not every table of this decision has results yet.")
+
+    def test_a_combined_choice_takes_the_best_first_row_whose_counterpart_qualifies(self):
+        sys.path.insert(0, os.path.join(ROOT, "scripts"))
+        import study
+        explainers = {"x": [{"deletion": 0.1}], "y": [{"deletion": 0.2}]}  # x ranks first
+        training = {"proto-x": [{"accuracy": 90.0}], "proto-y": [{"accuracy": 99.0}]}  # x loses 9 points
+        decisions = [{"title": "E", "tables": ["e"], "rows": ["x", "y"], "metrics": ["deletion"]},
+                     {"title": "T", "tables": ["t"], "rows": ["proto-x", "proto-y"], "baseline": "proto-y",
+                      "metrics": ["accuracy"], "accuracy_tolerance": 0.3}]
+        both = {"title": "B", "combine": {"first": "E", "second": "T", "counterpart": "proto-{}", "fallback": "z"}}
+        tables = {"e": self.table(explainers), "t": self.table(training)}
+        self.assertEqual(study.combine(both, {"decisions": decisions + [both]}, tables)[-1], "**Chosen: `y`.**")
+        training["proto-y"] = [{"accuracy": 99.0}]
+        tables["t"] = self.table(dict(training, **{"proto-x": [{"accuracy": 99.0}]}))
+        self.assertEqual(study.combine(both, {"decisions": decisions + [both]}, tables)[-1], "**Chosen: `x`.**")
+        decisions[1]["baseline"] = "ce"
+        tables["t"] = self.table({"ce": [{"accuracy": 99.0}], "proto-x": [{"accuracy": 90.0}],
+                                  "proto-y": [{"accuracy": 90.0}]})
+        self.assertEqual(study.combine(both, {"decisions": decisions + [both]}, tables)[-1], "**Chosen: `z`.**",
+                         "none qualifies: the fallback")
 
     def test_a_difference_is_clear_only_beyond_twice_its_standard_error(self):
         sys.path.insert(0, os.path.join(ROOT, "scripts"))
