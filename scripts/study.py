@@ -155,6 +155,8 @@ def explained_runs(study, table):
     if row is None:
         raise StudyError(f"table {table['id']}: table {source['id']} has no row '{spec.get('row')}'")
     table.setdefault("seeds", source["seeds"])
+    if "needs" in source:
+        table.setdefault("needs", source["needs"])
     runs = []
     for method in spec["methods"]:
         explained = {"name": method, "label": row["label"], "distance": "-", "method": method,
@@ -197,7 +199,8 @@ def finished(config, run_dir, row=None):
 def execute(runs, binary, threads, only):
     # A table that `needs` something this machine may lack (a GPU) runs only when --only names it.
     runnable = [r for r in runs if "needs" not in r[0] or r[0]["id"] in only]
-    todo = [r for r in runnable if not finished(r[3], r[4], r[1])]
+    # Training runs first: an `explain` row evaluates one of them.
+    todo = sorted((r for r in runnable if not finished(r[3], r[4], r[1])), key=lambda r: "eval_file" in r[1])
     skipped = len(runs) - len(runnable)
     print(f"study: {len(runnable) - len(todo)} of {len(runnable)} runs done, {len(todo)} to run"
           + (f"; {skipped} skipped (their tables need what a plain run does not assume)" if skipped else ""),
@@ -382,6 +385,7 @@ def rank(decision, tables):
     candidates = set(decision.get("rows") or set.intersection(*(set(rows) - {baseline} for rows in row_sets)))
     if not candidates or any(name not in rows for rows in row_sets for name in candidates):
         return "Pending: not every candidate row has results yet."
+    candidates = sorted(candidates)
     tolerance = decision.get("accuracy_tolerance", 0)
     ranks = {name: [] for name in candidates}
     eligible = set(candidates)
@@ -395,9 +399,14 @@ def rank(decision, tables):
         for key in decision["metrics"]:
             if any(mean(rows[n], key) is None for n in candidates):
                 continue  # a metric this table does not have (no decoys)
-            sign = COLUMNS[key][2]
-            for position, name in enumerate(sorted(candidates, key=lambda n: -sign * mean(rows[n], key)), 1):
-                ranks[name].append(position)
+            # Scores as the table shows them (rounded), better first; equal ones share their mean rank.
+            score = {n: -COLUMNS[key][2] * round(mean(rows[n], key), COLUMNS[key][1]) for n in candidates}
+            for name in candidates:
+                better = sum(score[n] < score[name] for n in candidates)
+                equal = sum(score[n] == score[name] for n in candidates)
+                ranks[name].append(better + (equal + 1) / 2)
+    if not any(ranks.values()):
+        return "Pending: no metric of this decision has values in its tables."
     order = sorted(candidates, key=lambda n: (n not in eligible, statistics.mean(ranks[n]), n))
     return order, eligible, ranks
 
@@ -407,7 +416,8 @@ def choose(decision, tables):
     but the baseline, CE only unless `baseline` names another, present in all its tables) whose
     accuracy is not clearly below the baseline's in any table (a drop of at most
     `accuracy_tolerance` points, or one within twice its standard error over seeds), the best
-    mean rank over the decision's metrics (rank 1 = best in that table and metric)."""
+    mean rank over the decision's metrics (rank 1 = best in that table and metric; equal values as the table rounds them
+    share their mean rank)."""
     ranked = rank(decision, tables)
     if isinstance(ranked, str):
         return [ranked]
@@ -422,8 +432,9 @@ def choose(decision, tables):
                    f"standard error over seeds. ") if has_baseline else "Every row is eligible. "
     lines = [f"Rule: candidates {', '.join(f'`{n}`' for n in sorted(order))} in "
              f"{', '.join(f'`{t}`' for t in ids)}. {eligibility}Each row is ranked per table and metric "
-             f"({', '.join(COLUMNS[m][0] for m in decision['metrics'])}; 1 = best; a metric a table does not "
-             f"have is left out there); the eligible row with the lowest mean rank wins.", "",
+             f"({', '.join(COLUMNS[m][0] for m in decision['metrics'])}; 1 = best; values equal as the table rounds "
+             f"them share their mean rank; a metric a table does not have is left out there); the eligible row "
+             f"with the lowest mean rank wins.", "",
              "| row | eligible | mean rank |", "|---|---|---|"]
     for name in order:
         lines.append(f"| {name} | {'yes' if name in eligible else 'no'} | {statistics.mean(ranks[name]):.2f} |")
@@ -438,6 +449,9 @@ def combine(decision, study, tables):
     `fallback`."""
     spec = decision["combine"]
     by_title = {d["title"]: d for d in study["decisions"]}
+    for key in ("first", "second"):
+        if spec.get(key) not in by_title:
+            raise StudyError(f"decision '{decision['title']}': combine.{key} names no decision ('{spec.get(key)}')")
     first, second = (rank(by_title[spec[k]], tables) for k in ("first", "second"))
     if isinstance(first, str) or isinstance(second, str):
         return ["Pending: a decision it combines is not decided yet."]

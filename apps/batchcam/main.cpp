@@ -42,6 +42,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <iostream>
 #include <string>
 
@@ -591,7 +592,7 @@ Evaluated load_evaluated(const std::string& target, const std::string& dataset, 
 struct EvalArgs {
   std::string target, dataset, data_dir, out, device = "auto", method;  ///< method "": the run's
   int64_t test_size = 0, faithfulness_count = 1000, randomization_count = 256;
-  bool json = false;
+  bool json = false, no_road = false;
 };
 
 int run_eval(const EvalArgs& a) {
@@ -601,6 +602,7 @@ int run_eval(const EvalArgs& a) {
   options.method = a.method.empty() ? e.ck.config.cam_method : batchcam::cam::parse_cam_method(a.method);
   options.faithfulness_count = a.faithfulness_count;
   options.randomization_count = a.randomization_count;
+  if (a.no_road) options.road_fractions.clear();
   const auto report = batchcam::eval::evaluate_full(*e.ck.model, e.splits.test, e.ck.normalization, e.ck.prototypes,
                                                     options);
   auto j = batchcam::eval::to_json(report);
@@ -624,90 +626,43 @@ struct ExplainArgs {
 };
 
 int run_explain(const ExplainArgs& a) {
-  namespace fs = std::filesystem;
-  using batchcam::data::Dataset;
   Evaluated e;
-  Dataset inputs;
-  std::vector<std::string> sources;
+  batchcam::data::Dataset inputs;
   const auto device = batchcam::core::resolve_device(a.device);
   if (!a.images.empty()) {
     e.checkpoint = checkpoint_of(a.checkpoint);
     e.ck = batchcam::train::load_checkpoint(e.checkpoint, device);
     const auto& spec = e.ck.spec;
-    // Decoded as the test images of a folder are (the shorter side scaled, the centre kept).
-    inputs.files = std::make_shared<const batchcam::data::ImageFiles>(a.images, spec.image_size, spec.in_channels,
-                                                                      e.ck.config.max_image_pixels, 0);
-    inputs.labels = torch::full({static_cast<int64_t>(a.images.size())}, -1, torch::kInt64);
     // The checkpoint's class names (runs of batchcam 0.1 have none: shapes' are known).
-    inputs.class_names = !e.ck.spec.class_names.empty()       ? e.ck.spec.class_names
-                         : e.ck.config.dataset == "shapes" ? batchcam::data::shapes_class_names()
-                                                           : std::vector<std::string>();
+    auto names = !spec.class_names.empty()             ? spec.class_names
+                 : e.ck.config.dataset == "shapes" ? batchcam::data::shapes_class_names()
+                                                   : std::vector<std::string>();
+    inputs = batchcam::data::unlabelled_images(a.images, spec.image_size, spec.in_channels,
+                                               e.ck.config.max_image_pixels, std::move(names));
   } else {
     e = load_evaluated(a.checkpoint, a.dataset, a.data_dir, 0, device);
     inputs = e.splits.test.first(a.count);
   }
-  for (int64_t i = 0; i < inputs.size(); ++i) {
-    sources.push_back(inputs.streamed() ? inputs.sample_name(i) : "test:" + std::to_string(i));
-  }
-  auto& model = *e.ck.model;
-  const auto& norm = e.ck.normalization;
-  const int64_t k = e.ck.spec.num_classes;
-  const auto class_name = [&](int64_t c) {
-    return c >= 0 && c < static_cast<int64_t>(inputs.class_names.size()) ? inputs.class_names[static_cast<size_t>(c)]
-                                                                         : std::to_string(c);
-  };
+  batchcam::eval::ExplainOptions options;
+  options.method = a.method.empty() ? e.ck.config.cam_method : batchcam::cam::parse_cam_method(a.method);
   // --target: a class index or name; default: the predicted class.
-  int64_t fixed_target = -1;
+  const int64_t k = e.ck.spec.num_classes;
   if (!a.target.empty()) {
     for (int64_t c = 0; c < k; ++c) {
-      if (a.target == std::to_string(c) || a.target == class_name(c)) fixed_target = c;
+      const bool named = c < inputs.num_classes() && inputs.class_names[static_cast<size_t>(c)] == a.target;
+      if (a.target == std::to_string(c) || named) options.target = c;
     }
-    if (fixed_target < 0) {
+    if (options.target < 0) {
       throw std::invalid_argument("--target '" + a.target + "' is not a class of this model (0.." +
                                   std::to_string(k - 1) + " or a class name)");
     }
   }
-  const auto method = a.method.empty() ? e.ck.config.cam_method : batchcam::cam::parse_cam_method(a.method);
-  const auto x = norm.apply(inputs.images_at(torch::arange(inputs.size(), torch::kInt64)).to(device));
-  const auto explained = batchcam::cam::explain(
-      model, x, fixed_target >= 0 ? torch::full({x.size(0)}, fixed_target, torch::kLong).to(device) : torch::Tensor(),
-      method);
-  const auto maps = explained.maps.cpu();
-  const auto probabilities = torch::softmax(explained.logits.to(torch::kFloat32), 1).cpu();
-  const auto predicted = explained.logits.argmax(1).cpu();
-  const auto targets = explained.targets.cpu();
-  const auto images = norm.to_unit(x).cpu();
-  const int64_t zoom = batchcam::eval::display_zoom(x.size(2), 112);
-  fs::create_directories(fs::path(a.out) / "images");
-  std::string csv = "index,source,label,predicted,target,target_probability,cam_mean,cam_peak_y,cam_peak_x,"
-                    "cam_mass_top_decile\n";
-  std::map<int64_t, std::vector<torch::Tensor>> by_class;
-  for (int64_t i = 0; i < x.size(0); ++i) {
-    const auto panels = batchcam::eval::explanation_panels(images[i], maps[i], zoom);
-    // Named after the input file where there is one: images/0003-cat_12.png.
-    const auto name = inputs.streamed() ? fmt::format("{:04d}-{}.png", i, fs::path(inputs.sample_name(i)).stem().string())
-                                        : fmt::format("{:04d}.png", i);
-    batchcam::io::write_png((fs::path(a.out) / "images" / name).string(), panels);
-    const int64_t t = targets[i].item<int64_t>();
-    if (by_class[t].size() < 8) by_class[t].push_back(panels);
-    const auto flat = maps[i].flatten();
-    const int64_t peak = flat.argmax().item<int64_t>();
-    const auto top = std::get<0>(flat.topk(std::max<int64_t>(1, flat.numel() / 10)));
-    const double mass = flat.sum().item<double>();
-    const int64_t label = inputs.labels[i].item<int64_t>();
-    csv += fmt::format("{},\"{}\",{},{},{},{:.6f},{:.6f},{},{},{:.6f}\n", i, sources[static_cast<size_t>(i)],
-                       label >= 0 ? class_name(label) : "", class_name(predicted[i].item<int64_t>()), class_name(t),
-                       probabilities[i][t].item<double>(), flat.mean().item<double>(), peak / maps.size(2),
-                       peak % maps.size(2), mass > 0 ? top.sum().item<double>() / mass : 0.0);
-  }
-  for (const auto& [c, rows] : by_class) {
-    batchcam::io::write_png((fs::path(a.out) / fmt::format("class-{}.png", c)).string(),
-                            batchcam::eval::stack_rows(rows));
-  }
-  batchcam::io::write_file_atomic((fs::path(a.out) / "cam_stats.csv").string(), csv);
-  std::cout << "wrote " << x.size(0) << " explanations (" << batchcam::cam::to_string(method)
-            << ": image | CAM | overlay | reconstruction) to " << a.out
-            << "/images, " << by_class.size() << " class grids and cam_stats.csv\n";
+  const auto samples = batchcam::eval::write_explanations(a.out, *e.ck.model, inputs, e.ck.normalization, options);
+  std::set<int64_t> classes;
+  for (const auto& s : samples) classes.insert(s.target);
+  std::cout << "wrote " << samples.size() << " explanations (" << batchcam::cam::to_string(options.method)
+            << ": image | CAM | overlay | reconstruction) to " << a.out << "/images, " << classes.size()
+            << " class grids and cam_stats.csv\n";
   return 0;
 }
 
@@ -935,8 +890,10 @@ int main(int argc, char** argv) {
   evaluator->add_option("--data-dir", eval_args.data_dir, "Directory of the dataset's files");
   evaluator->add_option("--test-size", eval_args.test_size, "First N test images (0 = the run's test set)")
       ->check(integer_in(0, 10000000));
-  evaluator->add_option("--faithfulness-count", eval_args.faithfulness_count, "Images for deletion/insertion AUC (0 = skip)")
+  evaluator->add_option("--faithfulness-count", eval_args.faithfulness_count,
+                        "Images for deletion/insertion, ROAD and the confidence change (0 = skip)")
       ->check(integer_in(0, 10000000));
+  evaluator->add_flag("--no-road", eval_args.no_road, "Skip ROAD (18 imputations and forward passes per image)");
   evaluator->add_option("--randomization-count", eval_args.randomization_count,
                         "Images for the parameter-randomisation check (0 = skip)")->check(integer_in(0, 100000));
   evaluator->add_flag("--json", eval_args.json, "Print JSON instead of the table");

@@ -42,6 +42,15 @@ std::string Dataset::sample_name(int64_t i) const {
   return "#" + std::to_string(i);
 }
 
+Dataset unlabelled_images(std::vector<std::string> paths, int64_t side, int64_t channels, int64_t max_pixels,
+                          std::vector<std::string> class_names) {
+  Dataset d;
+  d.labels = torch::full({static_cast<int64_t>(paths.size())}, -1, torch::kInt64);
+  d.files = std::make_shared<const ImageFiles>(std::move(paths), side, channels, max_pixels, 0);
+  d.class_names = std::move(class_names);
+  return d;
+}
+
 void for_each_chunk(const Dataset& dataset,
                     const std::function<void(const torch::Tensor& images, const torch::Tensor& labels)>& visit,
                     int64_t chunk_bytes) {

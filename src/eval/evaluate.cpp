@@ -200,6 +200,23 @@ std::pair<torch::Tensor, torch::Tensor> deletion_insertion_curves(
   return {torch::stack(deletion, 1), torch::stack(insertion, 1)};
 }
 
+namespace {
+constexpr uint64_t kTieStream = uint64_t{1} << 62;  // road_curves' seeds for ranking equal map values
+
+// Image i's draws [B, sizes...] (float64, on the CPU) from a generator of its own seeded with
+// seed + i: normal or uniform on [0, 1). An image gets the same numbers in any batch.
+torch::Tensor per_image_draws(int64_t b, std::vector<int64_t> sizes, uint64_t seed, bool normal) {
+  std::vector<torch::Tensor> draws;
+  const auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  for (int64_t i = 0; i < b; ++i) {
+    auto gen = at::detail::createCPUGenerator(seed + static_cast<uint64_t>(i));
+    draws.push_back(normal ? torch::randn(sizes, gen, opts) : torch::rand(sizes, gen, opts));
+  }
+  sizes.insert(sizes.begin(), b);
+  return b > 0 ? torch::stack(draws) : torch::empty(sizes, opts);
+}
+}  // namespace
+
 torch::Tensor noisy_linear_imputation(const torch::Tensor& x, const torch::Tensor& removed, double noise,
                                       uint64_t seed) {
   TORCH_CHECK(x.dim() == 4 && removed.dim() == 3 && removed.size(0) == x.size(0) && removed.size(1) == x.size(2) &&
@@ -247,22 +264,29 @@ torch::Tensor noisy_linear_imputation(const torch::Tensor& x, const torch::Tenso
     p = z + beta * p;
     rz = rz_next;
   }
-  auto gen = at::detail::createCPUGenerator(seed);
-  const auto jitter = torch::randn({b * c, 1, h, w}, gen, torch::TensorOptions().dtype(x.scalar_type())).to(x.device());
+  const auto jitter = per_image_draws(b, {c, h, w}, seed, /*normal=*/true).to(opts).view({b * c, 1, h, w});
   return (known + u * (v + noise * jitter)).view({b, c, h, w});
 }
 
 RoadCurves road_curves(const std::function<torch::Tensor(const torch::Tensor&)>& forward, const torch::Tensor& x,
                        const torch::Tensor& targets, const torch::Tensor& maps, const std::vector<double>& fractions,
                        double noise, uint64_t seed) {
+  TORCH_CHECK(x.dim() == 4 && maps.dim() == 3 && maps.size(0) == x.size(0) && maps.size(1) == x.size(2) &&
+                  maps.size(2) == x.size(3) && targets.dim() == 1 && targets.size(0) == x.size(0),
+              "road_curves: x ", x.sizes(), " must be [B, C, H, W], maps ", maps.sizes(), " [B, H, W] and targets ",
+              targets.sizes(), " [B]");
   torch::NoGradGuard no_grad;
   const int64_t b = x.size(0), h = x.size(2), w = x.size(3), pixels = h * w;
-  const auto order = std::get<1>(maps.reshape({b, pixels}).sort(/*stable=*/true, /*dim=*/1, /*descending=*/true));
-  const auto rank = order.argsort(int64_t{1}).view({b, h, w});
+  // Rank by the map, equal values in a random order of the image's own (a map's zeros would
+  // otherwise leave from one corner first).
+  const auto shuffle = per_image_draws(b, {pixels}, seed + kTieStream, /*normal=*/false).argsort(int64_t{1}).to(maps.device());
+  const auto shuffled = maps.reshape({b, pixels}).gather(1, shuffle);
+  const auto by_value = std::get<1>(shuffled.sort(/*stable=*/true, /*dim=*/1, /*descending=*/true));
+  const auto rank = shuffle.gather(1, by_value).argsort(int64_t{1}).view({b, h, w});
   std::vector<torch::Tensor> morf, lerf, morf_correct, lerf_correct;
-  const auto ask = [&](const torch::Tensor& removed, uint64_t step_seed, std::vector<torch::Tensor>& probability,
+  const auto ask = [&](const torch::Tensor& removed, uint64_t stream, std::vector<torch::Tensor>& probability,
                        std::vector<torch::Tensor>& correct) {
-    const auto logits = forward(noisy_linear_imputation(x, removed, noise, step_seed));
+    const auto logits = forward(noisy_linear_imputation(x, removed, noise, seed + stream));
     probability.push_back(torch::softmax(logits, 1).gather(1, targets.view({-1, 1})).squeeze(1));
     correct.push_back(logits.argmax(1).eq(targets));
   };
@@ -270,8 +294,8 @@ RoadCurves road_curves(const std::function<torch::Tensor(const torch::Tensor&)>&
     const double f = fractions[k];
     TORCH_CHECK(f > 0 && f < 1, "road_curves: fractions must lie in (0, 1), got ", f);
     const auto removed = static_cast<int64_t>(std::llround(f * static_cast<double>(pixels)));
-    ask(rank < removed, seed + 2 * k, morf, morf_correct);
-    ask(rank >= pixels - removed, seed + 2 * k + 1, lerf, lerf_correct);
+    ask(rank < removed, (2 * k + 1) << 32, morf, morf_correct);
+    ask(rank >= pixels - removed, (2 * k + 2) << 32, lerf, lerf_correct);
   }
   return {torch::stack(morf, 1), torch::stack(lerf, 1), torch::stack(morf_correct, 1), torch::stack(lerf_correct, 1)};
 }
@@ -279,6 +303,9 @@ RoadCurves road_curves(const std::function<torch::Tensor(const torch::Tensor&)>&
 std::pair<torch::Tensor, torch::Tensor> confidence_change(
     const std::function<torch::Tensor(const torch::Tensor&)>& forward, const torch::Tensor& x,
     const torch::Tensor& explained, const torch::Tensor& targets) {
+  TORCH_CHECK(x.sizes() == explained.sizes() && targets.dim() == 1 && targets.size(0) == x.size(0),
+              "confidence_change: x ", x.sizes(), " and explained ", explained.sizes(),
+              " must match, targets ", targets.sizes(), " must be [B]");
   torch::NoGradGuard no_grad;
   const auto probability = [&](const torch::Tensor& input) {
     return torch::softmax(forward(input), 1).gather(1, targets.view({-1, 1})).squeeze(1);
@@ -330,8 +357,9 @@ EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, 
       drops += drop.sum().item<double>();
       increases += increase.sum().item<double>();
       if (!options.road_fractions.empty()) {
+        // Seeded by the images' positions: the same numbers for any batch size.
         const auto road = road_curves(forward, b.x, b.y, maps, options.road_fractions, options.road_noise,
-                                      static_cast<uint64_t>(i) << 16);
+                                      static_cast<uint64_t>(b.index[0].item<int64_t>()));
         const auto add = [](torch::Tensor& total, const torch::Tensor& part) {
           const auto s = part.to(torch::kDouble).sum(0).cpu();
           total = total.defined() ? total + s : s;

@@ -1,12 +1,19 @@
 #include "batchcam/eval/pictures.h"
 
 #include "batchcam/cam/grad_cam.h"
-
 #include "batchcam/core/runtime.h"
+#include "batchcam/io/file.h"
+#include "batchcam/io/png.h"
 
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <iomanip>
+#include <locale>
+#include <map>
+#include <sstream>
 
 namespace batchcam::eval {
 
@@ -111,6 +118,96 @@ torch::Tensor cam_examples(models::CamModel& model, const data::Dataset& dataset
                     zoomed(overlay(images[i], map), zoom)});
   }
   return grid(rows);
+}
+
+void explain_images(models::CamModel& model, const data::Dataset& inputs, const data::Normalization& norm,
+                    const ExplainOptions& options,
+                    const std::function<void(const ExplainedSample& sample, const torch::Tensor& panels)>& visit) {
+  TORCH_CHECK(options.batch_size > 0, "explain_images: batch_size must be > 0, got ", options.batch_size);
+  const auto device = core::module_device(model);
+  const int64_t zoom = options.zoom > 0 ? options.zoom : display_zoom(inputs.height(), 112);
+  for (int64_t begin = 0; begin < inputs.size(); begin += options.batch_size) {
+    const auto index = torch::arange(begin, std::min(inputs.size(), begin + options.batch_size), torch::kInt64);
+    const auto x = norm.apply(inputs.images_at(index).to(device));
+    const auto targets =
+        options.target >= 0 ? torch::full({x.size(0)}, options.target, torch::kLong).to(device) : torch::Tensor();
+    const auto explained = cam::explain(model, x, targets, options.method);
+    const auto maps = explained.maps.cpu().to(torch::kDouble);
+    const auto probabilities = torch::softmax(explained.logits.to(torch::kDouble), 1).cpu();
+    const auto predicted = explained.logits.argmax(1).cpu();
+    const auto explained_targets = explained.targets.cpu();
+    const auto images = norm.to_unit(x).cpu();
+    for (int64_t j = 0; j < x.size(0); ++j) {
+      const int64_t i = begin + j;
+      ExplainedSample s;
+      s.source = inputs.streamed() ? inputs.sample_name(i) : "test:" + std::to_string(i);
+      s.label = inputs.labels.defined() ? inputs.labels[i].item<int64_t>() : -1;
+      s.predicted = predicted[j].item<int64_t>();
+      s.target = explained_targets[j].item<int64_t>();
+      s.target_probability = probabilities[j][s.target].item<double>();
+      const auto flat = maps[j].flatten();
+      s.cam_mean = flat.mean().item<double>();
+      const int64_t peak = flat.argmax().item<int64_t>();
+      s.peak_y = peak / maps.size(2);
+      s.peak_x = peak % maps.size(2);
+      const double mass = flat.sum().item<double>();
+      const auto top = std::get<0>(flat.topk(std::max<int64_t>(1, flat.numel() / 10)));
+      s.top_decile_mass = mass > 0 ? top.sum().item<double>() / mass : 0.0;
+      visit(s, explanation_panels(images[j], maps[j], zoom));
+    }
+  }
+}
+
+namespace {
+// A CSV field in double quotes (quotes inside doubled, RFC 4180).
+std::string quoted(const std::string& text) {
+  std::string out = "\"";
+  for (const char c : text) out += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return out + "\"";
+}
+
+// v with 6 decimals, a point for the decimal separator whatever the caller's locale.
+std::string number(double v) {
+  std::ostringstream out;
+  out.imbue(std::locale::classic());
+  out << std::fixed << std::setprecision(6) << v;
+  return out.str();
+}
+}  // namespace
+
+std::vector<ExplainedSample> write_explanations(const std::string& out_dir, models::CamModel& model,
+                                                const data::Dataset& inputs, const data::Normalization& norm,
+                                                const ExplainOptions& options) {
+  namespace fs = std::filesystem;
+  const auto class_name = [&](int64_t c) {
+    return c >= 0 && c < inputs.num_classes() ? inputs.class_names[static_cast<size_t>(c)] : std::to_string(c);
+  };
+  fs::create_directories(fs::path(out_dir) / "images");
+  std::vector<ExplainedSample> samples;
+  std::map<int64_t, std::vector<torch::Tensor>> by_class;  // up to 8 panels per explained class
+  std::string csv = "index,source,label,predicted,target,target_probability,cam_mean,cam_peak_y,cam_peak_x,"
+                    "cam_mass_top_decile\n";
+  explain_images(model, inputs, norm, options, [&](const ExplainedSample& s, const torch::Tensor& panels) {
+    const auto i = static_cast<int64_t>(samples.size());
+    char index[32];
+    std::snprintf(index, sizeof index, "%04lld", static_cast<long long>(i));
+    // Named after the input file where there is one: images/0003-cat_12.png.
+    const auto name = inputs.streamed() ? std::string(index) + "-" + fs::path(s.source).stem().string() + ".png"
+                                        : std::string(index) + ".png";
+    io::write_png((fs::path(out_dir) / "images" / name).string(), panels);
+    auto& examples = by_class[s.target];
+    if (examples.size() < 8) examples.push_back(panels);
+    csv += std::to_string(i) + "," + quoted(s.source) + "," + (s.label >= 0 ? quoted(class_name(s.label)) : "") +
+           "," + quoted(class_name(s.predicted)) + "," + quoted(class_name(s.target)) + "," +
+           number(s.target_probability) + "," + number(s.cam_mean) + "," + std::to_string(s.peak_y) +
+           "," + std::to_string(s.peak_x) + "," + number(s.top_decile_mass) + "\n";
+    samples.push_back(s);
+  });
+  for (const auto& [c, rows] : by_class) {
+    io::write_png((fs::path(out_dir) / ("class-" + std::to_string(c) + ".png")).string(), stack_rows(rows));
+  }
+  io::write_file_atomic((fs::path(out_dir) / "cam_stats.csv").string(), csv);
+  return samples;
 }
 
 }  // namespace batchcam::eval

@@ -317,7 +317,7 @@ std::string render_report_html(const ReportInputs& in) {
     for (const auto& x : road.at("fractions")) removed.push_back(100 * x.get<double>());
     const auto series = [&](const char* key) {
       std::vector<double> y;
-      for (const auto& x : road.at(key)) y.push_back(x.get<double>());
+      for (const auto& x : road.at(key)) y.push_back(number(x));
       return y;
     };
     h << "<div class=\"plots\">";

@@ -229,6 +229,32 @@ TEST(CamMethods, ClosedFormCamEqualsGradCamOnGlobalAveragePoolingAndLinearHeads)
 // Each map's gradient with respect to the features, through the gradient call
 // (create_graph), against central differences, in float64. The head makes the gradient
 // depend on the features (tanh), so that its own derivative is tested too.
+TEST(CamMethods, XGradCamAndHiResCamEqualGradCamWhereOnlyPoolingFollowsTheLayer) {
+  // After global average pooling each channel's gradient is the same at every position, so
+  // both weightings reduce to Grad-CAM's; at an earlier layer they do not. (ConvNeXt-V2 on
+  // 28 px images explains its third stage, which a fourth follows: there they differ too.)
+  for (const auto& name : {"simple-cnn", "resnet18", "convnext-v2-atto"}) {
+    const bool pooled = std::string(name) != "convnext-v2-atto";
+    auto model = trained_looking_model(name);
+    model->to(torch::kDouble);
+    const auto x = torch::randn({4, 1, 28, 28}, torch::kDouble);
+    const auto targets = torch::randint(0, 10, {4}, torch::kLong);
+    const auto maps = [&](cam::CamMethod method) {
+      return cam::grad_cam(*model, x, targets, cam::GradCamOptions().method(method).output_size({28, 28})).cam.maps;
+    };
+    const auto grad = maps(cam::CamMethod::grad_cam);
+    if (!pooled) {
+      EXPECT_GT(test_support::max_abs_diff(maps(cam::CamMethod::hires_cam), grad), 1e-3) << name;
+      continue;
+    }
+    EXPECT_LE(test_support::max_abs_diff(maps(cam::CamMethod::xgrad_cam), grad), 1e-6) << name;
+    EXPECT_LE(test_support::max_abs_diff(maps(cam::CamMethod::hires_cam), grad), 1e-6) << name;
+    model->set_target_layer(model->target_layers().front());
+    const auto early = maps(cam::CamMethod::grad_cam);
+    EXPECT_GT(test_support::max_abs_diff(maps(cam::CamMethod::hires_cam), early), 1e-3) << name << ", first stage";
+  }
+}
+
 TEST(CamMethods, FiniteDifferencesMatchEachMapsGradientWithRespectToTheFeatures) {
   torch::manual_seed(3);
   const auto features = (torch::rand({2, 4, 5, 5}, torch::kDouble) + 0.1).requires_grad_(true);

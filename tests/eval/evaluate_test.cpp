@@ -1,4 +1,5 @@
 #include "batchcam/eval/evaluate.h"
+#include "batchcam/cam/grad_cam.h"
 #include "batchcam/data/shapes.h"
 #include "batchcam/losses/cam_losses.h"
 #include "batchcam/models/registry.h"
@@ -196,6 +197,15 @@ TEST(Road, RemovingTheEvidenceFirstLowersTheScoreAndRemovingItLastKeepsIt) {
   // LeRF removes only zeros far from the evidence, which stays: the score does not move.
   EXPECT_NEAR(good.lerf.min().item<double>(), original, 1e-9);
   EXPECT_TRUE(good.lerf_correct.all().item<bool>());
+  // An image's random numbers follow it into any batch: the seed names its position.
+  auto pair = torch::cat({x, torch::rand({1, 1, 8, 8}, torch::kDouble)});
+  const auto pair_maps = torch::cat({perfect, torch::rand({1, 8, 8}, torch::kDouble)});
+  const auto pair_targets = torch::zeros({2}, torch::kLong);
+  const auto noisy_pair = eval::road_curves(evidence_mean_model, pair, pair_targets, pair_maps, fractions, 0.1, 5);
+  const auto noisy_second = eval::road_curves(evidence_mean_model, pair.narrow(0, 1, 1), pair_targets.narrow(0, 1, 1),
+                                              pair_maps.narrow(0, 1, 1), fractions, 0.1, 6);
+  EXPECT_TRUE(torch::equal(noisy_pair.morf[1], noisy_second.morf[0]));
+  EXPECT_TRUE(torch::equal(noisy_pair.lerf[1], noisy_second.lerf[0]));
   // The reversed map exchanges the two.
   const auto bad = eval::road_curves(evidence_mean_model, x, y, 1 - perfect, fractions, 0.0, 0);
   EXPECT_NEAR(bad.morf.min().item<double>(), original, 1e-9);
@@ -257,17 +267,24 @@ TEST(EvaluateFull, IsStableForAFixedModelAndLeavesItUnchanged) {
   EXPECT_LE(a.decoy_share_predicted, 1.0);
   EXPECT_GE(a.decoy_pointing_predicted, 0.0);
   EXPECT_GE(a.decoy_following, 0.0);
+  // ROAD and the confidence change of the first 20 images, by the functions themselves on the
+  // same maps (explained in the report's batches of 16 and 4; ROAD seeded by image position).
+  const auto x20 = norm.apply(d.images.narrow(0, 0, 20)), y20 = d.labels.narrow(0, 0, 20);
+  const auto maps20 = torch::cat({cam::explain(*model, x20.narrow(0, 0, 16), y20.narrow(0, 0, 16)).maps,
+                                  cam::explain(*model, x20.narrow(0, 16, 4), y20.narrow(0, 16, 4)).maps});
+  const auto forward = [&](const torch::Tensor& in) { return model->forward(in); };
+  const auto road = eval::road_curves(forward, x20, y20, maps20, o.road_fractions, o.road_noise, 0);
   ASSERT_EQ(a.road_morf.size(), 9u) << "ROAD at 10%, ..., 90%";
-  for (size_t k = 0; k < 9; ++k) {
-    EXPECT_GE(a.road_morf[k], 0.0);
-    EXPECT_LE(a.road_lerf[k], 1.0);
-    EXPECT_GE(a.road_lerf_accuracy[k], 0.0);
+  for (int64_t k = 0; k < 9; ++k) {
+    EXPECT_NEAR(a.road_morf[k], road.morf.select(1, k).mean().item<double>(), 1e-6) << k;
+    EXPECT_NEAR(a.road_lerf[k], road.lerf.select(1, k).mean().item<double>(), 1e-6) << k;
+    EXPECT_NEAR(a.road_lerf_accuracy[k], road.lerf_correct.select(1, k).to(torch::kDouble).mean().item<double>(), 1e-9);
   }
-  EXPECT_NEAR(a.road_combined, (a.road_lerf_mean - a.road_morf_mean) / 2, 1e-12);
-  EXPECT_GE(a.average_drop, 0.0);
-  EXPECT_LE(a.average_drop, 1.0);
-  EXPECT_GE(a.increase_in_confidence, 0.0);
-  EXPECT_LE(a.increase_in_confidence, 1.0);
+  EXPECT_NEAR(a.road_combined, (road.lerf.mean() - road.morf.mean()).item<double>() / 2, 1e-6);
+  const auto [drop, increase] =
+      eval::confidence_change(forward, x20, norm.from_unit(norm.to_unit(x20) * maps20.unsqueeze(1)), y20);
+  EXPECT_NEAR(a.average_drop, drop.mean().item<double>(), 1e-6);
+  EXPECT_NEAR(a.increase_in_confidence, increase.to(torch::kDouble).mean().item<double>(), 1e-9);
   EXPECT_EQ(ja.at("faithfulness").at("road").at("morf_probability").size(), 9u) << ja.dump();
   EXPECT_LE(a.decoy_following, 1.0);
   // The predicted-class CAM is the true-class CAM wherever the prediction is right, so on

@@ -124,6 +124,14 @@ TEST(ReportCli, EvalIsStableAndExplainWritesPicturesAndStatistics) {
   EXPECT_EQ(ja, jb) << "the same checkpoint gives the same numbers";
   const auto table = cli("eval " + run.string() + " --faithfulness-count 20 --randomization-count 0");
   EXPECT_NE(table.out.find("deletion AUC"), std::string::npos) << table.out;
+  EXPECT_NE(table.out.find("LeRF: accuracy %"), std::string::npos) << table.out;
+  EXPECT_EQ(ja.at("faithfulness").at("road").at("lerf_accuracy").size(), 9u);
+  const auto no_road =
+      cli("eval " + (run / "best.pt").string() + " --json --faithfulness-count 20 --randomization-count 0 --no-road");
+  ASSERT_EQ(no_road.code, 0) << no_road.out;
+  const auto without = nlohmann::json::parse(no_road.out);
+  EXPECT_TRUE(without.at("faithfulness").at("road").is_null()) << no_road.out;
+  EXPECT_FALSE(without.at("faithfulness").at("confidence").at("average_drop").is_null());
   const auto mismatch = cli("eval " + run.string() + " --dataset cifar10 --data-dir /nonexistent");
   EXPECT_EQ(mismatch.code, 1) << mismatch.out;
 

@@ -1,5 +1,6 @@
 #include "batchcam/eval/pictures.h"
 #include "batchcam/data/shapes.h"
+#include "batchcam/io/image.h"
 #include "batchcam/io/png.h"
 #include "batchcam/models/registry.h"
 
@@ -99,3 +100,78 @@ TEST(Pictures, PanelsShowColourImagesInColour) {
   EXPECT_EQ(eval::display_zoom(224), 1);
 }
 
+
+TEST(Pictures, ExplanationsInBatchesEqualOneByOneAndTheCsvNamesEveryFile) {
+  namespace fs = std::filesystem;
+  const auto d = data::generate_shapes(5, 28, 3, data::SpuriousCue::none, 0.05);
+  const auto norm = data::Normalization::fit(d.images);
+  torch::manual_seed(0);
+  auto model = models::make_model({"simple-cnn", 1, 10, 28, ""});
+  // The test images as files, one with a comma and quotes in its name.
+  const auto dir = fs::temp_directory_path() / ("batchcam-explain-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  std::vector<std::string> paths;
+  for (int64_t i = 0; i < d.size(); ++i) {
+    paths.push_back((dir / (i == 1 ? "a,\"b\".png" : "img" + std::to_string(i) + ".png")).string());
+    io::write_png(paths.back(), d.images[i][0]);
+  }
+  const auto files = data::unlabelled_images(paths, 28, 1, io::kMaxImagePixels, d.class_names);
+  const auto collect = [&](const data::Dataset& inputs, int64_t batch_size) {
+    eval::ExplainOptions o;
+    o.batch_size = batch_size;
+    std::vector<eval::ExplainedSample> samples;
+    std::vector<torch::Tensor> panels;
+    eval::explain_images(*model, inputs, norm, o, [&](const eval::ExplainedSample& s, const torch::Tensor& p) {
+      samples.push_back(s);
+      panels.push_back(p);
+    });
+    return std::make_pair(samples, panels);
+  };
+  const auto [one, one_panels] = collect(d, 1);
+  const auto [batched, batched_panels] = collect(files, 3);
+  ASSERT_EQ(one.size(), 5u);
+  ASSERT_EQ(batched.size(), 5u);
+  EXPECT_TRUE(model->is_training()) << "mode restored";
+  const auto logits = [&] {
+    torch::NoGradGuard no_grad;
+    model->eval();
+    const auto out = model->forward(norm.apply(d.images));
+    model->train();
+    return out;
+  }();
+  for (size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(one[i].source, "test:" + std::to_string(i));
+    EXPECT_EQ(batched[i].source, paths[i]);
+    EXPECT_EQ(one[i].label, d.labels[static_cast<int64_t>(i)].item<int64_t>());
+    EXPECT_EQ(batched[i].label, -1) << "files carry no label";
+    EXPECT_EQ(one[i].predicted, logits[static_cast<int64_t>(i)].argmax().item<int64_t>());
+    EXPECT_EQ(one[i].target, one[i].predicted) << "no --target: the predicted class";
+    EXPECT_NEAR(one[i].target_probability,
+                torch::softmax(logits[static_cast<int64_t>(i)], 0)[one[i].target].item<double>(), 1e-5);
+    // The same pixels decoded from the files, explained 3 at a time.
+    EXPECT_EQ(batched[i].target, one[i].target);
+    EXPECT_NEAR(batched[i].target_probability, one[i].target_probability, 1e-5);
+    EXPECT_NEAR(batched[i].cam_mean, one[i].cam_mean, 1e-5);
+    EXPECT_NEAR(batched[i].top_decile_mass, one[i].top_decile_mass, 1e-5);
+    if (one[i].cam_mean > 0) {
+      EXPECT_GE(one[i].top_decile_mass, 78.0 / 784 - 1e-9) << "the top 78 of 784 pixels hold at least their share";
+    }
+    EXPECT_LE((batched_panels[i].to(torch::kInt) - one_panels[i].to(torch::kInt)).abs().max().item<int>(), 1);
+  }
+  eval::ExplainOptions fixed;
+  fixed.target = 2;
+  const auto out = dir / "out";
+  const auto written = eval::write_explanations(out.string(), *model, files, norm, fixed);
+  ASSERT_EQ(written.size(), 5u);
+  for (const auto& s : written) EXPECT_EQ(s.target, 2);
+  EXPECT_TRUE(fs::exists(out / "images" / "0001-a,\"b\".png"));
+  EXPECT_TRUE(fs::exists(out / "class-2.png"));
+  EXPECT_FALSE(fs::exists(out / "class-0.png")) << "one explained class, one grid";
+  std::ifstream csv(out / "cam_stats.csv");
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(csv, line);) lines.push_back(line);
+  ASSERT_EQ(lines.size(), 6u);
+  EXPECT_EQ(lines[2].rfind("1,\"" + (dir / "a,\"\"b\"\".png").string() + "\",,", 0), 0u) << lines[2];
+  EXPECT_NE(lines[2].find(",\"" + d.class_names[2] + "\","), std::string::npos) << "the target by name: " << lines[2];
+  fs::remove_all(dir);
+}

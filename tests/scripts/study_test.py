@@ -206,6 +206,18 @@ class ChooseTest(unittest.TestCase):
         self.assertEqual(study.combine(both, {"decisions": decisions + [both]}, tables)[-1], "**Chosen: `z`.**",
                          "none qualifies: the fallback")
 
+    def test_values_equal_as_shown_share_their_rank_whatever_the_order(self):
+        sys.path.insert(0, os.path.join(ROOT, "scripts"))
+        import study
+        # x and y tie at 3 digits (0.2001 and 0.2004 both show as 0.200); z is worse.
+        rows = {"x": [{"deletion": 0.2001}], "y": [{"deletion": 0.2004}], "z": [{"deletion": 0.3}]}
+        decision = {"tables": ["t"], "rows": ["y", "z", "x"], "metrics": ["deletion"]}
+        lines = study.choose(decision, {"t": self.table(rows)})
+        self.assertIn("| x | yes | 1.50 |", lines)
+        self.assertIn("| y | yes | 1.50 |", lines)
+        self.assertIn("| z | yes | 3.00 |", lines)
+        self.assertEqual(lines[-1], "**Chosen: `x`.**", "a tie goes to the first name")
+
     def test_a_difference_is_clear_only_beyond_twice_its_standard_error(self):
         sys.path.insert(0, os.path.join(ROOT, "scripts"))
         import study

@@ -20,7 +20,7 @@ namespace batchcam::data {
 struct Dataset {
   torch::Tensor images;        ///< [N, C, H, W] uint8 in memory; undefined when `files` streams them
   std::shared_ptr<const ImageFiles> files;  ///< the images as files; null when in memory
-  torch::Tensor labels;        ///< [N] int64 in [0, num_classes)
+  torch::Tensor labels;        ///< [N] int64 in [0, num_classes); -1 where unknown (unlabelled_images)
   torch::Tensor object_masks;  ///< [N, H, W] bool, the figure; undefined when unknown
   torch::Tensor decoy_masks;   ///< [N, H, W] bool, the spurious cue; undefined when none
   torch::Tensor decoy_labels;  ///< [N] int64, the class the cue's shade encodes; undefined when none
@@ -43,6 +43,12 @@ struct Dataset {
   /// What names sample i in pictures: its file name, or "#i" when in memory.
   std::string sample_name(int64_t i) const;
 };
+
+/// Image files to explain or classify, decoded as a folder's test images are (load_image:
+/// the centre square scaled to side x side, `channels` 1 or 3); labels -1 (unknown), the
+/// given class names. Throws for a bad side or channel count; the files are read when used.
+Dataset unlabelled_images(std::vector<std::string> paths, int64_t side, int64_t channels, int64_t max_pixels,
+                          std::vector<std::string> class_names = {});
 
 /// Calls visit(images, labels) on consecutive chunks of the dataset (uint8 [n, C, H, W] and
 /// int64 [n] on the CPU; labels undefined when the dataset has none), each at most

@@ -74,18 +74,21 @@ torch::Tensor curve_auc(const torch::Tensor& curves);
 /// Noisy linear imputation (ROAD, Rong et al. 2022): every pixel where `removed` [B, H, W]
 /// (bool) is true takes the weighted mean of its 8 neighbours inside the image (1/6 for the
 /// 4 direct ones, 1/12 for the diagonal ones), solved for all removed pixels of an image
-/// at once (a sparse symmetric positive definite system, by conjugate gradients to a
-/// relative residual of 1e-6), channel by channel; then Gaussian noise of standard
-/// deviation `noise` (drawn from a generator seeded with `seed`, on the CPU) is added to
-/// them. Kept pixels are returned unchanged. x [B, C, H, W] float -> [B, C, H, W].
+/// at once (a sparse symmetric positive definite system, by preconditioned conjugate
+/// gradients to a relative residual of 1e-5 in float32, 1e-10 in float64, at most
+/// 10 (H + W) + 100 iterations), channel by channel; then Gaussian noise of standard
+/// deviation `noise` is added to them, image i's drawn on the CPU from a generator seeded
+/// with seed + i. Kept pixels are returned unchanged. x [B, C, H, W] float -> [B, C, H, W].
 /// An image with every pixel removed has no solution: refused.
 torch::Tensor noisy_linear_imputation(const torch::Tensor& x, const torch::Tensor& removed, double noise,
                                       uint64_t seed);
 
 /// ROAD, RemOve And Debias (Rong et al. 2022): for each fraction f, the f most relevant
-/// pixels by `maps` [B, H, W] (MoRF; ranked as deletion_insertion_curves does) or the f
-/// least relevant ones (LeRF) are replaced by noisy_linear_imputation(noise, seed + step),
-/// and the model is asked again about `targets`.
+/// pixels by `maps` [B, H, W] (MoRF) or the f least relevant ones (LeRF) are replaced by
+/// noisy_linear_imputation(noise), and the model is asked again about `targets` [B]. Equal
+/// map values are ranked in a random order. Image i's random numbers (order of equal values,
+/// noise at each fraction) come from seeds derived from seed + i, so that an image gets the
+/// same numbers in any batch (pass its position in the evaluated set).
 struct RoadCurves {
   torch::Tensor morf, lerf;                  ///< [B, F] softmax probability of the target
   torch::Tensor morf_correct, lerf_correct;  ///< [B, F] bool: the target is still the top class

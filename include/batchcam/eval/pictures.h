@@ -9,6 +9,8 @@
 
 #include <torch/types.h>
 
+#include <functional>
+#include <string>
 #include <vector>
 
 namespace batchcam::eval {
@@ -45,5 +47,39 @@ torch::Tensor explanation_panels(const torch::Tensor& image, const torch::Tensor
 
 /// Stacks rows (each [h, w, 3] uint8 of the same size) with 2 px white gaps.
 torch::Tensor stack_rows(const std::vector<torch::Tensor>& rows);
+
+/// What `batchcam explain` says of one image (a line of its cam_stats.csv).
+struct ExplainedSample {
+  std::string source;  ///< the file for streamed datasets, else "test:<index>"
+  int64_t label = -1;  ///< the dataset's label; -1 where unknown
+  int64_t predicted = 0, target = 0;  ///< the top class, and the class explained
+  double target_probability = 0.0;    ///< softmax probability of `target`
+  double cam_mean = 0.0;              ///< mean of the map (in [0, 1])
+  int64_t peak_y = 0, peak_x = 0;     ///< the map's maximum (the first in row-major order on ties)
+  double top_decile_mass = 0.0;       ///< share of the map's mass in its highest 10% of pixels (0 without mass)
+};
+
+struct ExplainOptions {
+  cam::CamMethod method = cam::CamMethod::grad_cam;
+  int64_t target = -1;      ///< the class explained in every image; -1: each image's predicted class
+  int64_t batch_size = 32;  ///< images per cam::explain call
+  int64_t zoom = 0;         ///< of the panels; 0 = display_zoom(side, 112)
+};
+
+/// Explains every image of `inputs` (cam::explain, in batches, so that any number of files
+/// needs memory for one batch) and hands each to `visit` in order: its statistics and its
+/// explanation_panels (image | map | overlay | reconstruction). The model's mode is restored.
+void explain_images(models::CamModel& model, const data::Dataset& inputs, const data::Normalization& norm,
+                    const ExplainOptions& options,
+                    const std::function<void(const ExplainedSample& sample, const torch::Tensor& panels)>& visit);
+
+/// The explanations of `inputs` written into `out_dir`, each file atomically: one picture per
+/// image (images/NNNN.png, images/NNNN-<file stem>.png for files), per explained class up to 8
+/// of them stacked (class-<K>.png, so those panels stay in memory until the end), and
+/// cam_stats.csv (a line per image; classes by name where `inputs` has class names).
+/// Returns the samples.
+std::vector<ExplainedSample> write_explanations(const std::string& out_dir, models::CamModel& model,
+                                                const data::Dataset& inputs, const data::Normalization& norm,
+                                                const ExplainOptions& options = {});
 
 }  // namespace batchcam::eval
