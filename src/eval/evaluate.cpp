@@ -237,7 +237,7 @@ torch::Tensor noisy_linear_imputation(const torch::Tensor& x, const torch::Tenso
   const auto known = x.reshape({b * c, 1, h, w}) * (1 - u);
   // Each removed pixel: d * v - (its removed neighbours' weighted sum) = its kept neighbours'
   // weighted sum, d = the weight of its neighbours inside the image (1 away from the border).
-  const auto d = neighbours(torch::ones_like(u));
+  const auto d = neighbours(torch::ones_like(u)).clamp_min(1e-12);  // 0 only in a 1 x 1 image
   const auto apply = [&](const torch::Tensor& v) { return u * (d * v - neighbours(v)); };
   const auto rhs = u * neighbours(known);
   // Conjugate gradients with the diagonal as preconditioner, all systems at once (the matrix
@@ -279,7 +279,8 @@ RoadCurves road_curves(const std::function<torch::Tensor(const torch::Tensor&)>&
   const int64_t b = x.size(0), h = x.size(2), w = x.size(3), pixels = h * w;
   // Rank by the map, equal values in a random order of the image's own (a map's zeros would
   // otherwise leave from one corner first).
-  const auto shuffle = per_image_draws(b, {pixels}, seed + kTieStream, /*normal=*/false).argsort(int64_t{1}).to(maps.device());
+  const auto keys = per_image_draws(b, {pixels}, seed + kTieStream, /*normal=*/false);
+  const auto shuffle = keys.argsort(int64_t{1}).to(maps.device());
   const auto shuffled = maps.reshape({b, pixels}).gather(1, shuffle);
   const auto by_value = std::get<1>(shuffled.sort(/*stable=*/true, /*dim=*/1, /*descending=*/true));
   const auto rank = shuffle.gather(1, by_value).argsort(int64_t{1}).view({b, h, w});
