@@ -214,9 +214,10 @@ void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
   add_enum_option(cmd, "--batch-target", c.batch_target, "In-batch prototypes: attached (in the graph) or detached")
       ->group("Batch-CAM");
   add_enum_option(cmd, "--cam-method", c.cam_method,
-                  "The maps the CAM losses compare: grad-cam, grad-cam++, xgrad-cam, hirescam, layercam, or cam "
-                  "(closed form, no gradient call; heads of global average pooling and one linear layer, where it "
-                  "equals grad-cam)")
+                  "The maps the CAM losses compare and evaluation shows: grad-cam (the paper's; the presets in "
+                  "configs/ keep it), grad-cam++, xgrad-cam, hirescam, layercam (the default: "
+                  "docs/results-cam-methods.md), or cam (closed form, no gradient call; heads of global average "
+                  "pooling and one linear layer, where it equals grad-cam)")
       ->group("Batch-CAM");
   cmd.add_option("--cam-warmup-epochs", c.cam_warmup_epochs, "Epochs of CE only before the CAM losses start")
       ->check(integer_in(0, 100000))->group("Batch-CAM");

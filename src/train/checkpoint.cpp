@@ -298,7 +298,10 @@ Checkpoint load_checkpoint(const std::string& path, torch::Device device) {
     archive.read("config", config);
     archive.read("spec", spec);
     archive.read("epoch", epoch);
-    ck.config = config_from_json(nlohmann::json::parse(config.toStringRef()));
+    const auto config_json = nlohmann::json::parse(config.toStringRef());
+    ck.config = config_from_json(config_json);
+    // Saved before the CAM method could be chosen: trained and evaluated with Grad-CAM.
+    if (!config_json.contains("cam_method")) ck.config.cam_method = cam::CamMethod::grad_cam;
     const auto s = nlohmann::json::parse(spec.toStringRef());
     ck.spec.name = s.at("name").get<std::string>();
     ck.spec.in_channels = s.at("in_channels").get<int64_t>();

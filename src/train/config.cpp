@@ -186,6 +186,8 @@ TrainConfig config_from_json(const nlohmann::json& j) {
     if (it == setters.end()) throw std::invalid_argument("config: unknown key '" + key + "'");
     it->second(value);
   }
+  // Written by batchcam before the CAM method could be chosen: those runs used Grad-CAM.
+  if (j.contains(kProvenanceKey) && !j.contains("cam_method")) c.cam_method = cam::CamMethod::grad_cam;
   return c;
 }
 

@@ -155,6 +155,22 @@ TEST(Trainer, EveryCamMethodTrainsTheConvolutionsAndClosedFormCamHasGradCamsGrad
   EXPECT_EQ(train::config_from_json(train::to_json(config)).cam_method, cam::CamMethod::cam);
 }
 
+TEST(Trainer, TheDefaultCamMethodIsLayerCamAndConfigsWrittenBeforeTheChoiceReadAsGradCam) {
+  EXPECT_EQ(train::TrainConfig{}.cam_method, cam::CamMethod::layer_cam) << "docs/results-cam-methods.md";
+  EXPECT_EQ(train::config_from_json({{"epochs", 2}}).cam_method, cam::CamMethod::layer_cam) << "a hand-written file";
+  // A config.json batchcam wrote names what made it; without cam_method it predates the choice.
+  const nlohmann::json provenance = {{"batchcam", "0.2.0"}};
+  EXPECT_EQ(train::config_from_json({{"epochs", 2}, {"provenance", provenance}}).cam_method,
+            cam::CamMethod::grad_cam);
+  EXPECT_EQ(train::config_from_json({{"cam_method", "hirescam"}, {"provenance", provenance}}).cam_method,
+            cam::CamMethod::hires_cam);
+  for (const auto& preset : fs::directory_iterator(fs::path(BATCHCAM_SOURCE_DIR) / "configs")) {
+    if (preset.path().extension() != ".json") continue;
+    const auto j = nlohmann::json::parse(test_support::read_text(preset.path().string()));
+    EXPECT_EQ(train::config_from_json(j).cam_method, cam::CamMethod::grad_cam) << preset.path() << ": the paper's";
+  }
+}
+
 TEST(Trainer, ConfigJsonRoundTripAndErrorsNameTheKey) {
   train::TrainConfig c;
   c.epochs = 7;

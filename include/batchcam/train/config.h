@@ -116,9 +116,12 @@ struct TrainConfig {
   PrototypeKind prototype = PrototypeKind::image;
   BatchTarget batch_target = BatchTarget::attached;
   int64_t cam_warmup_epochs = 0;
-  /// The map the CAM losses compare (cam::CamMethod; cam needs a head of global average
-  /// pooling and one linear layer, where it equals grad-cam without a gradient call).
-  cam::CamMethod cam_method = cam::CamMethod::grad_cam;
+  /// The map the CAM losses compare, and by default the one evaluation and explanations show
+  /// (cam::CamMethod; cam needs a head of global average pooling and one linear layer, where it
+  /// equals grad-cam without a gradient call). LayerCAM by the rule of
+  /// docs/results-cam-methods.md; a configuration written by batchcam before there was a
+  /// choice (with provenance, without cam_method) means grad-cam (config_from_json).
+  cam::CamMethod cam_method = cam::CamMethod::layer_cam;
 
   // Output
   std::string out_dir = "runs";
