@@ -159,11 +159,16 @@ void explain_images(models::CamModel& model, const data::Dataset& inputs, const 
 }
 
 namespace {
-// A CSV field in double quotes (quotes inside doubled, RFC 4180).
+// A CSV field in double quotes, quotes inside doubled (RFC 4180).
 std::string quoted(const std::string& text) {
   std::string out = "\"";
   for (const char c : text) out += c == '"' ? std::string("\"\"") : std::string(1, c);
   return out + "\"";
+}
+
+// A CSV field, quoted only where it has to be (a comma, quote or line break in it).
+std::string field(const std::string& text) {
+  return text.find_first_of(",\"\r\n") == std::string::npos ? text : quoted(text);
 }
 
 // v with 6 decimals, a point for the decimal separator whatever the caller's locale.
@@ -197,8 +202,8 @@ std::vector<ExplainedSample> write_explanations(const std::string& out_dir, mode
     io::write_png((fs::path(out_dir) / "images" / name).string(), panels);
     auto& examples = by_class[s.target];
     if (examples.size() < 8) examples.push_back(panels);
-    csv += std::to_string(i) + "," + quoted(s.source) + "," + (s.label >= 0 ? quoted(class_name(s.label)) : "") +
-           "," + quoted(class_name(s.predicted)) + "," + quoted(class_name(s.target)) + "," +
+    csv += std::to_string(i) + "," + quoted(s.source) + "," + (s.label >= 0 ? field(class_name(s.label)) : "") +
+           "," + field(class_name(s.predicted)) + "," + field(class_name(s.target)) + "," +
            number(s.target_probability) + "," + number(s.cam_mean) + "," + std::to_string(s.peak_y) +
            "," + std::to_string(s.peak_x) + "," + number(s.top_decile_mass) + "\n";
     samples.push_back(s);

@@ -302,6 +302,7 @@ TEST(DistributedWorker, MatchesOneProcess) {
   train::CamLossConfig objective;
   objective.lambda_batch = 1.0;
   objective.distance_batch = c.distance_batch;
+  objective.method = c.cam_method;
   const auto loss_of = [&](int64_t begin, int64_t end) {
     return train::compute_losses(reference.model(), slice(begin, end), reference.prototypes(),
                                  splits.train.num_classes(), objective)

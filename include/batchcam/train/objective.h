@@ -19,7 +19,8 @@ struct CamLossConfig {
   losses::Distance distance_batch = losses::Distance::ssim;
   bool detach_batch_target = false;
   double label_smoothing = 0.0;  ///< of the cross-entropy term
-  /// The maps compared: cam (closed form) needs model.gap_linear_weight().
+  /// The maps compared (the paper's Grad-CAM here; batchcam train defaults to LayerCAM, TrainConfig):
+  /// cam (closed form) needs model.gap_linear_weight().
   cam::CamMethod method = cam::CamMethod::grad_cam;
   /// Autocast type of the forward pass; Grad-CAM maps and distances stay in fp32.
   core::Precision precision = core::Precision::fp32;
