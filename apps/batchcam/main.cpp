@@ -668,12 +668,13 @@ int run_explain(const ExplainArgs& a) {
 }
 
 // report.html, eval.json, prototypes.png and samples.png for a run directory (its best.pt)
-// or one of its checkpoints, written into the run directory; the training curves come from
-// the run's last.pt.
-int run_report(const std::string& run_or_checkpoint, const std::string& device_name) {
+// or one of its checkpoints, written into the run directory, with the maps of `method_name`
+// ("": the run's); the training curves come from the run's last.pt.
+int run_report(const std::string& run_or_checkpoint, const std::string& device_name, const std::string& method_name) {
   namespace fs = std::filesystem;
   const auto device = batchcam::core::resolve_device(device_name);
   auto e = load_evaluated(run_or_checkpoint, "", "", 0, device);
+  const auto method = method_name.empty() ? e.ck.config.cam_method : batchcam::cam::parse_cam_method(method_name);
   const auto run_dir = fs::path(e.checkpoint).parent_path().string();
   const auto last = (fs::path(run_dir) / "last.pt").string();
   const auto progress_source = fs::exists(last) && e.checkpoint != last ? last : e.checkpoint;
@@ -692,10 +693,9 @@ int run_report(const std::string& run_or_checkpoint, const std::string& device_n
   spdlog::info("pictures (prototypes.png, samples.png) ...");
   batchcam::io::write_png((out_dir / "prototypes.png").string(), batchcam::eval::prototype_strip(e.ck.prototypes.cpu()));
   batchcam::io::write_png((out_dir / "samples.png").string(),
-                          batchcam::eval::cam_examples(*e.ck.model, e.splits.test, e.ck.normalization, 0,
-                                                       e.ck.config.cam_method));
+                          batchcam::eval::cam_examples(*e.ck.model, e.splits.test, e.ck.normalization, 0, method));
   batchcam::eval::EvalOptions options;
-  options.method = e.ck.config.cam_method;  // the run's
+  options.method = method;
   options.on_phase = [](const std::string& what) { spdlog::info("{} ...", what); };
   batchcam::eval::write_run_report(out_dir.string(), *e.ck.model, e.splits.test, e.ck.normalization,
                                    e.ck.prototypes, batchcam::train::to_json(e.ck.config), history,
@@ -925,8 +925,10 @@ int main(int argc, char** argv) {
   reporter->add_option("RUN_OR_CHECKPOINT", report_dir,
                        run_or_checkpoint_help + "; eval.json and report.html go to its run directory")
       ->required()->check(CLI::ExistingPath);
-  std::string report_device = "auto";
+  std::string report_device = "auto", report_method;
   reporter->add_option("--device", report_device, kDeviceHelp);
+  reporter->add_option("--method", report_method, "CAM method of the metrics and pictures (default: the run's --cam-method)")
+      ->check(CLI::IsMember(batchcam::cam::cam_method_names()));
 
   auto* bencher = app.add_subcommand("bench", "Measure step overhead, Grad-CAM speed, memory and the data pipeline");
   BenchArgs bench_args;
@@ -1014,7 +1016,7 @@ int main(int argc, char** argv) {
     }
     if (reporter->parsed()) {
       set_threads(0);
-      return run_report(report_dir, report_device);
+      return run_report(report_dir, report_device, report_method);
     }
     if (bencher->parsed()) {
       bench_args.threads = set_threads(bench_args.threads);

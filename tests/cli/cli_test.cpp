@@ -162,7 +162,7 @@ TEST(Cli, TrainsATinyRunAndPrintsASummary) {
   std::filesystem::remove_all(dir);
 }
 
-TEST(Cli, CamMethodTrainsAndEvalAndExplainTakeAnother) {
+TEST(Cli, CamMethodTrainsAndEvalExplainAndReportTakeAnother) {
   const auto dir = std::filesystem::temp_directory_path() / ("batchcam-methods-" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   const auto r = run("train --quiet --no-report --train-size 128 --test-size 32 --epochs 1 --batch-size 32 "
@@ -182,6 +182,10 @@ TEST(Cli, CamMethodTrainsAndEvalAndExplainTakeAnother) {
   EXPECT_NE(explained.out.find("wrote 3 explanations (grad-cam++:"), std::string::npos) << explained.out;
   const auto bad = run("explain " + run_dir + " --method gradcam");
   EXPECT_EQ(bad.code, 2) << bad.out;
+  const auto reported = run("report " + run_dir + " --method hirescam");
+  ASSERT_EQ(reported.code, 0) << reported.out;
+  EXPECT_EQ(nlohmann::json::parse(read_text(run_dir + "/eval.json")).at("cam_method"), "hirescam");
+  EXPECT_NE(read_text(run_dir + "/report.html").find("CAM method: hirescam"), std::string::npos);
   // The closed form needs a pooling-and-linear head: ConvNeXt's has a LayerNorm.
   const auto convnext = run("train --quiet --model convnext-v2-atto --cam-method cam --train-size 32 --test-size 8 "
                             "--out-dir " + dir.string());
