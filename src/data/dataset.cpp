@@ -116,22 +116,22 @@ torch::Tensor Normalization::apply(const torch::Tensor& images) const {
   return x;
 }
 
+namespace {
+// Checks that x is [B, C, H, W] with the statistics' C; returns the per-channel values
+// `v` as [1, C, 1, 1] in x's dtype and on its device.
+torch::Tensor per_channel(const std::vector<double>& v, const torch::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4 && x.size(1) == static_cast<int64_t>(v.size()),
+              "Normalization expects [B, ", v.size(), ", H, W], got ", x.sizes());
+  return torch::tensor(v).to(x.options()).view({1, -1, 1, 1});
+}
+}  // namespace
+
 torch::Tensor Normalization::to_unit(const torch::Tensor& x) const {
-  TORCH_CHECK(x.dim() == 4 && x.size(1) == static_cast<int64_t>(mean.size()),
-              "Normalization expects [B, ", mean.size(), ", H, W], got ", x.sizes());
-  const auto opts = x.options();
-  const auto m = torch::tensor(std::vector<double>(mean)).to(opts).view({1, -1, 1, 1});
-  const auto s = torch::tensor(std::vector<double>(std)).to(opts).view({1, -1, 1, 1});
-  return (x * s + m).clamp(0.0, 1.0);
+  return (x * per_channel(std, x) + per_channel(mean, x)).clamp(0.0, 1.0);
 }
 
 torch::Tensor Normalization::from_unit(const torch::Tensor& unit) const {
-  TORCH_CHECK(unit.dim() == 4 && unit.size(1) == static_cast<int64_t>(mean.size()),
-              "Normalization expects [B, ", mean.size(), ", H, W], got ", unit.sizes());
-  const auto opts = unit.options();
-  const auto m = torch::tensor(std::vector<double>(mean)).to(opts).view({1, -1, 1, 1});
-  const auto s = torch::tensor(std::vector<double>(std)).to(opts).view({1, -1, 1, 1});
-  return (unit - m) / s;
+  return (unit - per_channel(mean, unit)) / per_channel(std, unit);
 }
 
 torch::Tensor Normalization::to_unit_gray(const torch::Tensor& x) const { return to_unit(x).mean(1); }

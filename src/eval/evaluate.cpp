@@ -26,6 +26,11 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// The softmax probability of each sample's target: logits [B, K], targets [B] -> [B].
+torch::Tensor target_probability(const torch::Tensor& logits, const torch::Tensor& targets) {
+  return torch::softmax(logits, 1).gather(1, targets.view({-1, 1})).squeeze(1);
+}
+
 // Spearman rank correlation per row of a [B, N] and b [B, N] (0 where a row is constant).
 torch::Tensor rank_correlation(const torch::Tensor& a, const torch::Tensor& b) {
   const auto ranks = [](const torch::Tensor& t) { return t.argsort(int64_t{1}).argsort(int64_t{1}).to(torch::kDouble); };
@@ -192,7 +197,7 @@ std::pair<torch::Tensor, torch::Tensor> deletion_insertion_curves(
     const int64_t changed = (pixels * k + steps / 2) / steps;  // rounded k/steps of the pixels
     const auto first = rank < changed;
     const auto probability = [&](const torch::Tensor& input) {
-      return torch::softmax(forward(input), 1).gather(1, targets.view({-1, 1})).squeeze(1);
+      return target_probability(forward(input), targets);
     };
     deletion.push_back(probability(torch::where(first, baseline, x)));
     insertion.push_back(probability(torch::where(first, x, baseline)));
@@ -288,7 +293,7 @@ RoadCurves road_curves(const std::function<torch::Tensor(const torch::Tensor&)>&
   const auto ask = [&](const torch::Tensor& removed, uint64_t stream, std::vector<torch::Tensor>& probability,
                        std::vector<torch::Tensor>& correct) {
     const auto logits = forward(noisy_linear_imputation(x, removed, noise, seed + stream));
-    probability.push_back(torch::softmax(logits, 1).gather(1, targets.view({-1, 1})).squeeze(1));
+    probability.push_back(target_probability(logits, targets));
     correct.push_back(logits.argmax(1).eq(targets));
   };
   for (size_t k = 0; k < fractions.size(); ++k) {
@@ -309,7 +314,7 @@ std::pair<torch::Tensor, torch::Tensor> confidence_change(
               " must match, targets ", targets.sizes(), " must be [B]");
   torch::NoGradGuard no_grad;
   const auto probability = [&](const torch::Tensor& input) {
-    return torch::softmax(forward(input), 1).gather(1, targets.view({-1, 1})).squeeze(1);
+    return target_probability(forward(input), targets);
   };
   const auto p = probability(x);
   const auto o = probability(explained);
