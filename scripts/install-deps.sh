@@ -17,13 +17,13 @@ packages=(
   libjpeg62-turbo-dev     # JPEG images in image-folder datasets
   libgloo-dev             # the headers of c10d's Gloo process group (distributed training)
   libcurl4-openssl-dev    # downloading MNIST / Fashion-MNIST when missing
-  libssl-dev              # SHA-256 of downloaded files (OpenSSL libcrypto)
   libcairo2-dev           # plots in the HTML report
   libgtest-dev libgmock-dev libbenchmark-dev
 )
 if [[ ${1:-} == --test ]]; then
   packages+=(python3                   # scripts/study.py and its test (standard library only)
              python3-torch python3-torchvision
+             python3-dev pybind11-dev python3-setuptools python3-pip python3-venv  # the Python module, built and pip-installed
              clang libclang-rt-14-dev   # libFuzzer smoke run of the IDX parser
              chromium                   # opens the HTML report headless in a test
              iproute2)                  # ip netns: the two-host distributed test

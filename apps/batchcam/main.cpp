@@ -571,10 +571,10 @@ Evaluated load_evaluated(const std::string& target, const std::string& dataset, 
   for (auto* split : {&e.splits.train, &e.splits.test}) {
     // A folder's images are decoded with the model's channel count (a subset of gray files
     // of a colour folder would otherwise look like another kind of data).
-    if (split->streamed() && split->channels() != spec.in_channels) {
-      const auto& f = *split->files;
-      split->files = std::make_shared<const batchcam::data::ImageFiles>(f.paths(), f.side(), spec.in_channels,
-                                                                        config.max_image_pixels, f.workers());
+    const auto* f = dynamic_cast<const batchcam::data::ImageFiles*>(split->files.get());
+    if (f && f->channels() != spec.in_channels) {
+      split->files = std::make_shared<const batchcam::data::ImageFiles>(f->paths(), f->side(), spec.in_channels,
+                                                                        config.max_image_pixels, f->workers());
     }
   }
   const auto& test = e.splits.test;

@@ -21,8 +21,7 @@ Dataset Dataset::subset(const torch::Tensor& index) const {
   const auto pick = [&](const torch::Tensor& t) { return t.defined() ? t.index_select(0, index) : t; };
   if (files) {
     const auto i = index.to(torch::kInt64).contiguous();
-    out.files = std::make_shared<const ImageFiles>(
-        files->subset(std::vector<int64_t>(i.data_ptr<int64_t>(), i.data_ptr<int64_t>() + i.numel())));
+    out.files = files->subset(std::vector<int64_t>(i.data_ptr<int64_t>(), i.data_ptr<int64_t>() + i.numel()));
   }
   out.images = pick(images);
   out.labels = pick(labels);
@@ -38,17 +37,8 @@ Dataset Dataset::first(int64_t n) const {
 }
 
 std::string Dataset::sample_name(int64_t i) const {
-  if (files) return files->paths().at(static_cast<size_t>(i));
+  if (files) return files->name(i);
   return "#" + std::to_string(i);
-}
-
-Dataset unlabelled_images(std::vector<std::string> paths, int64_t side, int64_t channels, int64_t max_pixels,
-                          std::vector<std::string> class_names) {
-  Dataset d;
-  d.labels = torch::full({static_cast<int64_t>(paths.size())}, -1, torch::kInt64);
-  d.files = std::make_shared<const ImageFiles>(std::move(paths), side, channels, max_pixels, 0);
-  d.class_names = std::move(class_names);
-  return d;
 }
 
 void for_each_chunk(const Dataset& dataset,
@@ -206,9 +196,7 @@ torch::Tensor BatchIterator::batch_images(int64_t i) const {
               "BatchIterator: the random resized crop is applied while decoding: streamed (folder) datasets only");
   torch::Tensor images;
   if (dataset_->streamed()) {
-    const CropJitter crop;
-    images = dataset_->files->load(index, augmentation_.crop_jitter ? &crop : nullptr, mix_seed(batch_seed, 1),
-                                   r.first - r.begin);
+    images = dataset_->files->load(index, augmentation_.crop_jitter, mix_seed(batch_seed, 1), r.first - r.begin);
   } else {
     images = dataset_->images.index_select(0, torch::tensor(index, torch::kInt64));
   }

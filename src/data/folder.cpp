@@ -1,5 +1,6 @@
 #include "batchcam/data/folder.h"
 
+#include "batchcam/data/image_files.h"
 #include "batchcam/data/rng.h"
 #include "batchcam/io/image.h"
 

@@ -230,8 +230,9 @@ ImageFiles::ImageFiles(std::vector<std::string> paths, int64_t side, int64_t cha
   }
 }
 
-torch::Tensor ImageFiles::load(const std::vector<int64_t>& index, const CropJitter* crop, uint64_t seed,
-                               int64_t first) const {
+torch::Tensor ImageFiles::load(const std::vector<int64_t>& index, bool augment, uint64_t seed, int64_t first) const {
+  const CropJitter jitter;
+  const CropJitter* crop = augment ? &jitter : nullptr;
   const auto n = static_cast<int64_t>(index.size());
   auto out = torch::empty({n, channels_, side_, side_}, torch::kUInt8);
   // Each image is decoded into its own rows of `out`, from its own random source.
@@ -245,11 +246,11 @@ torch::Tensor ImageFiles::load(const std::vector<int64_t>& index, const CropJitt
   return out;
 }
 
-ImageFiles ImageFiles::subset(const std::vector<int64_t>& index) const {
+std::shared_ptr<const ImageSource> ImageFiles::subset(const std::vector<int64_t>& index) const {
   std::vector<std::string> paths;
   paths.reserve(index.size());
   for (const auto i : index) paths.push_back(paths_.at(static_cast<size_t>(i)));
-  return ImageFiles(std::move(paths), side_, channels_, max_pixels_, workers_);
+  return std::make_shared<const ImageFiles>(std::move(paths), side_, channels_, max_pixels_, workers_);
 }
 
 int64_t ImageFiles::channels_of(const std::vector<std::string>& paths, int64_t max_pixels, int64_t workers) {
@@ -258,6 +259,15 @@ int64_t ImageFiles::channels_of(const std::vector<std::string>& paths, int64_t m
     if (io::read_image_info(paths[static_cast<size_t>(k)], max_pixels).channels == 3) color = true;
   });
   return color ? 3 : 1;
+}
+
+Dataset unlabelled_images(std::vector<std::string> paths, int64_t side, int64_t channels, int64_t max_pixels,
+                          std::vector<std::string> class_names) {
+  Dataset d;
+  d.labels = torch::full({static_cast<int64_t>(paths.size())}, -1, torch::kInt64);
+  d.files = std::make_shared<const ImageFiles>(std::move(paths), side, channels, max_pixels, 0);
+  d.class_names = std::move(class_names);
+  return d;
 }
 
 }  // namespace batchcam::data

@@ -465,59 +465,6 @@ EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, 
   return r;
 }
 
-nlohmann::json to_json(const EvalReport& r) {
-  nlohmann::json randomization = nlohmann::json::array();
-  for (const auto& s : r.randomization) {
-    randomization.push_back({{"layer", s.layer}, {"ssim", s.ssim}, {"rank_correlation", s.rank_correlation}});
-  }
-  nlohmann::json per_class = nlohmann::json::object();
-  for (size_t k = 0; k < r.per_class_accuracy.size(); ++k) per_class[r.class_names.at(k)] = r.per_class_accuracy[k];
-  nlohmann::json road;  // null when skipped
-  if (!r.road_fractions.empty()) {
-    road = {{"fractions", r.road_fractions},
-            {"morf_probability", r.road_morf},
-            {"lerf_probability", r.road_lerf},
-            {"morf_accuracy", r.road_morf_accuracy},
-            {"lerf_accuracy", r.road_lerf_accuracy},
-            {"morf", json_metric(r.road_morf_mean)},
-            {"lerf", json_metric(r.road_lerf_mean)},
-            {"combined", json_metric(r.road_combined)},
-            {"imputation", "noisy linear (8 neighbours, weights 1/6 and 1/12)"},
-            {"noise", r.road_noise}};
-  }
-  const auto& m = r.metrics;
-  return {{"cam_method", cam::to_string(r.method)},
-          {"count", m.count},
-          {"loss", m.loss},
-          {"accuracy", m.accuracy},
-          {"per_class_accuracy", per_class},
-          {"class_names", r.class_names},
-          {"confusion", r.confusion},
-          {"prototype_reconstruction", {{"l1", m.proto_l1}, {"l2", m.proto_l2}, {"ssim", m.proto_ssim}}},
-          {"input_reconstruction", {{"l1", r.input_l1}, {"l2", r.input_l2}, {"ssim", r.input_ssim}}},
-          {"object", {{"cam_mass_share", json_metric(m.object_share)}, {"pointing_game", json_metric(r.object_pointing)}}},
-          {"decoy",
-           {{"cam_mass_share", json_metric(m.decoy_share)},
-            {"pointing_game", json_metric(r.decoy_pointing)},
-            {"predicted_class_cam_mass_share", json_metric(r.decoy_share_predicted)},
-            {"predicted_class_pointing_game", json_metric(r.decoy_pointing_predicted)},
-            {"follows_decoy", json_metric(r.decoy_following)}}},
-          {"faithfulness",
-           {{"deletion_auc", json_metric(r.deletion_auc)},
-            {"insertion_auc", json_metric(r.insertion_auc)},
-            {"images", r.faithfulness_count},
-            {"steps", r.faithfulness_steps},
-            {"baseline", r.faithfulness_baseline},
-            {"road", road},
-            {"confidence",
-             {{"average_drop", json_metric(r.average_drop)},
-              {"increase", json_metric(r.increase_in_confidence)},
-              {"explained_image", "image x map (pixel values), black where the map is 0"}}}}},
-          {"randomization", randomization},
-          {"timing",
-           {{"ms_per_image", json_metric(r.ms_per_image)}, {"ms_per_image_with_cam", json_metric(r.ms_per_image_with_cam)}}}};
-}
-
 std::string format_report(const EvalReport& r) {
   std::ostringstream out;
   const auto& m = r.metrics;

@@ -1,14 +1,16 @@
 #include "batchcam/eval/report.h"
 
 #include "batchcam/cam/grad_cam.h"
+#include "batchcam/core/provenance.h"
 #include "batchcam/core/runtime.h"
 #include "batchcam/eval/pictures.h"
 #include "batchcam/io/file.h"
 #include "batchcam/io/png.h"
 
+#ifdef BATCHCAM_WITH_PLOTS
 #include <cairo-svg.h>
 #include <cairo.h>
-#include <openssl/evp.h>
+#endif
 
 #include <torch/torch.h>
 
@@ -26,11 +28,17 @@ namespace batchcam::eval {
 namespace fs = std::filesystem;
 
 namespace {
+// RFC 4648 base64, for the data: URIs of the pictures.
 std::string base64(const std::string& bytes) {
-  std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0');
-  const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                                reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<int>(bytes.size()));
-  out.resize(static_cast<size_t>(n));
+  static const char kDigits[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve(4 * ((bytes.size() + 2) / 3));
+  for (size_t i = 0; i < bytes.size(); i += 3) {
+    const size_t n = std::min<size_t>(3, bytes.size() - i);
+    uint32_t group = 0;
+    for (size_t k = 0; k < 3; ++k) group = group << 8 | (k < n ? static_cast<unsigned char>(bytes[i + k]) : 0u);
+    for (size_t k = 0; k < 4; ++k) out += k <= n ? kDigits[(group >> (18 - 6 * k)) & 63] : '=';
+  }
   return out;
 }
 
@@ -78,6 +86,7 @@ std::string tick_label(double v, double step) {
   return s.str();
 }
 
+#ifdef BATCHCAM_WITH_PLOTS
 cairo_status_t append_to_string(void* closure, const unsigned char* data, unsigned int length) {
   static_cast<std::string*>(closure)->append(reinterpret_cast<const char*>(data), length);
   return CAIRO_STATUS_SUCCESS;
@@ -86,6 +95,7 @@ cairo_status_t append_to_string(void* closure, const unsigned char* data, unsign
 // Colour-blind-safe palette (Okabe-Ito).
 const double kPalette[][3] = {{0.00, 0.45, 0.70}, {0.90, 0.62, 0.00}, {0.00, 0.62, 0.45},
                               {0.80, 0.47, 0.65}, {0.34, 0.71, 0.91}, {0.84, 0.37, 0.00}};
+#endif
 }  // namespace
 
 std::vector<ClassGrid> class_grids(models::CamModel& model, const data::Dataset& dataset,
@@ -140,6 +150,15 @@ std::string line_plot_svg(const std::string& title, const std::string& x_label, 
   const auto px = [&](double x) { return left + (x - x0) / (x1 - x0) * plot_w; };
   const auto py = [&](double y) { return top + (1.0 - (y - y0) / (y1 - y0)) * plot_h; };
 
+#ifndef BATCHCAM_WITH_PLOTS
+  // Built without cairo: the plot's place says so (the numbers are in metrics.jsonl and eval.json).
+  (void)px, (void)py, (void)x_step, (void)x_label, (void)y_label;
+  std::ostringstream svg;
+  svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height / 3
+      << "\"><text x=\"10\" y=\"30\" font-family=\"sans-serif\" font-size=\"13\">" << escape_html(title)
+      << ": not drawn (this batchcam was built without cairo, BATCHCAM_WITH_PLOTS=OFF)</text></svg>";
+  return svg.str();
+#else
   std::string svg;
   cairo_surface_t* surface = cairo_svg_surface_create_for_stream(append_to_string, &svg, width, height);
   cairo_t* cr = cairo_create(surface);
@@ -216,6 +235,60 @@ std::string line_plot_svg(const std::string& title, const std::string& x_label, 
   cairo_surface_finish(surface);
   cairo_surface_destroy(surface);
   return svg;
+#endif
+}
+
+nlohmann::json to_json(const EvalReport& r) {
+  nlohmann::json randomization = nlohmann::json::array();
+  for (const auto& s : r.randomization) {
+    randomization.push_back({{"layer", s.layer}, {"ssim", s.ssim}, {"rank_correlation", s.rank_correlation}});
+  }
+  nlohmann::json per_class = nlohmann::json::object();
+  for (size_t k = 0; k < r.per_class_accuracy.size(); ++k) per_class[r.class_names.at(k)] = r.per_class_accuracy[k];
+  nlohmann::json road;  // null when skipped
+  if (!r.road_fractions.empty()) {
+    road = {{"fractions", r.road_fractions},
+            {"morf_probability", r.road_morf},
+            {"lerf_probability", r.road_lerf},
+            {"morf_accuracy", r.road_morf_accuracy},
+            {"lerf_accuracy", r.road_lerf_accuracy},
+            {"morf", json_metric(r.road_morf_mean)},
+            {"lerf", json_metric(r.road_lerf_mean)},
+            {"combined", json_metric(r.road_combined)},
+            {"imputation", "noisy linear (8 neighbours, weights 1/6 and 1/12)"},
+            {"noise", r.road_noise}};
+  }
+  const auto& m = r.metrics;
+  return {{"cam_method", cam::to_string(r.method)},
+          {"count", m.count},
+          {"loss", m.loss},
+          {"accuracy", m.accuracy},
+          {"per_class_accuracy", per_class},
+          {"class_names", r.class_names},
+          {"confusion", r.confusion},
+          {"prototype_reconstruction", {{"l1", m.proto_l1}, {"l2", m.proto_l2}, {"ssim", m.proto_ssim}}},
+          {"input_reconstruction", {{"l1", r.input_l1}, {"l2", r.input_l2}, {"ssim", r.input_ssim}}},
+          {"object", {{"cam_mass_share", json_metric(m.object_share)}, {"pointing_game", json_metric(r.object_pointing)}}},
+          {"decoy",
+           {{"cam_mass_share", json_metric(m.decoy_share)},
+            {"pointing_game", json_metric(r.decoy_pointing)},
+            {"predicted_class_cam_mass_share", json_metric(r.decoy_share_predicted)},
+            {"predicted_class_pointing_game", json_metric(r.decoy_pointing_predicted)},
+            {"follows_decoy", json_metric(r.decoy_following)}}},
+          {"faithfulness",
+           {{"deletion_auc", json_metric(r.deletion_auc)},
+            {"insertion_auc", json_metric(r.insertion_auc)},
+            {"images", r.faithfulness_count},
+            {"steps", r.faithfulness_steps},
+            {"baseline", r.faithfulness_baseline},
+            {"road", road},
+            {"confidence",
+             {{"average_drop", json_metric(r.average_drop)},
+              {"increase", json_metric(r.increase_in_confidence)},
+              {"explained_image", "image x map (pixel values), black where the map is 0"}}}}},
+          {"randomization", randomization},
+          {"timing",
+           {{"ms_per_image", json_metric(r.ms_per_image)}, {"ms_per_image_with_cam", json_metric(r.ms_per_image_with_cam)}}}};
 }
 
 std::string render_report_html(const ReportInputs& in) {

@@ -1,7 +1,10 @@
 #include "batchcam/io/download.h"
 
+#include "batchcam/io/sha256.h"
+
+#ifdef BATCHCAM_WITH_DOWNLOAD
 #include <curl/curl.h>
-#include <openssl/evp.h>
+#endif
 #include <unistd.h>
 
 #include <cstdio>
@@ -20,6 +23,7 @@ namespace {
   throw std::runtime_error(what + ": " + problem);
 }
 
+#ifdef BATCHCAM_WITH_DOWNLOAD
 struct DownloadSink {
   std::FILE* file;
   int64_t written = 0;
@@ -68,6 +72,7 @@ std::string download(const std::string& url, const std::string& path, int64_t li
   if (!closed) return "cannot write " + path;
   return "";
 }
+#endif
 
 }  // namespace
 
@@ -80,41 +85,6 @@ std::string present_file(const std::string& dir, const std::string& name) {
   return "";
 }
 
-namespace {
-std::string hex_digest(EVP_MD_CTX* ctx) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  EVP_DigestFinal_ex(ctx, digest, &length);
-  EVP_MD_CTX_free(ctx);
-  std::string hex;
-  for (unsigned int i = 0; i < length; ++i) {
-    hex += "0123456789abcdef"[digest[i] >> 4];
-    hex += "0123456789abcdef"[digest[i] & 15];
-  }
-  return hex;
-}
-}  // namespace
-
-std::string sha256_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, "cannot open for reading");
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
-  std::vector<char> buffer(1 << 20);
-  while (in) {
-    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
-    EVP_DigestUpdate(ctx, buffer.data(), static_cast<size_t>(in.gcount()));
-  }
-  return hex_digest(ctx);
-}
-
-std::string sha256_bytes(const void* data, size_t size) {
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
-  EVP_DigestUpdate(ctx, data, size);
-  return hex_digest(ctx);
-}
-
 void ensure_files(const std::string& dir, const std::vector<DataFile>& files, std::vector<std::string> mirrors) {
   if (const char* mirror = std::getenv("BATCHCAM_DATA_MIRROR"); mirror && *mirror) mirrors = {mirror};
   std::vector<const DataFile*> missing;
@@ -124,6 +94,10 @@ void ensure_files(const std::string& dir, const std::vector<DataFile>& files, st
   if (missing.empty()) return;
   std::string names;
   for (const auto* f : missing) names += (names.empty() ? "" : ", ") + f->name;
+#ifndef BATCHCAM_WITH_DOWNLOAD
+  fail(dir, "missing " + names + ", and this batchcam was built without downloading (BATCHCAM_WITH_DOWNLOAD=OFF)" +
+                ". Put the files in this directory by hand (or choose another with --data-dir)");
+#else
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) fail(dir, "missing " + names + " and cannot create the directory to download them (" + ec.message() + ")");
@@ -153,6 +127,7 @@ void ensure_files(const std::string& dir, const std::vector<DataFile>& files, st
                     ". Put the files in this directory by hand (or choose another with --data-dir)");
     }
   }
+#endif
 }
 
 }  // namespace batchcam::io

@@ -2,7 +2,9 @@
 
 #include "batchcam/io/file.h"
 
+#ifdef BATCHCAM_WITH_JPEG
 #include <jpeglib.h>
+#endif
 #include <png.h>
 
 #include <csetjmp>
@@ -55,6 +57,7 @@ Image decode_png(const std::string& path, const std::string& bytes, int64_t max_
   return out;
 }
 
+#ifdef BATCHCAM_WITH_JPEG
 struct JpegError {
   jpeg_error_mgr manager;
   std::jmp_buf jump;
@@ -133,6 +136,11 @@ Image decode_jpeg(const std::string& path, const std::string& bytes, int64_t max
   }
   return out;
 }
+#else
+Image decode_jpeg(const std::string& path, const std::string&, int64_t, bool) {
+  fail(path, "a JPEG image, and this batchcam was built without JPEG support (BATCHCAM_WITH_JPEG=OFF)");
+}
+#endif
 
 Image decode(const std::string& bytes, const std::string& path, int64_t max_pixels, bool header_only) {
   const auto starts_with = [&](std::initializer_list<unsigned char> magic) {

@@ -85,12 +85,25 @@ PrototypeSums::PrototypeSums(int64_t num_classes, int64_t height, int64_t width)
       counts_(torch::zeros({num_classes}, torch::kDouble)) {}
 
 void PrototypeSums::add(const torch::Tensor& images, const torch::Tensor& labels) {
-  TORCH_CHECK(images.dim() == 4 && images.scalar_type() == torch::kUInt8,
-              "image_prototypes: images must be uint8 [N, C, H, W], got ", images.sizes());
-  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == images.size(0), "image_prototypes: need one label per image");
-  const auto gray = images.to(torch::kDouble).div_(255.0).mean(1).flatten(1);  // [n, HW]
-  sums_.index_add_(0, labels, gray);
-  counts_.index_add_(0, labels, torch::ones({labels.size(0)}, torch::kDouble));
+  TORCH_CHECK(images.dim() == 4 && (images.scalar_type() == torch::kUInt8 || images.is_floating_point()),
+              "image_prototypes: images must be uint8 or floating point [N, C, H, W], got ", images.scalar_type(), " ",
+              images.sizes());
+  TORCH_CHECK(images.size(2) == height_ && images.size(3) == width_, "image_prototypes: images must be ", height_,
+              " x ", width_, ", got ", images.sizes());
+  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == images.size(0) && labels.scalar_type() == torch::kLong,
+              "image_prototypes: need one int64 label per image, got ", labels.scalar_type(), " ", labels.sizes(),
+              " for ", images.size(0), " images");
+  const auto cpu_labels = labels.to(torch::kCPU);
+  if (cpu_labels.numel() > 0) {
+    const auto lo = cpu_labels.min().item<int64_t>(), hi = cpu_labels.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < num_classes_, "image_prototypes: labels must lie in [0, ", num_classes_, "), got ",
+                lo < 0 ? lo : hi);
+  }
+  auto gray = images.to(torch::kCPU, torch::kDouble);
+  if (images.scalar_type() == torch::kUInt8) gray.div_(255.0);
+  gray = gray.mean(1).flatten(1);  // [n, HW]
+  sums_.index_add_(0, cpu_labels, gray);
+  counts_.index_add_(0, cpu_labels, torch::ones({cpu_labels.size(0)}, torch::kDouble));
 }
 
 torch::Tensor PrototypeSums::prototypes() const {
@@ -99,9 +112,7 @@ torch::Tensor PrototypeSums::prototypes() const {
 }
 
 torch::Tensor image_prototypes(const torch::Tensor& images, const torch::Tensor& labels, int64_t num_classes) {
-  TORCH_CHECK(images.dim() == 4 && images.scalar_type() == torch::kUInt8,
-              "image_prototypes: images must be uint8 [N, C, H, W], got ", images.sizes());
-  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == images.size(0), "image_prototypes: need one label per image");
+  TORCH_CHECK(images.dim() == 4, "image_prototypes: images must be [N, C, H, W], got ", images.sizes());
   PrototypeSums sums(num_classes, images.size(2), images.size(3));
   constexpr int64_t kChunk = 4096;  // bounds the float copy for large datasets
   for (int64_t begin = 0; begin < images.size(0); begin += kChunk) {

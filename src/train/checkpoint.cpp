@@ -1,6 +1,6 @@
 #include "batchcam/train/checkpoint.h"
 
-#include "batchcam/io/download.h"
+#include "batchcam/io/sha256.h"
 #include "batchcam/io/file.h"
 #include "batchcam/models/torchscript.h"
 

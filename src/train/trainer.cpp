@@ -1,8 +1,10 @@
 #include "batchcam/train/trainer.h"
 
 #include "batchcam/cam/grad_cam.h"
+#include "batchcam/core/provenance.h"
 #include "batchcam/data/datasets.h"
-#include "batchcam/io/download.h"
+#include "batchcam/eval/report.h"
+#include "batchcam/io/sha256.h"
 #include "batchcam/losses/cam_losses.h"
 #include "batchcam/models/torchscript.h"
 #include "batchcam/train/run_directory.h"

@@ -1,6 +1,7 @@
 #include "batchcam/eval/evaluate.h"
 #include "batchcam/cam/grad_cam.h"
 #include "batchcam/data/shapes.h"
+#include "batchcam/eval/report.h"
 #include "batchcam/losses/cam_losses.h"
 #include "batchcam/models/registry.h"
 

@@ -1,8 +1,11 @@
 #include "batchcam/eval/pictures.h"
+#include "batchcam/data/image_files.h"
 #include "batchcam/data/shapes.h"
 #include "batchcam/io/image.h"
 #include "batchcam/io/png.h"
+#include "batchcam/io/sha256.h"
 #include "batchcam/models/registry.h"
+#include "support/process.h"
 
 #include <gtest/gtest.h>
 #include <png.h>
@@ -173,5 +176,38 @@ TEST(Pictures, ExplanationsInBatchesEqualOneByOneAndTheCsvNamesEveryFile) {
   ASSERT_EQ(lines.size(), 6u);
   EXPECT_EQ(lines[2].rfind("1,\"" + (dir / "a,\"\"b\"\".png").string() + "\",,", 0), 0u) << lines[2];
   EXPECT_NE(lines[2].find("," + d.class_names[2] + ","), std::string::npos) << "the target by name: " << lines[2];
+  fs::remove_all(dir);
+}
+
+// SHA-256 (src/io/sha256.cpp) against FIPS 180-4's examples and coreutils' sha256sum on
+// every length around the 64-byte block and its 56-byte padding limit, and on a file read in
+// several buffers.
+TEST(Sha256, FipsExamplesAndSha256sumAgree) {
+  namespace fs = std::filesystem;
+  const auto hash = [](const std::string& s) { return batchcam::io::sha256_bytes(s.data(), s.size()); };
+  EXPECT_EQ(hash(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_EQ(hash("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(hash("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  EXPECT_EQ(hash(std::string(1000000, 'a')), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+
+  const auto dir = fs::temp_directory_path() / ("batchcam-sha256-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  std::string bytes;
+  for (int n = 0; n <= 130; ++n) {
+    const auto file = dir / ("n" + std::to_string(n));
+    std::ofstream(file, std::ios::binary) << bytes;
+    const auto expected = test_support::run_shell("sha256sum " + file.string() + " | cut -c1-64");
+    ASSERT_EQ(expected.code, 0);
+    EXPECT_EQ(hash(bytes) + "\n", expected.out) << n << " bytes";
+    bytes += static_cast<char>((n * 37 + 11) % 256);
+  }
+  const auto big = dir / "big";
+  std::string large(3 << 20, '\0');
+  for (size_t i = 0; i < large.size(); ++i) large[i] = static_cast<char>((i * 2654435761u) >> 13);
+  std::ofstream(big, std::ios::binary) << large;
+  const auto expected = test_support::run_shell("sha256sum " + big.string() + " | cut -c1-64");
+  EXPECT_EQ(batchcam::io::sha256_file(big.string()) + "\n", expected.out);
+  EXPECT_THROW(batchcam::io::sha256_file((dir / "missing").string()), std::runtime_error);
   fs::remove_all(dir);
 }

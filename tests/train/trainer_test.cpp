@@ -1,7 +1,7 @@
 #include "batchcam/core/runtime.h"
 #include "batchcam/data/datasets.h"
 #include "batchcam/data/shapes.h"
-#include "batchcam/io/download.h"
+#include "batchcam/io/sha256.h"
 #include "batchcam/io/file.h"
 #include "batchcam/losses/cam_losses.h"
 #include "batchcam/models/registry.h"

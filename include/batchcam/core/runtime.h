@@ -3,7 +3,6 @@
 // threads a process may use, and the random generators' state. Nothing here changes
 // process-wide state except where a function says so; the CLI decides the thread count.
 
-#include <nlohmann/json.hpp>
 #include <torch/nn/module.h>
 #include <torch/types.h>
 
@@ -73,10 +72,6 @@ int64_t cgroup_cpu_limit(const std::string& cgroup_list, const std::string& root
 std::string version();
 std::string git_commit();
 
-/// What produced a result, for config.json and eval.json: batchcam's version and commit,
-/// LibTorch's version, the host, the device ("cpu" or "cuda:N"), the CPU threads
-/// in use (at::get_num_threads) and the time (UTC, ISO 8601).
-nlohmann::json provenance(const torch::Device& device);
 
 /// The state of the default random generators: the CPU's and, when CUDA is available, each
 /// CUDA device's (a [D, n] uint8 tensor; undefined without CUDA).

@@ -2,8 +2,6 @@
 // Image classification datasets (in memory, or streamed from files) and the batch
 // iterator over them.
 
-#include "batchcam/data/image_files.h"
-
 #include <torch/types.h>
 
 #include <cstdint>
@@ -15,11 +13,33 @@
 
 namespace batchcam::data {
 
-/// A dataset: its images held in memory, or streamed from files (`files`: decoded when a
-/// batch asks for them). Images stay uint8 until a batch is made.
+/// Images that are not held in memory but made when a batch asks for them: image files
+/// decoded on demand (data::ImageFiles, in the full library), or a source of the caller's.
+class ImageSource {
+ public:
+  virtual ~ImageSource() = default;
+  virtual int64_t size() const = 0;
+  virtual int64_t side() const = 0;      ///< images are side x side
+  virtual int64_t channels() const = 0;  ///< 1 or 3
+  /// Threads load() uses; with any, a BatchIterator prepares the next batch in the background.
+  virtual int64_t workers() const = 0;
+  /// The images at `index`, uint8 [B, channels, side, side]. With `augment`, each image
+  /// is randomly augmented while it is made (ImageFiles: a random resized crop and colour
+  /// jitter); image k's draws depend on (seed, first + k) only (`first`: the position of
+  /// image 0 in its whole batch, for a rank's slice of it).
+  virtual torch::Tensor load(const std::vector<int64_t>& index, bool augment = false, uint64_t seed = 0,
+                             int64_t first = 0) const = 0;
+  /// The images at `index`, in that order.
+  virtual std::shared_ptr<const ImageSource> subset(const std::vector<int64_t>& index) const = 0;
+  /// What names image i in pictures (for files: its path).
+  virtual std::string name(int64_t i) const = 0;
+};
+
+/// A dataset: its images held in memory, or streamed (`files`: made when a batch asks for
+/// them). Images stay uint8 until a batch is made.
 struct Dataset {
   torch::Tensor images;        ///< [N, C, H, W] uint8 in memory; undefined when `files` streams them
-  std::shared_ptr<const ImageFiles> files;  ///< the images as files; null when in memory
+  std::shared_ptr<const ImageSource> files;  ///< the streamed images; null when in memory
   torch::Tensor labels;        ///< [N] int64 in [0, num_classes); -1 where unknown (unlabelled_images)
   torch::Tensor object_masks;  ///< [N, H, W] bool, the figure; undefined when unknown
   torch::Tensor decoy_masks;   ///< [N, H, W] bool, the spurious cue; undefined when none
@@ -43,12 +63,6 @@ struct Dataset {
   /// What names sample i in pictures: its file name, or "#i" when in memory.
   std::string sample_name(int64_t i) const;
 };
-
-/// Image files to explain or classify, decoded as a folder's test images are (load_image:
-/// the centre square scaled to side x side, `channels` 1 or 3); labels -1 (unknown), the
-/// given class names. Throws for a bad side or channel count; the files are read when used.
-Dataset unlabelled_images(std::vector<std::string> paths, int64_t side, int64_t channels, int64_t max_pixels,
-                          std::vector<std::string> class_names = {});
 
 /// Calls visit(images, labels) on consecutive chunks of the dataset (uint8 [n, C, H, W] and
 /// int64 [n] on the CPU; labels undefined when the dataset has none), each at most
@@ -108,7 +122,7 @@ struct Batch {
 struct Augmentation {
   int64_t max_shift = 0;  ///< each image moves by up to this many pixels in x and y (zero fill)
   bool flip = false;      ///< each image is mirrored left-right with probability 1/2
-  bool crop_jitter = false;  ///< streamed images: random resized crop and colour jitter while decoding (CropJitter)
+  bool crop_jitter = false;  ///< streamed images: their source's augmentation (ImageFiles: random resized crop and colour jitter)
 };
 
 /// Iterates a dataset in batches; with shuffling, each epoch has its own order derived

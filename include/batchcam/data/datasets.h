@@ -6,6 +6,7 @@
 #include "batchcam/data/cifar10.h"
 #include "batchcam/data/dataset.h"
 #include "batchcam/data/folder.h"
+#include "batchcam/data/image_files.h"
 #include "batchcam/data/mnist.h"
 #include "batchcam/io/image.h"
 

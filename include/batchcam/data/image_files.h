@@ -2,6 +2,7 @@
 // Images streamed from files: a list of PNG/JPEG paths decoded when a batch asks for
 // them, so that a folder of any size needs memory for a batch, not for the folder.
 
+#include "batchcam/data/dataset.h"
 #include "batchcam/data/rng.h"
 #include "batchcam/io/image.h"
 
@@ -34,25 +35,27 @@ torch::Tensor load_image(const std::string& path, int64_t side, int64_t channels
                          Rng* rng = nullptr);
 
 /// A dataset's images as files, decoded on demand by load_image().
-class ImageFiles {
+class ImageFiles : public ImageSource {
  public:
   /// Requires side > 0, channels 1 or 3, workers >= 0.
   ImageFiles(std::vector<std::string> paths, int64_t side, int64_t channels, int64_t max_pixels, int64_t workers);
 
-  int64_t size() const { return static_cast<int64_t>(paths_.size()); }
-  int64_t side() const { return side_; }
-  int64_t channels() const { return channels_; }
-  int64_t workers() const { return workers_; }
+  int64_t size() const override { return static_cast<int64_t>(paths_.size()); }
+  int64_t side() const override { return side_; }
+  int64_t channels() const override { return channels_; }
+  int64_t workers() const override { return workers_; }
+  std::string name(int64_t i) const override { return paths_.at(static_cast<size_t>(i)); }
   const std::vector<std::string>& paths() const { return paths_; }
 
   /// The images at `index`, uint8 [B, channels, side, side], decoded on `workers` threads
-  /// (0: on the caller's). With `crop`, image k draws from Rng(mix_seed(seed, first + k)), so
-  /// the result does not depend on the number of workers (`first`: the position of image 0
-  /// in its whole batch, for a rank's slice of it).
-  torch::Tensor load(const std::vector<int64_t>& index, const CropJitter* crop = nullptr, uint64_t seed = 0,
-                     int64_t first = 0) const;
+  /// (0: on the caller's). With `augment`, a random resized crop and colour jitter
+  /// (CropJitter's defaults): image k draws from Rng(mix_seed(seed, first + k)), so the result
+  /// does not depend on the number of workers (`first`: the position of image 0 in its whole
+  /// batch, for a rank's slice of it).
+  torch::Tensor load(const std::vector<int64_t>& index, bool augment = false, uint64_t seed = 0,
+                     int64_t first = 0) const override;
   /// The files at `index`, in that order.
-  ImageFiles subset(const std::vector<int64_t>& index) const;
+  std::shared_ptr<const ImageSource> subset(const std::vector<int64_t>& index) const override;
 
   /// 3 when any of `paths` is in colour, else 1, from the files' headers (read on `workers`
   /// threads); throws as read_image_info() for an unreadable file or one over max_pixels.
@@ -62,5 +65,11 @@ class ImageFiles {
   std::vector<std::string> paths_;
   int64_t side_, channels_, max_pixels_, workers_;
 };
+
+/// Image files to explain or classify, decoded as a folder's test images are (load_image:
+/// the centre square scaled to side x side, `channels` 1 or 3); labels -1 (unknown), the
+/// given class names. Throws for a bad side or channel count; the files are read when used.
+Dataset unlabelled_images(std::vector<std::string> paths, int64_t side, int64_t channels, int64_t max_pixels,
+                          std::vector<std::string> class_names = {});
 
 }  // namespace batchcam::data

@@ -6,7 +6,6 @@
 #include "batchcam/data/dataset.h"
 #include "batchcam/models/cam_model.h"
 
-#include <nlohmann/json.hpp>
 #include <torch/types.h>
 
 #include <cmath>
@@ -22,8 +21,6 @@ namespace batchcam::eval {
 /// null in JSON and "n/a" in text and on the report page.
 inline constexpr double kNotAvailable = std::numeric_limits<double>::quiet_NaN();
 inline bool available(double v) { return !std::isnan(v); }
-/// A metric for JSON: the number, or null when it is not available.
-inline nlohmann::json json_metric(double v) { return available(v) ? nlohmann::json(v) : nlohmann::json(); }
 
 struct EvalMetrics {
   int64_t count = 0;
@@ -163,7 +160,6 @@ struct EvalReport {
 EvalReport evaluate_full(models::CamModel& model, const data::Dataset& dataset, const data::Normalization& norm,
                          const torch::Tensor& prototypes, const EvalOptions& options = {});
 
-nlohmann::json to_json(const EvalReport& report);
 /// The report as aligned text tables for a terminal.
 std::string format_report(const EvalReport& report);
 

@@ -15,6 +15,11 @@
 
 namespace batchcam::eval {
 
+/// A metric for JSON: the number, or null when it is not available.
+inline nlohmann::json json_metric(double v) { return available(v) ? nlohmann::json(v) : nlohmann::json(); }
+/// The evaluation as eval.json holds it.
+nlohmann::json to_json(const EvalReport& report);
+
 /// One explained image of a class grid: its explanation_panels for the true class as PNG,
 /// and what the model said about it ("true cat, predicted dog 83%").
 struct ExplainedImage {

@@ -1,6 +1,6 @@
 #pragma once
-// Downloading the files a dataset needs (libcurl) and SHA-256 checksums (OpenSSL).
-// Free of LibTorch.
+// Downloading the files a dataset needs (libcurl; a build with BATCHCAM_WITH_DOWNLOAD=OFF
+// only finds them). Free of LibTorch.
 
 #include <cstddef>
 #include <cstdint>
@@ -26,10 +26,5 @@ std::string present_file(const std::string& dir, const std::string& name);
 /// sending endless data cannot fill the disk). Throws std::runtime_error naming the missing
 /// files, the mirrors tried and what to do, or a checksum mismatch.
 void ensure_files(const std::string& dir, const std::vector<DataFile>& files, std::vector<std::string> mirrors);
-
-/// SHA-256 of a file as lower-case hex.
-std::string sha256_file(const std::string& path);
-/// SHA-256 of bytes in memory as lower-case hex.
-std::string sha256_bytes(const void* data, size_t size);
 
 }  // namespace batchcam::io

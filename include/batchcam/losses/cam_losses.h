@@ -10,8 +10,8 @@ namespace batchcam::losses {
 
 /// Global class prototypes from images: P_c = mean over the samples of class c of the
 /// channel-averaged [0, 1] image, then min-max normalised to [0, 1].
-/// images [N, C, H, W] uint8, labels [N] int64 -> [K, H, W] float32. A class without
-/// samples gets a zero map.
+/// images [N, C, H, W] uint8 (0..255) or floating point (in [0, 1]), on any device;
+/// labels [N] int64 in [0, K) -> [K, H, W] float32 on the CPU. A class without samples gets a zero map.
 torch::Tensor image_prototypes(const torch::Tensor& images, const torch::Tensor& labels, int64_t num_classes);
 /// The same over a dataset's images and classes, in chunks (one decoding pass when streamed).
 torch::Tensor image_prototypes(const data::Dataset& dataset);
@@ -21,7 +21,7 @@ torch::Tensor image_prototypes(const data::Dataset& dataset);
 class PrototypeSums {
  public:
   PrototypeSums(int64_t num_classes, int64_t height, int64_t width);
-  /// images uint8 [n, C, H, W], labels int64 [n] in [0, num_classes).
+  /// images uint8 [n, C, H, W] (or floating point in [0, 1]), labels int64 [n] in [0, num_classes).
   void add(const torch::Tensor& images, const torch::Tensor& labels);
   /// As image_prototypes: [K, H, W] float32.
   torch::Tensor prototypes() const;
