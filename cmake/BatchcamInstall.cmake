@@ -21,6 +21,8 @@ install(TARGETS ${_batchcam_targets} EXPORT batchcamTargets
         INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/batchcam DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 if(TARGET batchcam_cli)
+  # The installed CLI keeps finding LibTorch where it was linked from (a wheel's torch/lib).
+  set_target_properties(batchcam_cli PROPERTIES INSTALL_RPATH_USE_LINK_PATH TRUE)
   install(TARGETS batchcam_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 endif()
 install(EXPORT batchcamTargets NAMESPACE batchcam:: DESTINATION ${BATCHCAM_CMAKE_DIR})

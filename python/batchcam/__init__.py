@@ -239,6 +239,8 @@ def noisy_linear_imputation(x: Tensor, removed: Tensor, noise: float = 0.01, see
 
 
 class RoadCurves(NamedTuple):
+    """ROAD's curves, one row per image and one column per removed fraction."""
+
     morf: Tensor          #: [B, F] probability of the target, most relevant pixels removed
     lerf: Tensor          #: [B, F] the same, least relevant pixels removed
     morf_correct: Tensor  #: [B, F] bool: the target is still the top class

@@ -434,6 +434,11 @@ std::vector<std::string> torchrun(int port, const std::vector<std::string>& args
   return argv;
 }
 
+// torchrun's environment: PyTorch 2.4 made torchrun's store a libuv server, and Debian's
+// PyTorch (2.6 in Debian 13) is built without libuv; USE_LIBUV=0 asks for the classic one
+// (older versions ignore it).
+const std::vector<std::string> kTorchrunEnvironment = {"USE_LIBUV=0"};
+
 // The environment torchrun gives rank `rank` of two.
 std::vector<std::string> rank_environment(int rank, int port) {
   return {"WORLD_SIZE=2", "RANK=" + std::to_string(rank), "LOCAL_RANK=" + std::to_string(rank),
@@ -492,7 +497,7 @@ TEST(DistributedCli, TorchrunTrainsStopsEveryRankAtOneStepAndResumes) {
   Started started;
   // SIGTERM to torchrun (as a cluster's scheduler sends it) a quarter into epoch 2: torchrun
   // passes it on to both ranks, which stop after the same step; rank 0 saves.
-  const pid_t launcher = started.add(spawn_process(kPython, torchrun(free_port(), shapes_run(dir, "two")), {}, log.string()));
+  const pid_t launcher = started.add(spawn_process(kPython, torchrun(free_port(), shapes_run(dir, "two")), kTorchrunEnvironment, log.string()));
   ASSERT_TRUE(wait_for_text(log, "epoch 2/4 step 11/46")) << read_text(log.string());
   ::kill(launcher, SIGTERM);
   EXPECT_NE(started.wait(launcher), 0);
@@ -512,7 +517,7 @@ TEST(DistributedCli, TorchrunTrainsStopsEveryRankAtOneStepAndResumes) {
   EXPECT_EQ(std::distance(fs::directory_iterator(dir), fs::directory_iterator()), 2) << "one run directory and the log";
 
   // Resumed under torchrun: rank 0 alone writes and prints.
-  const pid_t resumed = started.add(spawn_process(kPython, torchrun(free_port(), {"--resume", run.string()}), {}, log.string()));
+  const pid_t resumed = started.add(spawn_process(kPython, torchrun(free_port(), {"--resume", run.string()}), kTorchrunEnvironment, log.string()));
   ASSERT_EQ(started.wait(resumed), 0) << read_text(log.string());
   const auto output = read_text(log.string());
   EXPECT_NE(output.find("[default0]:Trained simple-cnn on shapes for 4 epochs"), std::string::npos) << output;

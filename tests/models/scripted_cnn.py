@@ -51,7 +51,7 @@ def main():
     torch.manual_seed(0)
     net = Net(1, args.classes, 16, args.batchnorm_head, args.dropout_head)
     if args.weights:
-        net.load_state_dict(torch.load(args.weights))
+        net.load_state_dict(torch.load(args.weights, weights_only=False))  # our own export (see README)
     torch.jit.script(net).save(args.out)
 
 

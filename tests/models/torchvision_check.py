@@ -10,9 +10,9 @@ import torch
 import torchvision
 
 weights, io_path, stem = sys.argv[1], sys.argv[2], sys.argv[3]
-state = torch.load(weights)
+state = torch.load(weights, weights_only=False)  # our own export (see README)
 assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()), "not a plain dict"
-io = torch.load(io_path)
+io = torch.load(io_path, weights_only=False)
 model = torchvision.models.resnet18(num_classes=10)
 if stem == "small":
     model.conv1 = torch.nn.Conv2d(1, 64, 3, 1, 1, bias=False)

@@ -19,6 +19,13 @@ case "$mode" in
     test -f "$work/prefix/lib/cmake/batchcam/batchcamConfig.cmake"
     test -f "$work/prefix/lib/cmake/batchcam/batchcamConfigVersion.cmake"
     test -f "$work/prefix/include/batchcam/cam/grad_cam.h"
+    # The core component alone, with the full library's dependencies made unfindable.
+    cmake -S "$here/consumer" -B "$work/core" "${generator[@]}" -DCMAKE_PREFIX_PATH="$work/prefix" -DCORE_ONLY=ON \
+          -DCMAKE_DISABLE_FIND_PACKAGE_nlohmann_json=ON -DCMAKE_DISABLE_FIND_PACKAGE_PNG=ON \
+          -DCMAKE_DISABLE_FIND_PACKAGE_ZLIB=ON -DCMAKE_DISABLE_FIND_PACKAGE_JPEG=ON \
+          -DCMAKE_DISABLE_FIND_PACKAGE_CURL=ON -DCMAKE_DISABLE_FIND_PACKAGE_PkgConfig=ON
+    cmake --build "$work/core" --parallel 2
+    "$work/core/consumer"
     cmake -S "$here/consumer" -B "$work/build" "${generator[@]}" -DCMAKE_PREFIX_PATH="$work/prefix"
     ;;
   subdirectory)
