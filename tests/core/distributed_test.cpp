@@ -419,8 +419,20 @@ using test_support::wait_for_file;
 
 const char* const kPython = "/usr/bin/python3";
 
-bool torchrun_available() {
-  return test_support::run_shell(std::string(kPython) + " -c 'import torch.distributed.run'").code == 0;
+// Why torchrun cannot be used here ("" when it can): not installed, or unable to start its
+// own store (Debian 13's PyTorch 2.6 is built without libuv, which its torchrun asks for).
+std::string torchrun_unavailable() {
+  if (test_support::run_shell(std::string(kPython) + " -c 'import torch.distributed.run'").code != 0) {
+    return std::string("no torchrun (") + kPython + " -m torch.distributed.run; python3-torch)";
+  }
+  const auto probe = test_support::run_shell(std::string(kPython) +
+                                             " -m torch.distributed.run --nproc_per_node 1 --master_port " +
+                                             std::to_string(free_port()) + " --no_python true");
+  if (probe.code != 0 && probe.out.find("without libuv support") != std::string::npos) {
+    return "this PyTorch's torchrun cannot start its store (built without libuv): " + probe.out.substr(
+        probe.out.rfind("RuntimeError"), 80);
+  }
+  return "";
 }
 
 // torchrun with two processes on this machine running `batchcam train ARGS`. Debian 12's
@@ -433,11 +445,6 @@ std::vector<std::string> torchrun(int port, const std::vector<std::string>& args
   argv.insert(argv.end(), args.begin(), args.end());
   return argv;
 }
-
-// torchrun's environment: PyTorch 2.4 made torchrun's store a libuv server, and Debian's
-// PyTorch (2.6 in Debian 13) is built without libuv; USE_LIBUV=0 asks for the classic one
-// (older versions ignore it).
-const std::vector<std::string> kTorchrunEnvironment = {"USE_LIBUV=0"};
 
 // The environment torchrun gives rank `rank` of two.
 std::vector<std::string> rank_environment(int rank, int port) {
@@ -489,7 +496,7 @@ struct Started {
 
 TEST(DistributedCli, TorchrunTrainsStopsEveryRankAtOneStepAndResumes) {
   if (!core::distributed_available()) GTEST_SKIP() << "built without c10d's Gloo (libgloo-dev)";
-  if (!torchrun_available()) GTEST_SKIP() << "no torchrun (" << kPython << " -m torch.distributed.run; python3-torch)";
+  if (const auto why = torchrun_unavailable(); !why.empty()) GTEST_SKIP() << why;
   const auto dir = fs::temp_directory_path() / ("batchcam-torchrun-" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
@@ -497,7 +504,7 @@ TEST(DistributedCli, TorchrunTrainsStopsEveryRankAtOneStepAndResumes) {
   Started started;
   // SIGTERM to torchrun (as a cluster's scheduler sends it) a quarter into epoch 2: torchrun
   // passes it on to both ranks, which stop after the same step; rank 0 saves.
-  const pid_t launcher = started.add(spawn_process(kPython, torchrun(free_port(), shapes_run(dir, "two")), kTorchrunEnvironment, log.string()));
+  const pid_t launcher = started.add(spawn_process(kPython, torchrun(free_port(), shapes_run(dir, "two")), {}, log.string()));
   ASSERT_TRUE(wait_for_text(log, "epoch 2/4 step 11/46")) << read_text(log.string());
   ::kill(launcher, SIGTERM);
   EXPECT_NE(started.wait(launcher), 0);
@@ -517,7 +524,7 @@ TEST(DistributedCli, TorchrunTrainsStopsEveryRankAtOneStepAndResumes) {
   EXPECT_EQ(std::distance(fs::directory_iterator(dir), fs::directory_iterator()), 2) << "one run directory and the log";
 
   // Resumed under torchrun: rank 0 alone writes and prints.
-  const pid_t resumed = started.add(spawn_process(kPython, torchrun(free_port(), {"--resume", run.string()}), kTorchrunEnvironment, log.string()));
+  const pid_t resumed = started.add(spawn_process(kPython, torchrun(free_port(), {"--resume", run.string()}), {}, log.string()));
   ASSERT_EQ(started.wait(resumed), 0) << read_text(log.string());
   const auto output = read_text(log.string());
   EXPECT_NE(output.find("[default0]:Trained simple-cnn on shapes for 4 epochs"), std::string::npos) << output;
