@@ -25,8 +25,11 @@ print("devices", [torch.cuda.get_device_name(i) for i in range(torch.cuda.device
 PY
 torch_dir=$("$python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "share", "cmake", "Torch"))')
 
+# The Python module too (its CUDA test, python_module_cuda) where Python's headers are installed.
+python_module=$("$python" -c 'import os, sysconfig; print("ON" if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else "OFF")')
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTorch_DIR="$torch_dir" \
-  -DBATCHCAM_BUILD_TESTS=ON -DBATCHCAM_BUILD_BENCHMARKS=OFF
+  -DBATCHCAM_BUILD_TESTS=ON -DBATCHCAM_BUILD_BENCHMARKS=OFF \
+  -DBATCHCAM_BUILD_PYTHON="$python_module" -DPython3_EXECUTABLE="$(command -v "$python")"
 cmake --build "$build" --parallel "$(nproc)"
 
 "$build/batchcam" env | tee "$out/env.txt"
