@@ -69,6 +69,7 @@ double number(const nlohmann::json& v) {
   return v.is_null() ? std::numeric_limits<double>::quiet_NaN() : v.get<double>();
 }
 
+#ifdef BATCHCAM_WITH_PLOTS
 // A "nice" tick step (1, 2 or 5 times a power of ten) giving about `count` ticks.
 double nice_step(double range, int count) {
   const double raw = range / count;
@@ -86,7 +87,6 @@ std::string tick_label(double v, double step) {
   return s.str();
 }
 
-#ifdef BATCHCAM_WITH_PLOTS
 cairo_status_t append_to_string(void* closure, const unsigned char* data, unsigned int length) {
   static_cast<std::string*>(closure)->append(reinterpret_cast<const char*>(data), length);
   return CAIRO_STATUS_SUCCESS;
@@ -130,7 +130,17 @@ std::vector<ClassGrid> class_grids(models::CamModel& model, const data::Dataset&
 
 std::string line_plot_svg(const std::string& title, const std::string& x_label, const std::string& y_label,
                           const std::vector<PlotSeries>& series) {
-  const double width = 540, height = 300, left = 62, right = 150, top = 34, bottom = 48;
+  const double width = 540, height = 300;
+#ifndef BATCHCAM_WITH_PLOTS
+  // Built without cairo: the plot's place says so (the numbers are in metrics.jsonl and eval.json).
+  (void)x_label, (void)y_label, (void)series;
+  std::ostringstream note;
+  note << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height / 3
+       << "\"><text x=\"10\" y=\"30\" font-family=\"sans-serif\" font-size=\"13\">" << escape_html(title)
+       << ": not drawn (this batchcam was built without cairo, BATCHCAM_WITH_PLOTS=OFF)</text></svg>";
+  return note.str();
+#else
+  const double left = 62, right = 150, top = 34, bottom = 48;
   const double plot_w = width - left - right, plot_h = height - top - bottom;
   double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
   for (const auto& s : series) {
@@ -150,15 +160,6 @@ std::string line_plot_svg(const std::string& title, const std::string& x_label, 
   const auto px = [&](double x) { return left + (x - x0) / (x1 - x0) * plot_w; };
   const auto py = [&](double y) { return top + (1.0 - (y - y0) / (y1 - y0)) * plot_h; };
 
-#ifndef BATCHCAM_WITH_PLOTS
-  // Built without cairo: the plot's place says so (the numbers are in metrics.jsonl and eval.json).
-  (void)px, (void)py, (void)x_step, (void)x_label, (void)y_label;
-  std::ostringstream svg;
-  svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height / 3
-      << "\"><text x=\"10\" y=\"30\" font-family=\"sans-serif\" font-size=\"13\">" << escape_html(title)
-      << ": not drawn (this batchcam was built without cairo, BATCHCAM_WITH_PLOTS=OFF)</text></svg>";
-  return svg.str();
-#else
   std::string svg;
   cairo_surface_t* surface = cairo_svg_surface_create_for_stream(append_to_string, &svg, width, height);
   cairo_t* cr = cairo_create(surface);
