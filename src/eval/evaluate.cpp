@@ -235,10 +235,16 @@ torch::Tensor noisy_linear_imputation(const torch::Tensor& x, const torch::Tenso
   const auto u = removed.to(opts).unsqueeze(1).expand({b, c, h, w}).reshape({b * c, 1, h, w});
   TORCH_CHECK(!removed.flatten(1).all(1).any().item<bool>(),
               "noisy_linear_imputation: an image with every pixel removed has nothing to impute from");
-  const auto kernel = torch::tensor({1.0 / 12, 1.0 / 6, 1.0 / 12, 1.0 / 6, 0.0, 1.0 / 6, 1.0 / 12, 1.0 / 6, 1.0 / 12},
-                                    opts).view({1, 1, 3, 3});
-  // Weighted sum of each pixel's neighbours inside the image (outside counts as 0).
-  const auto neighbours = [&](const torch::Tensor& v) { return torch::conv2d(v, kernel, {}, 1, 1); };
+  // Weighted sum of each pixel's neighbours inside the image (outside counts as 0), with the
+  // weights [1 2 1; 2 0 2; 1 2 1] / 12: the separable [1 2 1] x [1 2 1] less four times the pixel.
+  // Shifted sums, not conv2d: a one-channel 3 x 3 convolution is about 17 times slower on the CPU
+  // (22 ms against 1.3 ms for 18 planes of 224 x 224 here), and the solver applies it every step.
+  const auto neighbours = [](const torch::Tensor& v) {
+    const auto padded = torch::constant_pad_nd(v, {1, 1, 1, 1});
+    const auto rows = padded.slice(2, 0, -2) + padded.slice(2, 2) + 2 * padded.slice(2, 1, -1);
+    const auto both = rows.slice(3, 0, -2) + rows.slice(3, 2) + 2 * rows.slice(3, 1, -1);
+    return (both - 4 * v) / 12;
+  };
   const auto known = x.reshape({b * c, 1, h, w}) * (1 - u);
   // Each removed pixel: d * v - (its removed neighbours' weighted sum) = its kept neighbours'
   // weighted sum, d = the weight of its neighbours inside the image (1 away from the border).
