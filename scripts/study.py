@@ -39,6 +39,15 @@ COLUMNS = {
     "decoy_share": ("CAM (true) mass on decoy", 3, -1),
     "decoy_pointing": ("CAM (true) points at decoy", 3, -1),
     "object_share": ("CAM mass on object", 3, +1),
+    "object_pointing": ("CAM points at object", 3, +1),
+    # By the object's distance from the image centre, in half image sides (eval.json's
+    # object.by_distance_from_centre): near [0, 1/3), middle [1/3, 2/3), far [2/3, ...).
+    "near_share": ("mass on object, near centre", 3, +1),
+    "middle_share": ("mass on object, middle", 3, +1),
+    "far_share": ("mass on object, far", 3, +1),
+    "near_pointing": ("points at object, near centre", 3, +1),
+    "middle_pointing": ("points at object, middle", 3, +1),
+    "far_pointing": ("points at object, far", 3, +1),
     "proto_l1": ("CAM-proto L1", 3, -1),
     "proto_l2": ("CAM-proto L2", 3, -1),
     "proto_ssim": ("CAM-proto SSIM", 3, +1),
@@ -258,6 +267,8 @@ def measurements(run_dir, eval_file="eval.json"):
     road = e["faithfulness"].get("road") or {}  # absent before ROAD, null when skipped
     confidence = e["faithfulness"].get("confidence") or {}
     percent = lambda v: None if v is None else 100 * v
+    bands = e["object"].get("by_distance_from_centre") or [{}] * 3  # absent before the bands
+    band = lambda i, key: bands[i].get(key) if i < len(bands) else None
     return {
         "accuracy": 100 * e["accuracy"],
         "follows_decoy": e["decoy"].get("follows_decoy"),
@@ -266,6 +277,13 @@ def measurements(run_dir, eval_file="eval.json"):
         "decoy_share": e["decoy"]["cam_mass_share"],
         "decoy_pointing": e["decoy"]["pointing_game"],
         "object_share": e["object"]["cam_mass_share"],
+        "object_pointing": e["object"]["pointing_game"],
+        "near_share": band(0, "cam_mass_share"),
+        "middle_share": band(1, "cam_mass_share"),
+        "far_share": band(2, "cam_mass_share"),
+        "near_pointing": band(0, "pointing_game"),
+        "middle_pointing": band(1, "pointing_game"),
+        "far_pointing": band(2, "pointing_game"),
         "proto_l1": e["prototype_reconstruction"]["l1"],
         "proto_l2": e["prototype_reconstruction"]["l2"],
         "proto_ssim": e["prototype_reconstruction"]["ssim"],
@@ -285,7 +303,7 @@ def measurements(run_dir, eval_file="eval.json"):
 
 # Columns that cannot be negative: batchcam 0.1 wrote -1 there when a metric was not available.
 NON_NEGATIVE = {"follows_decoy", "decoy_share_predicted", "decoy_pointing_predicted", "decoy_share",
-                "decoy_pointing", "object_share", "deletion", "insertion", "ms_per_image", "ms_per_image_cam",
+                "decoy_pointing", "object_share", "object_pointing", "deletion", "insertion", "ms_per_image", "ms_per_image_cam",
                 "road_morf", "road_lerf", "average_drop", "increase"}
 
 

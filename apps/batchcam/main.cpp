@@ -202,6 +202,13 @@ void add_train_options(CLI::App& cmd, batchcam::train::TrainConfig& c) {
 
   cmd.add_option("--lambda-proto", c.lambda_proto, "Weight of the Prototype Loss")->check(number_check([](double v) { return v >= 0; }, ">= 0"))->group("Batch-CAM");
   cmd.add_option("--lambda-batch", c.lambda_batch, "Weight of the Batch-CAM Loss")->check(number_check([](double v) { return v >= 0; }, ">= 0"))->group("Batch-CAM");
+  cmd.add_option("--lambda-rrr", c.lambda_rrr,
+                 "Weight of RRR: squared input gradients of the log-probabilities inside the dataset's annotation "
+                 "masks (decoy-mnist, decoy-fashion, shapes --spurious)")
+      ->check(number_check([](double v) { return v >= 0; }, ">= 0"))->group("Spurious features");
+  cmd.add_option("--lambda-proto-rrr", c.lambda_proto_rrr,
+                 "Weight of Prototype RRR: the same input gradients weighted by 1 - the class prototype; no annotations")
+      ->check(number_check([](double v) { return v >= 0; }, ">= 0"))->group("Spurious features");
   auto* both = cmd.add_option_function<std::string>(
       "--distance",
       [&c](const std::string& d) { c.distance_proto = c.distance_batch = parse<batchcam::losses::Distance>(d, "distance"); },
@@ -267,10 +274,14 @@ int terminal_columns() {
 
 // "loss 0.4321 (ce 0.401 proto 0.031)": the loss and the terms that are on.
 std::string loss_text(const batchcam::train::StepInfo& s) {
-  if (s.lambda_proto <= 0 && s.lambda_batch <= 0) return fmt::format("loss {:.4f}", s.loss);
+  if (s.lambda_proto <= 0 && s.lambda_batch <= 0 && s.lambda_rrr <= 0 && s.lambda_proto_rrr <= 0) {
+    return fmt::format("loss {:.4f}", s.loss);
+  }
   std::string terms = fmt::format("ce {:.3f}", s.ce);
   if (s.lambda_proto > 0) terms += fmt::format(" proto {:.3f}", s.proto);
   if (s.lambda_batch > 0) terms += fmt::format(" batch {:.3f}", s.batch);
+  if (s.lambda_rrr > 0) terms += fmt::format(" rrr {:.3g}", s.rrr);
+  if (s.lambda_proto_rrr > 0) terms += fmt::format(" proto-rrr {:.3g}", s.proto_rrr);
   return fmt::format("loss {:.4f} ({})", s.loss, terms);
 }
 

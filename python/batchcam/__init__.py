@@ -26,9 +26,10 @@ from . import _C
 
 __all__ = [
     "FeatureHook", "RoadCurves", "batch_cam_loss", "batch_prototypes", "cam_from_gradients", "cam_methods",
-    "class_activation_map", "confidence_change", "curve_auc", "decoy_following", "deletion_insertion_curves",
-    "distance", "ema_prototypes", "grad_cam", "image_prototypes", "l1", "l2", "mass_share",
-    "noisy_linear_imputation", "normalize_maps", "pointing_game", "prototype_loss", "road_curves", "ssim",
+    "centre_distance", "class_activation_map", "confidence_change", "curve_auc", "decoy_following",
+    "deletion_insertion_curves", "distance", "ema_prototypes", "grad_cam", "image_prototypes", "input_gradients",
+    "l1", "l2", "mass_share", "noisy_linear_imputation", "normalize_maps", "pointing_game", "prototype_loss",
+    "prototype_rrr_loss", "road_curves", "rrr_loss", "ssim",
 ]
 
 __version__: str = _C.version()
@@ -197,6 +198,42 @@ def batch_cam_loss(maps: Tensor, targets: Tensor, num_classes: int, distance: st
     over samples whose class has at least two members in the batch. With detach_target the
     class means are constants; otherwise the term pulls a class's maps together."""
     return _C.batch_cam_loss(maps, _targets(targets), num_classes, distance, detach_target)
+
+
+def input_gradients(x: Tensor, logits: Tensor, create_graph: bool = True) -> Tensor:
+    """The input gradients RRR penalises: d/dx sum_i sum_k log_softmax(logits)_ik, shaped like x.
+
+    Args:
+        x: [B, C, H, W], requires grad; logits [B, K] computed from it.
+        create_graph: keep the graph, so that a penalty of the gradients trains the model.
+    """
+    return _C.log_probability_input_gradients(x, logits, create_graph)
+
+
+def rrr_loss(gradients: Tensor, masks: Tensor) -> Tensor:
+    """RRR's right-reasons term (Ross et al. 2017): (1/B) sum_i sum_{c,u,v} masks_i(u,v) gradients_icuv^2.
+
+    Args:
+        gradients: [B, C, H, W] from :func:`input_gradients`.
+        masks: [B, H, W], true (or 1) where the region must not matter, e.g. a decoy.
+    """
+    return _C.rrr_loss(gradients, masks)
+
+
+def prototype_rrr_loss(gradients: Tensor, targets: Tensor, prototypes: Tensor) -> Tensor:
+    """Prototype RRR, without annotations: the RRR term with weights 1 - prototypes[targets_i].
+
+    Args:
+        gradients: [B, C, H, W] from :func:`input_gradients`.
+        targets: [B] integer classes in [0, K).
+        prototypes: [K, H, W] in [0, 1] (:func:`image_prototypes`).
+    """
+    return _C.prototype_rrr_loss(gradients, _targets(targets), prototypes)
+
+
+def centre_distance(masks: Tensor) -> Tensor:
+    """Distance of each mask's centroid from the image centre in half image sides: [B, H, W] bool -> [B] (NaN if empty)."""
+    return _C.centre_distance(masks)
 
 
 def mass_share(maps: Tensor, masks: Tensor) -> Tensor:

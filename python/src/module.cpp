@@ -149,7 +149,18 @@ PYBIND11_MODULE(_C, m) {
       py::arg("maps"), py::arg("targets"), py::arg("num_classes"), py::arg("distance"), py::arg("detach_target"),
       no_gil);
 
+  m.def("log_probability_input_gradients", &losses::log_probability_input_gradients, py::arg("x"), py::arg("logits"),
+        py::arg("create_graph"), no_gil);
+  m.def("rrr_loss", &losses::rrr_loss, py::arg("gradients"), py::arg("masks"), no_gil);
+  m.def(
+      "prototype_rrr_loss",
+      [](const Tensor& gradients, const Tensor& targets, const Tensor& prototypes) {
+        return losses::prototype_rrr_loss(gradients, targets, prototypes);
+      },
+      py::arg("gradients"), py::arg("targets"), py::arg("prototypes"), no_gil);
+
   m.def("mass_share", &eval::mass_share, py::arg("maps"), py::arg("masks"), no_gil);
+  m.def("centre_distance", &eval::centre_distance, py::arg("masks"), no_gil);
   m.def("pointing_game", &eval::pointing_game, py::arg("maps"), py::arg("masks"), no_gil);
   m.def("decoy_following", &eval::decoy_following, py::arg("predicted"), py::arg("labels"), py::arg("decoy_labels"),
         no_gil);

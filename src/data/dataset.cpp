@@ -158,6 +158,17 @@ int64_t BatchIterator::size() const {
   return drop_last_ ? n / batch_size_ : (n + batch_size_ - 1) / batch_size_;
 }
 
+void BatchIterator::set_masks(bool on) {
+  if (on && !dataset_->decoy_masks.defined()) {
+    throw std::invalid_argument("BatchIterator::set_masks: the dataset has no annotation masks (decoy_masks)");
+  }
+  if (on && dataset_->streamed()) {
+    throw std::invalid_argument("BatchIterator::set_masks: masks of streamed images are not supported");
+  }
+  drop_prefetch();
+  masks_ = on;
+}
+
 void BatchIterator::set_shard(int64_t rank, int64_t world) {
   if (world < 1 || rank < 0 || rank >= world) {
     throw std::invalid_argument("BatchIterator::set_shard: rank " + std::to_string(rank) + " of " +
@@ -200,6 +211,11 @@ torch::Tensor BatchIterator::batch_images(int64_t i) const {
   } else {
     images = dataset_->images.index_select(0, torch::tensor(index, torch::kInt64));
   }
+  if (masks_) {
+    // The masks travel as one more channel, so that the shift and the flip move them alike.
+    const auto masks = dataset_->decoy_masks.index_select(0, torch::tensor(index, torch::kInt64));
+    images = torch::cat({images, masks.to(torch::kUInt8).unsqueeze(1)}, 1);
+  }
   if (augmentation_.max_shift > 0 || augmentation_.flip) {
     // Drawn for the whole batch, in order; this rank keeps its slice's.
     const int64_t s = augmentation_.max_shift, whole = r.end - r.begin;
@@ -233,6 +249,11 @@ Batch BatchIterator::get(int64_t i) {
     next_ = std::async(std::launch::async, [this, i] { return batch_images(i + 1); });
   }
   Batch b;
+  if (masks_) {
+    const int64_t c = images.size(1) - 1;
+    b.masks = images.select(1, c).to(torch::kBool).to(device_);
+    images = images.narrow(1, 0, c);
+  }
   b.index = torch::tensor(batch_indices(i), torch::kInt64);
   b.y = dataset_->labels.index_select(0, b.index);
   if (device_.is_cuda()) {

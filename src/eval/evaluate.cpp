@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <iomanip>
 #include <sstream>
 
@@ -48,6 +49,8 @@ torch::Tensor rank_correlation(const torch::Tensor& a, const torch::Tensor& b) {
 EvalMetrics evaluation_pass(models::CamModel& model, const data::Dataset& dataset, const data::Normalization& norm,
                             const torch::Tensor& prototypes, int64_t batch_size, EvalReport* full,
                             cam::CamMethod method) {
+  auto bands = localisation_bands();
+  std::vector<double> band_share(bands.size()), band_hits(bands.size());
   const bool was_training = model.is_training();
   model.eval();
   const auto device = core::module_device(model);
@@ -75,8 +78,19 @@ EvalMetrics evaluation_pass(models::CamModel& model, const data::Dataset& datase
       ssim += losses::ssim(maps, target).sum().item<double>();
       if (dataset.object_masks.defined()) {
         const auto masks = dataset.object_masks.index_select(0, b.index).to(device);
-        object += mass_share(maps, masks).sum().item<double>();
-        object_hits += pointing_game(maps, masks).sum().item<double>();
+        const auto share = mass_share(maps, masks);
+        const auto hits = pointing_game(maps, masks).to(share.scalar_type());
+        object += share.sum().item<double>();
+        object_hits += hits.sum().item<double>();
+        if (full) {
+          const auto distance = centre_distance(masks);
+          for (size_t j = 0; j < bands.size(); ++j) {
+            const auto in = (distance >= bands[j].from).logical_and(distance < bands[j].to);
+            bands[j].count += in.sum().item<int64_t>();
+            band_share[j] += share.masked_select(in).sum().item<double>();
+            band_hits[j] += hits.masked_select(in).sum().item<double>();
+          }
+        }
       }
       if (dataset.decoy_masks.defined()) {
         const auto masks = dataset.decoy_masks.index_select(0, b.index).to(device);
@@ -127,6 +141,14 @@ EvalMetrics evaluation_pass(models::CamModel& model, const data::Dataset& datase
     full->input_l2 = in_l2 / n;
     full->input_ssim = in_ssim / n;
     if (dataset.object_masks.defined()) full->object_pointing = object_hits / n;
+    if (prototypes.defined() && dataset.object_masks.defined()) {
+      for (size_t j = 0; j < bands.size(); ++j) {
+        if (bands[j].count == 0) continue;
+        bands[j].object_share = band_share[j] / static_cast<double>(bands[j].count);
+        bands[j].object_pointing = band_hits[j] / static_cast<double>(bands[j].count);
+      }
+      full->localisation_by_distance = bands;
+    }
     if (dataset.decoy_masks.defined()) {
       full->decoy_pointing = decoy_hits / n;
       full->decoy_share_predicted = decoy_predicted / n;
@@ -146,6 +168,29 @@ EvalMetrics evaluation_pass(models::CamModel& model, const data::Dataset& datase
   model.train(was_training);
   return m;
 }
+
+}  // namespace
+
+torch::Tensor centre_distance(const torch::Tensor& masks) {
+  TORCH_CHECK(masks.dim() == 3, "centre_distance: masks must be [B, H, W], got ", masks.sizes());
+  const int64_t h = masks.size(1), w = masks.size(2);
+  const auto m = masks.to(torch::kFloat32);
+  const auto opts = m.options();
+  // Pixel centres: row r lies at r + 0.5, and the image centre at (h / 2, w / 2).
+  const auto rows = torch::arange(h, opts).add_(0.5 - h / 2.0).view({1, h, 1});
+  const auto cols = torch::arange(w, opts).add_(0.5 - w / 2.0).view({1, 1, w});
+  const auto n = m.sum({1, 2});
+  const auto dy = (m * rows).sum({1, 2}) / n;
+  const auto dx = (m * cols).sum({1, 2}) / n;  // NaN where the mask is empty (0 / 0)
+  return (dy.square() + dx.square()).sqrt() / (static_cast<double>(std::min(h, w)) / 2.0);
+}
+
+std::vector<LocalisationBand> localisation_bands() {
+  const double inf = std::numeric_limits<double>::infinity();
+  return {{0.0, 1.0 / 3}, {1.0 / 3, 2.0 / 3}, {2.0 / 3, inf}};
+}
+
+namespace {
 
 data::Dataset first_images(const data::Dataset& d, int64_t n) {
   data::Dataset out = d.first(n);
@@ -489,6 +534,11 @@ std::string format_report(const EvalReport& r) {
   row("CAM vs prototype  L1 / L2 / SSIM", num(m.proto_l1) + " / " + num(m.proto_l2) + " / " + num(m.proto_ssim));
   row("CAM vs input      L1 / L2 / SSIM", num(r.input_l1) + " / " + num(r.input_l2) + " / " + num(r.input_ssim));
   if (available(m.object_share)) row("object: CAM mass share / pointing", num(m.object_share) + " / " + num(r.object_pointing));
+  for (const auto& band : r.localisation_by_distance) {
+    const auto to = std::isfinite(band.to) ? num(band.to, 2) : std::string("");
+    row("  object " + num(band.from, 2) + "-" + to + " from centre (" + std::to_string(band.count) + ")",
+        num(band.object_share) + " / " + num(band.object_pointing));
+  }
   if (available(m.decoy_share)) row("decoy:  CAM mass share / pointing", num(m.decoy_share) + " / " + num(r.decoy_pointing));
   if (available(r.decoy_share_predicted)) {
     row("decoy, predicted class: share / pointing", num(r.decoy_share_predicted) + " / " + num(r.decoy_pointing_predicted));

@@ -259,6 +259,14 @@ nlohmann::json to_json(const EvalReport& r) {
             {"imputation", "noisy linear (8 neighbours, weights 1/6 and 1/12)"},
             {"noise", r.road_noise}};
   }
+  auto bands = nlohmann::json::array();
+  for (const auto& band : r.localisation_by_distance) {
+    bands.push_back({{"from", band.from},
+                     {"to", std::isfinite(band.to) ? nlohmann::json(band.to) : nlohmann::json(nullptr)},
+                     {"count", band.count},
+                     {"cam_mass_share", json_metric(band.object_share)},
+                     {"pointing_game", json_metric(band.object_pointing)}});
+  }
   const auto& m = r.metrics;
   return {{"cam_method", cam::to_string(r.method)},
           {"count", m.count},
@@ -269,7 +277,12 @@ nlohmann::json to_json(const EvalReport& r) {
           {"confusion", r.confusion},
           {"prototype_reconstruction", {{"l1", m.proto_l1}, {"l2", m.proto_l2}, {"ssim", m.proto_ssim}}},
           {"input_reconstruction", {{"l1", r.input_l1}, {"l2", r.input_l2}, {"ssim", r.input_ssim}}},
-          {"object", {{"cam_mass_share", json_metric(m.object_share)}, {"pointing_game", json_metric(r.object_pointing)}}},
+          {"object",
+           {{"cam_mass_share", json_metric(m.object_share)},
+            {"pointing_game", json_metric(r.object_pointing)},
+            // Distance of the object's centroid from the image centre, in half image sides
+            // (to: null = no upper bound); empty without object masks.
+            {"by_distance_from_centre", bands}}},
           {"decoy",
            {{"cam_mass_share", json_metric(m.decoy_share)},
             {"pointing_game", json_metric(r.decoy_pointing)},
@@ -314,7 +327,10 @@ std::string render_report_html(const ReportInputs& in) {
     << ", " << c.value("epochs", 0) << " epochs, " << escape_html(c.value("optimizer", "")) << " lr "
     << c.value("lr", 0.0) << ", &lambda;<sub>proto</sub> " << c.value("lambda_proto", 0.0) << " ("
     << escape_html(c.value("distance_proto", "")) << "), &lambda;<sub>batch</sub> " << c.value("lambda_batch", 0.0)
-    << " (" << escape_html(c.value("distance_batch", "")) << "), seed " << c.value("seed", 0) << "</p>\n";
+    << " (" << escape_html(c.value("distance_batch", "")) << ")";
+  if (c.value("lambda_rrr", 0.0) > 0) h << ", &lambda;<sub>rrr</sub> " << c.value("lambda_rrr", 0.0);
+  if (c.value("lambda_proto_rrr", 0.0) > 0) h << ", &lambda;<sub>proto-rrr</sub> " << c.value("lambda_proto_rrr", 0.0);
+  h << ", seed " << c.value("seed", 0) << "</p>\n";
 
   // What was evaluated, by what.
   if (in.eval.contains("checkpoint") || in.eval.contains("provenance")) {
@@ -413,17 +429,21 @@ std::string render_report_html(const ReportInputs& in) {
                               "test_proto_ssim", "test_loss"}) {
         v[key].push_back(number(m.at(key)));
       }
+      // The input-gradient terms (runs before them have none).
+      for (const char* key : {"train_rrr", "train_proto_rrr"}) v[key].push_back(m.contains(key) ? number(m.at(key)) : 0.0);
     }
+    std::vector<PlotSeries> losses = {{"total", epochs, v["train_loss"]}, {"cross-entropy", epochs, v["train_ce"]},
+                                  {"prototype", epochs, v["train_proto"]}, {"batch-cam", epochs, v["train_batch"]}};
+    if (in.config.value("lambda_rrr", 0.0) > 0) losses.push_back({"rrr", epochs, v["train_rrr"]});
+    if (in.config.value("lambda_proto_rrr", 0.0) > 0) losses.push_back({"prototype-rrr", epochs, v["train_proto_rrr"]});
+    losses.push_back({"test cross-entropy", epochs, v["test_loss"]});
     const auto percent = [](std::vector<double> xs) {
       for (auto& x : xs) x *= 100;
       return xs;
     };
     h << "<h2>Training</h2>\n<div class=\"plots\">";
     img("image/svg+xml",
-        line_plot_svg("Loss", "epoch", "loss",
-                      {{"total", epochs, v["train_loss"]}, {"cross-entropy", epochs, v["train_ce"]},
-                       {"prototype", epochs, v["train_proto"]}, {"batch-cam", epochs, v["train_batch"]},
-                       {"test cross-entropy", epochs, v["test_loss"]}}),
+        line_plot_svg("Loss", "epoch", "loss", losses),
         "loss curves");
     img("image/svg+xml",
         line_plot_svg("Accuracy", "epoch", "accuracy (%)",

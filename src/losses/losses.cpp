@@ -180,4 +180,44 @@ torch::Tensor batch_cam_loss(const torch::Tensor& maps, const torch::Tensor& tar
   return (per_sample * counted).sum() / static_cast<double>(std::max<int64_t>(maps.size(0), 1));
 }
 
+torch::Tensor log_probability_input_gradients(const torch::Tensor& x, const torch::Tensor& logits, bool create_graph) {
+  TORCH_CHECK(x.dim() == 4, "log_probability_input_gradients: x must be [B, C, H, W], got ", x.sizes());
+  TORCH_CHECK(logits.dim() == 2 && logits.size(0) == x.size(0), "log_probability_input_gradients: logits must be [",
+              x.size(0), ", K], got ", logits.sizes());
+  TORCH_CHECK(x.requires_grad() && logits.requires_grad(),
+              "log_probability_input_gradients: x must require grad and the logits depend on it");
+  const auto summed = torch::log_softmax(logits, 1).sum();
+  return torch::autograd::grad({summed}, {x}, {}, /*retain_graph=*/true, create_graph)[0];
+}
+
+torch::Tensor input_gradient_penalty(const torch::Tensor& gradients, const torch::Tensor& weights) {
+  TORCH_CHECK(gradients.dim() == 4 && weights.dim() == 3 && weights.size(0) == gradients.size(0) &&
+                  weights.size(1) == gradients.size(2) && weights.size(2) == gradients.size(3),
+              "input_gradient_penalty: gradients ", gradients.sizes(), " must be [B, C, H, W] and weights ",
+              weights.sizes(), " [B, H, W]");
+  const auto b = std::max<int64_t>(gradients.size(0), 1);
+  const auto w = weights.to(gradients.scalar_type()).unsqueeze(1);
+  return (w * gradients.square()).sum() / static_cast<double>(b);
+}
+
+torch::Tensor rrr_loss(const torch::Tensor& gradients, const torch::Tensor& masks) {
+  return input_gradient_penalty(gradients, masks);
+}
+
+torch::Tensor prototype_rrr_loss(const torch::Tensor& gradients, const torch::Tensor& targets,
+                                 const torch::Tensor& prototypes, bool check_targets) {
+  TORCH_CHECK(prototypes.dim() == 3 && gradients.dim() == 4 && prototypes.size(1) == gradients.size(2) &&
+                  prototypes.size(2) == gradients.size(3),
+              "prototype_rrr_loss: prototypes ", prototypes.sizes(), " must be [K, H, W] with the gradients' H and W ",
+              gradients.sizes());
+  TORCH_CHECK(targets.dim() == 1 && targets.size(0) == gradients.size(0) && targets.scalar_type() == torch::kLong,
+              "prototype_rrr_loss: need one int64 target per sample, got ", targets.sizes());
+  if (check_targets && targets.numel() > 0) {
+    TORCH_CHECK(targets.min().item<int64_t>() >= 0 && targets.max().item<int64_t>() < prototypes.size(0),
+                "prototype_rrr_loss: targets must lie in [0, ", prototypes.size(0), ")");
+  }
+  const auto p = prototypes.to(gradients.device(), gradients.scalar_type()).detach().index_select(0, targets);
+  return input_gradient_penalty(gradients, 1 - p);
+}
+
 }  // namespace batchcam::losses

@@ -76,6 +76,8 @@ void for_each_field(TrainConfig& c, F&& f) {
   f("max_skipped_steps", c.max_skipped_steps);
   f("lambda_proto", c.lambda_proto);
   f("lambda_batch", c.lambda_batch);
+  f("lambda_rrr", c.lambda_rrr);
+  f("lambda_proto_rrr", c.lambda_proto_rrr);
   f("distance_proto", c.distance_proto);
   f("distance_batch", c.distance_batch);
   f("prototype", c.prototype);
@@ -131,6 +133,12 @@ void TrainConfig::validate() const {
   require(max_skipped_steps >= 1 && max_skipped_steps <= 1000000, "max_skipped_steps", "in [1, 1000000]");
   require(lambda_proto >= 0.0 && std::isfinite(lambda_proto), "lambda_proto", ">= 0 and finite");
   require(lambda_batch >= 0.0 && std::isfinite(lambda_batch), "lambda_batch", ">= 0 and finite");
+  require(lambda_rrr >= 0.0 && std::isfinite(lambda_rrr), "lambda_rrr", ">= 0 and finite");
+  require(lambda_proto_rrr >= 0.0 && std::isfinite(lambda_proto_rrr), "lambda_proto_rrr", ">= 0 and finite");
+  const bool annotated = dataset == "decoy-mnist" || dataset == "decoy-fashion" || (dataset == "shapes" && spurious);
+  require(lambda_rrr == 0.0 || annotated, "lambda_rrr",
+          "0 for dataset '" + dataset + "': RRR needs annotation masks, which decoy-mnist, decoy-fashion and shapes "
+          "with spurious have (--lambda-proto-rrr needs none)");
   require(cam_warmup_epochs >= 0 && cam_warmup_epochs <= 100000, "cam_warmup_epochs", "in [0, 100000]");
   require(!out_dir.empty(), "out_dir", "a directory path");
   require(run_name.find('/') == std::string::npos && run_name != "." && run_name != "..", "run_name",

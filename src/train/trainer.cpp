@@ -29,8 +29,9 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // Positions in Trainer::running_.
-enum Slot : int64_t { kLoss, kCe, kProto, kBatch, kCorrect, kSeen, kBadStep, kBadTerm, kSlots };
-const char* const kTermNames[] = {"cross-entropy", "prototype", "batch-cam", "total"};
+enum Slot : int64_t { kLoss, kCe, kProto, kBatch, kRrr, kProtoRrr, kCorrect, kSeen, kBadStep, kBadTerm, kSlots };
+constexpr int64_t kTerms = kCorrect - kLoss;  // the loss and its five terms
+const char* const kTermNames[] = {"cross-entropy", "prototype", "batch-cam", "rrr", "prototype-rrr", "total"};
 
 // Like torch::nn::utils::clip_grad_norm_, without reading the norm back to the host.
 void clip_gradients(const std::vector<torch::Tensor>& parameters, double max_norm) {
@@ -49,7 +50,8 @@ void clip_gradients(const std::vector<torch::Tensor>& parameters, double max_nor
 nlohmann::json sums_json(const torch::Tensor& running) {
   const auto r = running.to(torch::kCPU, torch::kDouble).contiguous();
   const double* v = r.data_ptr<double>();
-  return {{"loss", v[kLoss]}, {"ce", v[kCe]}, {"proto", v[kProto]}, {"batch", v[kBatch]},
+  return {{"loss", v[kLoss]},   {"ce", v[kCe]},           {"proto", v[kProto]},
+          {"batch", v[kBatch]}, {"rrr", v[kRrr]},         {"proto_rrr", v[kProtoRrr]},
           {"correct", v[kCorrect]}, {"seen", v[kSeen]}};
 }
 
@@ -59,6 +61,9 @@ torch::Tensor running_from_json(const nlohmann::json& j) {
   r[kCe] = j.at("ce").get<double>();
   r[kProto] = j.at("proto").get<double>();
   r[kBatch] = j.at("batch").get<double>();
+  // Checkpoints written before the input-gradient terms have no sums of them.
+  r[kRrr] = j.value("rrr", 0.0);
+  r[kProtoRrr] = j.value("proto_rrr", 0.0);
   r[kCorrect] = j.at("correct").get<double>();
   r[kSeen] = j.at("seen").get<double>();
   r[kBadStep] = -1.0;
@@ -79,9 +84,13 @@ nlohmann::json to_json(const EpochMetrics& m) {
           {"train_ce", m.train_ce},
           {"train_proto", m.train_proto},
           {"train_batch", m.train_batch},
+          {"train_rrr", m.train_rrr},
+          {"train_proto_rrr", m.train_proto_rrr},
           {"train_accuracy", m.train_accuracy},
           {"lambda_proto", m.lambda_proto},
           {"lambda_batch", m.lambda_batch},
+          {"lambda_rrr", m.lambda_rrr},
+          {"lambda_proto_rrr", m.lambda_proto_rrr},
           {"test_loss", m.test.loss},
           {"test_accuracy", m.test.accuracy},
           {"test_proto_l1", m.test.proto_l1},
@@ -109,6 +118,12 @@ EpochMetrics epoch_metrics_from_json(const nlohmann::json& j) {
   m.train_accuracy = number("train_accuracy");
   m.lambda_proto = number("lambda_proto");
   m.lambda_batch = number("lambda_batch");
+  // Written before the input-gradient terms existed: they were off.
+  const auto optional = [&](const char* key) { return j.contains(key) ? number(key) : 0.0; };
+  m.train_rrr = optional("train_rrr");
+  m.train_proto_rrr = optional("train_proto_rrr");
+  m.lambda_rrr = optional("lambda_rrr");
+  m.lambda_proto_rrr = optional("lambda_proto_rrr");
   m.test.loss = number("test_loss");
   m.test.accuracy = number("test_accuracy");
   m.test.proto_l1 = number("test_proto_l1");
@@ -242,6 +257,11 @@ void Trainer::set_up(const data::DatasetSplits& splits) {
   cam::require_per_sample_head(*model_);
   prototypes_ = prototypes_.to(device_);
 
+  if (config_.lambda_rrr > 0.0 && !train_set.decoy_masks.defined()) {
+    throw std::invalid_argument("config: 'lambda_rrr' needs annotation masks of the region that must not matter; "
+                                "the training set of '" + config_.dataset + "' has none (decoy-mnist, decoy-fashion "
+                                "and shapes with spurious have them)");
+  }
   objective_.distance_proto = config_.distance_proto;
   objective_.distance_batch = config_.distance_batch;
   objective_.detach_batch_target = config_.batch_target == BatchTarget::detached;
@@ -265,6 +285,7 @@ void Trainer::set_up(const data::DatasetSplits& splits) {
   } else if (config_.augment == Augment::crop_jitter_flip) {
     batches_->set_augmentation({0, true, true});
   }
+  batches_->set_masks(config_.lambda_rrr > 0.0);
   batches_->set_device(device_);
   steps_ = batches_->size();
   if (steps_ == 0) {
@@ -283,6 +304,9 @@ void Trainer::begin_epoch() {
   const bool cam_on = epoch_ > config_.cam_warmup_epochs;
   objective_.lambda_proto = cam_on ? config_.lambda_proto : 0.0;
   objective_.lambda_batch = cam_on ? config_.lambda_batch : 0.0;
+  // The input-gradient terms need no maps: the CAM warm-up leaves them on.
+  objective_.lambda_rrr = config_.lambda_rrr;
+  objective_.lambda_proto_rrr = config_.lambda_proto_rrr;
   batches_->set_epoch(epoch_);
   set_training_mode();
   if (step_ == 0) {
@@ -342,14 +366,15 @@ void Trainer::step(const data::Batch& batch) {
 
   // Running sums and the first non-finite term, kept on the device.
   torch::NoGradGuard no_grad;
-  const auto terms = torch::stack({losses_now.ce, losses_now.proto, losses_now.batch, losses_now.total})
+  const auto terms = torch::stack({losses_now.ce, losses_now.proto, losses_now.batch, losses_now.rrr,
+                                   losses_now.proto_rrr, losses_now.total})
                          .detach()
-                         .to(torch::kDouble);  // [4]: ce, proto, batch, total
+                         .to(torch::kDouble);  // [6], in the order of kTermNames
   const double n = static_cast<double>(batch.y.size(0));
   const auto correct = losses_now.logits.argmax(1).eq(batch.y).sum().to(torch::kDouble);
   const auto bad = terms.isfinite().logical_not();
   const auto first_bad = (running_[kBadStep] < 0).logical_and(bad.any());
-  running_.narrow(0, kLoss, 4).add_(torch::stack({terms[3], terms[0], terms[1], terms[2]}) * n);
+  running_.narrow(0, kLoss, kTerms).add_(torch::cat({terms.narrow(0, kTerms - 1, 1), terms.narrow(0, 0, kTerms - 1)}) * n);
   running_[kCorrect] += correct;
   running_[kSeen] += n;
   running_[kBadStep] = torch::where(first_bad, torch::full({}, static_cast<double>(step_ + 1), running_.options()),
@@ -457,9 +482,13 @@ StepInfo Trainer::read_progress() {
   info.ce = v[kCe] / seen;
   info.proto = v[kProto] / seen;
   info.batch = v[kBatch] / seen;
+  info.rrr = v[kRrr] / seen;
+  info.proto_rrr = v[kProtoRrr] / seen;
   info.accuracy = v[kCorrect] / seen;
   info.lambda_proto = objective_.lambda_proto;
   info.lambda_batch = objective_.lambda_batch;
+  info.lambda_rrr = objective_.lambda_rrr;
+  info.lambda_proto_rrr = objective_.lambda_proto_rrr;
   info.fresh = true;
   last_read_ = info;
   return info;
@@ -530,11 +559,15 @@ EpochMetrics Trainer::end_epoch() {
   m.epoch = epoch_;
   m.lambda_proto = objective_.lambda_proto;
   m.lambda_batch = objective_.lambda_batch;
+  m.lambda_rrr = objective_.lambda_rrr;
+  m.lambda_proto_rrr = objective_.lambda_proto_rrr;
   m.seconds = seconds_before_ + seconds_since(epoch_start_);
   m.train_loss = progress.loss;
   m.train_ce = progress.ce;
   m.train_proto = progress.proto;
   m.train_batch = progress.batch;
+  m.train_rrr = progress.rrr;
+  m.train_proto_rrr = progress.proto_rrr;
   m.train_accuracy = progress.accuracy;
   average_batchnorm_statistics();
   m.test = evaluate_test_set();

@@ -87,7 +87,8 @@ TEST(Cli, HelpListsEveryTrainOptionWithItsDefault) {
            {"--dataset", "shapes"}, {"--epochs", "4"}, {"--lr", "0.003"}, {"--seed", "0"},
            {"--optimizer", "adam"}, {"--schedule", "constant"}, {"--device", "auto"}, {"--precision", "fp32"},
            {"--distance-proto", "l1"}, {"--prototype", "image"}, {"--batch-target", "attached"},
-           {"--augment", "none"}, {"--log-every", "10"}, {"--max-skipped-steps", "20"}}) {
+           {"--augment", "none"}, {"--log-every", "10"}, {"--max-skipped-steps", "20"},
+           {"--lambda-rrr", "0"}, {"--lambda-proto-rrr", "0"}}) {
     const auto line = option_line(help.out, option);
     EXPECT_NE(line, "") << option << " missing from:\n" << help.out;
     EXPECT_NE(line.find(default_value), std::string::npos) << option << ": " << line;
@@ -159,6 +160,33 @@ TEST(Cli, TrainsATinyRunAndPrintsASummary) {
   const auto bad = run("train --quiet --train-size 64 --test-size 16 --batch-size 32 --out-dir /proc/batchcam-nope");
   EXPECT_EQ(bad.code, 1) << bad.out;
   EXPECT_NE(bad.out.find("/proc/batchcam-nope"), std::string::npos) << bad.out;
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Cli, RrrWithTheSpuriousPatchAndPrototypeRrrWithoutMasksTrainAndLogTheirTerms) {
+  const auto dir = std::filesystem::temp_directory_path() / ("batchcam-rrr-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  const std::string common = " --train-size 256 --test-size 64 --epochs 1 --batch-size 64 --no-report --augment shift"
+                             " --out-dir " + dir.string();
+  const auto both = run("train --spurious --lambda-rrr 10 --lambda-proto-rrr 1 --run-name both" + common);
+  ASSERT_EQ(both.code, 0) << both.out;
+  EXPECT_NE(both.out.find(" rrr "), std::string::npos) << "the progress lines show the terms that are on:\n" << both.out;
+  EXPECT_NE(both.out.find(" proto-rrr "), std::string::npos) << both.out;
+  const auto metrics = nlohmann::json::parse(read_text((dir / "both" / "metrics.jsonl").string()));
+  EXPECT_EQ(metrics.at("lambda_rrr").get<double>(), 10.0);
+  EXPECT_EQ(metrics.at("lambda_proto_rrr").get<double>(), 1.0);
+  EXPECT_GT(metrics.at("train_rrr").get<double>(), 0.0);
+  EXPECT_GT(metrics.at("train_proto_rrr").get<double>(), 0.0);
+  // Prototype RRR needs no annotation: shapes without the patch have none.
+  const auto proto_rrr = run("train --quiet --lambda-proto-rrr 1 --run-name proto" + common);
+  EXPECT_EQ(proto_rrr.code, 0) << proto_rrr.out;
+  // RRR on data without annotation masks: one line naming the option and what has masks.
+  const auto refused = run("train --lambda-rrr 1 --run-name refused" + common);
+  EXPECT_EQ(refused.code, 2) << refused.out;
+  EXPECT_EQ(count_lines(refused.out), 1) << refused.out;
+  EXPECT_NE(refused.out.find("'lambda_rrr'"), std::string::npos) << refused.out;
+  EXPECT_NE(refused.out.find("decoy-mnist"), std::string::npos) << refused.out;
+  EXPECT_FALSE(std::filesystem::exists(dir / "refused"));
   std::filesystem::remove_all(dir);
 }
 

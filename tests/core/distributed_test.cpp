@@ -297,7 +297,7 @@ TEST(DistributedWorker, MatchesOneProcess) {
   batches.set_epoch(1);
   const auto first = batches.get(0);
   const auto slice = [&](int64_t begin, int64_t end) {
-    return data::Batch{first.x.slice(0, begin, end), first.y.slice(0, begin, end), first.index.slice(0, begin, end)};
+    return data::Batch{first.x.slice(0, begin, end), first.y.slice(0, begin, end), first.index.slice(0, begin, end), {}};
   };
   train::CamLossConfig objective;
   objective.lambda_batch = 1.0;

@@ -297,6 +297,62 @@ TEST(EvaluateFull, IsStableForAFixedModelAndLeavesItUnchanged) {
   EXPECT_NE(table.find("Parameter randomisation"), std::string::npos) << table;
 }
 
+TEST(Localisation, CentreDistanceIsInHalfSidesAndEmptyMasksAreLeftOut) {
+  auto masks = torch::zeros({4, 10, 10}, torch::kBool);
+  masks[0].slice(0, 4, 6).slice(1, 4, 6).fill_(true);  // the four centre pixels: distance 0
+  masks[1][4][9] = true;                               // pixel centre (4.5, 9.5): dx 4.5, dy -0.5
+  masks[2].slice(1, 0, 1).fill_(true);                 // the left column: dx -4.5, dy 0
+  const auto d = eval::centre_distance(masks);
+  EXPECT_NEAR(d[0].item<double>(), 0.0, 1e-7);
+  EXPECT_NEAR(d[1].item<double>(), std::sqrt(4.5 * 4.5 + 0.25) / 5, 1e-6);
+  EXPECT_NEAR(d[2].item<double>(), 0.9, 1e-6);
+  EXPECT_TRUE(std::isnan(d[3].item<double>())) << "an empty mask has no centre";
+  const auto bands = eval::localisation_bands();
+  ASSERT_EQ(bands.size(), 3u);
+  EXPECT_EQ(bands.front().from, 0.0);
+  EXPECT_TRUE(std::isinf(bands.back().to));
+}
+
+TEST(Localisation, BandsSplitTheObjectMetricsByTheObjectsDistanceFromTheCentre) {
+  // The object metrics of evaluate_full, recomputed per band from the maps themselves.
+  const auto d = data::generate_shapes(64, 28, 5, data::SpuriousCue::none, 0.05);
+  const auto norm = data::Normalization::fit(d.images);
+  const auto protos = losses::image_prototypes(d.images, d.labels, 10);
+  torch::manual_seed(1);
+  auto model = models::make_model({"simple-cnn", 1, 10, 28, ""});
+  model->eval();
+  eval::EvalOptions o;
+  o.batch_size = 32;
+  o.faithfulness_count = 0;
+  o.randomization_count = 0;
+  const auto r = eval::evaluate_full(*model, d, norm, protos, o);
+  ASSERT_EQ(r.localisation_by_distance.size(), 3u);
+  const auto maps = cam::explain(*model, norm.apply(d.images), d.labels).maps;
+  const auto share = eval::mass_share(maps, d.object_masks);
+  const auto hits = eval::pointing_game(maps, d.object_masks).to(torch::kDouble);
+  const auto distance = eval::centre_distance(d.object_masks);
+  int64_t counted = 0;
+  for (const auto& band : r.localisation_by_distance) {
+    const auto in = (distance >= band.from).logical_and(distance < band.to);
+    EXPECT_EQ(band.count, in.sum().item<int64_t>());
+    counted += band.count;
+    if (band.count == 0) continue;
+    EXPECT_NEAR(band.object_share, share.masked_select(in).mean().item<double>(), 1e-6);
+    EXPECT_NEAR(band.object_pointing, hits.masked_select(in).mean().item<double>(), 1e-9);
+  }
+  EXPECT_EQ(counted, 64) << "every figure lies in one band";
+  EXPECT_GT(r.localisation_by_distance[1].count, 0) << "shapes places figures away from the centre too";
+  const auto j = eval::to_json(r).at("object").at("by_distance_from_centre");
+  ASSERT_EQ(j.size(), 3u);
+  EXPECT_TRUE(j[2].at("to").is_null());
+  EXPECT_EQ(j[0].at("count").get<int64_t>(), r.localisation_by_distance[0].count);
+  EXPECT_NE(eval::format_report(r).find("from centre"), std::string::npos);
+  // Without object masks: no bands.
+  auto plain = d;
+  plain.object_masks = torch::Tensor();
+  EXPECT_TRUE(eval::evaluate_full(*model, plain, norm, protos, o).localisation_by_distance.empty());
+}
+
 TEST(EvaluateFull, NotAvailableIsNullInJsonAndNaInTextAndNegativeValuesPrintAsNumbers) {
   eval::EvalReport r;
   r.metrics.count = 2;

@@ -117,3 +117,125 @@ TEST(BatchCamLoss, DetachedTargetActsAsAFixedPrototype) {
     EXPECT_LE(test_support::max_abs_diff(g, expected), 1e-12) << losses::to_string(d);
   }
 }
+
+namespace {
+// A small smooth model in float64 (tanh, so that central differences are accurate): a 3 x 3
+// convolution of 2 input channels into 3, average pooling, a linear layer to 4 classes.
+struct SmoothNet {
+  torch::nn::Conv2d conv{torch::nn::Conv2dOptions(2, 3, 3).padding(1)};
+  torch::nn::Linear fc{3 * 4 * 4, 4};
+  SmoothNet() {
+    torch::manual_seed(3);
+    conv = torch::nn::Conv2d(torch::nn::Conv2dOptions(2, 3, 3).padding(1));
+    fc = torch::nn::Linear(3 * 4 * 4, 4);
+    conv->to(torch::kDouble);
+    fc->to(torch::kDouble);
+  }
+  torch::Tensor operator()(const torch::Tensor& x) {
+    return fc(torch::avg_pool2d(torch::tanh(conv(x)), 2).flatten(1));
+  }
+  std::vector<torch::Tensor> parameters() { return {conv->weight, conv->bias, fc->weight, fc->bias}; }
+};
+
+// The RRR term of SmoothNet on x with these weights per pixel.
+torch::Tensor penalty_of(SmoothNet& net, const torch::Tensor& x, const torch::Tensor& weights, bool create_graph) {
+  const auto input = x.detach().requires_grad_(true);
+  const auto g = losses::log_probability_input_gradients(input, net(input), create_graph);
+  return losses::input_gradient_penalty(g, weights);
+}
+}  // namespace
+
+TEST(Rrr, InputGradientsAreThoseOfTheSummedLogProbabilities) {
+  SmoothNet net;
+  torch::manual_seed(4);
+  const auto x = torch::randn({3, 2, 8, 8}, torch::kDouble);
+  const auto input = x.clone().requires_grad_(true);
+  const auto g = losses::log_probability_input_gradients(input, net(input), /*create_graph=*/false);
+  ASSERT_EQ(g.sizes(), x.sizes());
+  // Central differences of sum_i sum_k log p_ik at a few input pixels (float64, step 1e-6).
+  const auto objective = [&](const torch::Tensor& at) { return torch::log_softmax(net(at), 1).sum().item<double>(); };
+  for (const auto& [i, c, u, v] : std::vector<std::array<int64_t, 4>>{{0, 0, 0, 0}, {1, 1, 3, 4}, {2, 0, 7, 2}}) {
+    const double h = 1e-6;
+    auto plus = x.clone(), minus = x.clone();
+    plus[i][c][u][v] += h;
+    minus[i][c][u][v] -= h;
+    const double numeric = (objective(plus) - objective(minus)) / (2 * h);
+    EXPECT_NEAR(g[i][c][u][v].item<double>(), numeric, 1e-7 * std::max(1.0, std::abs(numeric)));
+  }
+}
+
+TEST(Rrr, IsZeroWithEmptyMasksAndTheMaskedSquaredGradientOtherwise) {
+  SmoothNet net;
+  torch::manual_seed(5);
+  const auto x = torch::randn({3, 2, 8, 8}, torch::kDouble);
+  const auto empty = torch::zeros({3, 8, 8}, torch::kBool);
+  const auto none = penalty_of(net, x, empty, /*create_graph=*/true);
+  EXPECT_EQ(none.item<double>(), 0.0);
+  // ... and nothing flows back from it.
+  const auto grads = torch::autograd::grad({none}, net.parameters(), {}, false, false, /*allow_unused=*/true);
+  for (const auto& g : grads) {
+    if (g.defined()) {
+      EXPECT_EQ(g.abs().max().item<double>(), 0.0);
+    }
+  }
+  // A mask of the top-left 3 x 3 corner of image 1: the sum of that corner's squared
+  // gradients over both channels, divided by the batch size.
+  auto corner = empty.clone();
+  corner[1].slice(0, 0, 3).slice(1, 0, 3).fill_(true);
+  const auto input = x.clone().requires_grad_(true);
+  const auto g = losses::log_probability_input_gradients(input, net(input), false);
+  const double expected = g[1].slice(1, 0, 3).slice(2, 0, 3).square().sum().item<double>() / 3;
+  EXPECT_NEAR(losses::rrr_loss(g, corner).item<double>(), expected, 1e-12 * expected);
+  EXPECT_GT(expected, 0.0);
+  EXPECT_THROW(losses::rrr_loss(g, torch::zeros({3, 7, 8}, torch::kBool)), c10::Error);
+}
+
+TEST(Rrr, GradientWithRespectToTheWeightsMatchesFiniteDifferences) {
+  SmoothNet net;
+  torch::manual_seed(6);
+  const auto x = torch::randn({2, 2, 8, 8}, torch::kDouble);
+  auto masks = torch::zeros({2, 8, 8}, torch::kBool);
+  masks.slice(1, 5, 8).slice(2, 0, 4).fill_(true);
+  const auto params = net.parameters();
+  const auto analytic = torch::autograd::grad({penalty_of(net, x, masks, /*create_graph=*/true)}, params);
+  // Central differences (float64, step 1e-6) on a spread of entries of every parameter:
+  // the double backward through the input gradient is what trains with RRR.
+  const double h = 1e-6;
+  double worst = 0.0;
+  for (size_t p = 0; p < params.size(); ++p) {
+    auto flat = params[p].detach().view({-1});
+    const auto grad = analytic[p].reshape({-1});
+    for (int64_t j = 0; j < flat.numel(); j += std::max<int64_t>(1, flat.numel() / 7)) {
+      const double keep = flat[j].item<double>();
+      flat[j] = keep + h;
+      const double plus = penalty_of(net, x, masks, false).item<double>();
+      flat[j] = keep - h;
+      const double minus = penalty_of(net, x, masks, false).item<double>();
+      flat[j] = keep;
+      const double numeric = (plus - minus) / (2 * h);
+      const double error = std::abs(grad[j].item<double>() - numeric) / std::max(1e-3, std::abs(numeric));
+      worst = std::max(worst, error);
+    }
+  }
+  EXPECT_LT(worst, 1e-5) << "relative error of the RRR term's gradient against central differences";
+}
+
+TEST(PrototypeRrr, WeightsTheGradientsByOneMinusTheTrueClassesPrototypeWithoutAMask) {
+  torch::manual_seed(7);
+  const auto g = torch::randn({3, 2, 4, 4}, torch::kDouble);
+  const auto prototypes = torch::rand({5, 4, 4});
+  const auto targets = torch::tensor({4, 0, 4}, torch::kLong);
+  double expected = 0.0;
+  for (int64_t i = 0; i < 3; ++i) {
+    const auto weight = 1 - prototypes[targets[i].item<int64_t>()].to(torch::kDouble);
+    expected += (weight.unsqueeze(0) * g[i].square()).sum().item<double>();
+  }
+  expected /= 3;
+  EXPECT_NEAR(losses::prototype_rrr_loss(g, targets, prototypes).item<double>(), expected, 1e-6 * expected);
+  // A prototype of ones (evidence everywhere) penalises nothing; one of zeros everything.
+  EXPECT_EQ(losses::prototype_rrr_loss(g, targets, torch::ones({5, 4, 4})).item<double>(), 0.0);
+  EXPECT_NEAR(losses::prototype_rrr_loss(g, targets, torch::zeros({5, 4, 4})).item<double>(),
+              g.square().sum().item<double>() / 3, 1e-9);
+  EXPECT_THROW(losses::prototype_rrr_loss(g, torch::tensor({0, 5, 1}, torch::kLong), prototypes), c10::Error);
+  EXPECT_THROW(losses::prototype_rrr_loss(g, targets, torch::rand({5, 3, 4})), c10::Error);
+}

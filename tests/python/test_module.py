@@ -317,6 +317,57 @@ class LossesTest(unittest.TestCase):
         self.assertGreater(net.features[0].weight.grad.abs().sum().item(), 0.0)
 
 
+class InputGradientsTest(unittest.TestCase):
+    """RRR (Ross et al. 2017, eq. 1) and Prototype RRR (docs/method.md) against plain PyTorch."""
+
+    def reference(self, net, x, weights):
+        x = x.detach().requires_grad_()
+        logits, _ = net(x)
+        g = torch.autograd.grad(F.log_softmax(logits, 1).sum(), x, create_graph=True)[0]
+        return (weights.unsqueeze(1) * g ** 2).sum() / x.shape[0]
+
+    def penalty(self, net, x, masks=None, targets=None, prototypes=None):
+        x = x.detach().requires_grad_()
+        logits, _ = net(x)
+        g = batchcam.input_gradients(x, logits)
+        if masks is not None:
+            return batchcam.rrr_loss(g, masks)
+        return batchcam.prototype_rrr_loss(g, targets, prototypes)
+
+    def test_both_terms_equal_the_reference_and_train_the_model(self):
+        net, x, _, _, t = batch()
+        masks = torch.zeros(6, 10, 10, dtype=torch.bool)
+        masks[:, :3, :3] = True
+        self.assertEqual(self.penalty(net, x, masks=torch.zeros_like(masks)).item(), 0.0)
+        got = self.penalty(net, x, masks=masks)
+        expected = self.reference(net, x, masks.double())
+        self.assertLess(abs(got.item() - expected.item()), TOLERANCE * max(1.0, expected.item()))
+        prototypes = torch.rand(3, 10, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        got_p = self.penalty(net, x, targets=t, prototypes=prototypes)
+        expected_p = self.reference(net, x, 1 - prototypes[t])
+        self.assertLess(abs(got_p.item() - expected_p.item()), TOLERANCE * max(1.0, expected_p.item()))
+        # The double backward reaches the first convolution, as the reference's does.
+        weight = net.features[0].weight
+        grad = torch.autograd.grad(got_p, weight)[0]
+        expected_grad = torch.autograd.grad(expected_p, weight)[0]
+        self.assertLess((grad - expected_grad).abs().max().item(), TOLERANCE * max(1.0, expected_grad.abs().max().item()))
+
+    def test_gradcheck_through_the_input_gradients(self):
+        net, x, _, _, t = batch(n=3)
+        masks = torch.zeros(3, 10, 10, dtype=torch.bool)
+        masks[:, 5:, 2:6] = True
+        self.assertTrue(torch.autograd.gradcheck(
+            lambda inp: self.penalty(net, inp, masks=masks), (x.clone().requires_grad_(),), eps=1e-6, atol=1e-5))
+
+    def test_centre_distance(self):
+        masks = torch.zeros(2, 10, 10, dtype=torch.bool)
+        masks[0, 4:6, 4:6] = True
+        masks[1, :, 0] = True
+        d = batchcam.centre_distance(masks)
+        self.assertAlmostEqual(d[0].item(), 0.0, places=6)
+        self.assertAlmostEqual(d[1].item(), 0.9, places=6)
+
+
 class TrainingLoopTest(unittest.TestCase):
     @staticmethod
     def train(lam, steps=20):

@@ -895,3 +895,106 @@ TEST(Reliability, TrainAndTestImagesOfDifferentSizesAreRefusedBeforeTraining) {
     EXPECT_NE(std::string(e.what()).find("test images are 1x32x32"), std::string::npos) << e.what();
   }
 }
+
+TEST(SpuriousFeatures, BothInputGradientTermsAreOffByDefault) {
+  const train::TrainConfig c;
+  EXPECT_EQ(c.lambda_rrr, 0.0);
+  EXPECT_EQ(c.lambda_proto_rrr, 0.0);
+  const train::CamLossConfig objective;
+  EXPECT_FALSE(objective.input_gradients());
+  FixedBatch f;
+  auto model = fresh_simple_cnn();
+  const auto out = train::compute_losses(*model, f.batch, f.protos, 10, objective);
+  EXPECT_EQ(out.rrr.item<double>(), 0.0);
+  EXPECT_EQ(out.proto_rrr.item<double>(), 0.0);
+  EXPECT_FALSE(f.batch.x.requires_grad()) << "no input gradient is taken";
+  // Configurations written before the terms existed read as off.
+  auto j = train::to_json(c);
+  j.erase("lambda_rrr");
+  j.erase("lambda_proto_rrr");
+  const auto old = train::config_from_json(j);
+  EXPECT_EQ(old.lambda_rrr, 0.0);
+  EXPECT_EQ(old.lambda_proto_rrr, 0.0);
+}
+
+TEST(SpuriousFeatures, PrototypeRrrNeedsNoMaskAndRrrRefusesABatchWithout) {
+  FixedBatch f;  // shapes without a spurious cue: no annotation masks anywhere
+  ASSERT_FALSE(f.dataset.decoy_masks.defined());
+  ASSERT_FALSE(f.batch.masks.defined());
+  auto model = fresh_simple_cnn();
+  train::CamLossConfig c;
+  c.lambda_proto_rrr = 2.0;
+  const auto out = train::compute_losses(*model, f.batch, f.protos, 10, c);
+  EXPECT_GT(out.proto_rrr.item<double>(), 0.0);
+  EXPECT_NEAR(out.total.item<double>(), out.ce.item<double>() + 2.0 * out.proto_rrr.item<double>(), 1e-5);
+  // It trains the convolutions (through the double backward), differently from CE alone.
+  const auto conv = model->named_parameters()["block1.0.weight"];
+  const auto g = torch::autograd::grad({out.total}, {conv})[0];
+  const auto g_ce = torch::autograd::grad({train::compute_losses(*model, f.batch, f.protos, 10, {}).total}, {conv})[0];
+  EXPECT_GT(test_support::max_abs_diff(g, g_ce), 1e-3 * g_ce.abs().max().item<double>());
+  train::CamLossConfig rrr;
+  rrr.lambda_rrr = 1.0;
+  try {
+    train::compute_losses(*model, f.batch, f.protos, 10, rrr);
+    ADD_FAILURE() << "RRR without masks was accepted";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what_without_backtrace()).find("annotation masks"), std::string::npos);
+  }
+}
+
+TEST(SpuriousFeatures, MasksAreShiftedWithTheirImagesAndSlicedWithTheRanks) {
+  // Images that are their own masks: after the shift, the mask must still be where the image is bright.
+  data::Dataset d = data::generate_shapes(40, 28, 3, data::SpuriousCue::class_coded, 0.0);
+  ASSERT_TRUE(d.decoy_masks.defined());
+  d.images = d.decoy_masks.unsqueeze(1).to(torch::kUInt8) * 255;
+  const data::Normalization norm{{0.5}, {0.5}};
+  data::BatchIterator batches(d, norm, 16, /*shuffle=*/true, 9, /*drop_last=*/true);
+  batches.set_augmentation({3, true, false});
+  batches.set_masks(true);
+  batches.set_epoch(2);
+  for (int64_t i = 0; i < batches.size(); ++i) {
+    const auto b = batches.get(i);
+    ASSERT_TRUE(b.masks.defined());
+    EXPECT_EQ(b.masks.scalar_type(), torch::kBool);
+    EXPECT_TRUE(b.masks.equal(norm.to_unit_gray(b.x) > 0.5)) << "batch " << i;
+    EXPECT_FALSE(b.masks.equal(d.decoy_masks.index_select(0, b.index))) << "the shift moved them";
+  }
+  // Rank 1 of 2 gets the masks of its half of the batch.
+  batches.set_shard(1, 2);
+  const auto half = batches.get(0);
+  EXPECT_EQ(half.masks.size(0), 8);
+  EXPECT_TRUE(half.masks.equal(norm.to_unit_gray(half.x) > 0.5));
+  data::Dataset plain = data::generate_shapes(8, 28, 3, data::SpuriousCue::none, 0.0);
+  data::BatchIterator no_masks(plain, norm, 4, false, 0, false);
+  EXPECT_THROW(no_masks.set_masks(true), std::invalid_argument);
+}
+
+TEST(SpuriousFeatures, RrrTrainingTakesTheGradientOutOfTheSpuriousPatch) {
+  // Spurious shapes: the class-coded patch is the easy way. 30 Adam steps on one batch with
+  // CE alone, and with CE + 10 x RRR on the patch masks; then the RRR term of each model.
+  data::Dataset d = data::generate_shapes(64, 28, 11, data::SpuriousCue::class_coded, 0.05);
+  const auto norm = data::Normalization::fit(d.images);
+  data::BatchIterator batches(d, norm, 64, false, 0, false);
+  batches.set_masks(true);
+  const auto batch = batches.get(0);
+  const auto protos = losses::image_prototypes(d.images, d.labels, 10);
+  train::CamLossConfig with_rrr;
+  with_rrr.lambda_rrr = 10.0;
+  train::CamLossConfig measure;
+  measure.lambda_rrr = 1e-12;  // computes the term without training on it
+  const auto rrr_after = [&](const train::CamLossConfig& c) {
+    auto model = fresh_simple_cnn();
+    torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(3e-3));
+    for (int i = 0; i < 30; ++i) {
+      opt.zero_grad();
+      train::compute_losses(*model, batch, protos, 10, c).total.backward();
+      opt.step();
+    }
+    const auto out = train::compute_losses(*model, batch, protos, 10, measure);
+    return std::make_pair(out.rrr.item<double>(), out.ce.item<double>());
+  };
+  const auto [rrr_ce_only, ce_ce_only] = rrr_after({});
+  const auto [rrr_rrr, ce_rrr] = rrr_after(with_rrr);
+  EXPECT_LT(rrr_rrr, 0.2 * rrr_ce_only) << "CE only " << rrr_ce_only << ", with RRR " << rrr_rrr;
+  EXPECT_LT(ce_rrr, 1.0) << "and it still fits the batch (CE only: " << ce_ce_only << ")";
+}

@@ -116,6 +116,10 @@ struct Batch {
   torch::Tensor x;      ///< [B, C, H, W] float, normalised (on the iterator's device)
   torch::Tensor y;      ///< [B] int64 (on the iterator's device)
   torch::Tensor index;  ///< [B] int64, positions in the dataset (on the CPU)
+  /// [B, H, W] bool, the annotated region that must not matter (Dataset::decoy_masks),
+  /// augmented with the images (on the iterator's device); undefined unless
+  /// BatchIterator::set_masks asked for them.
+  torch::Tensor masks;
 };
 
 /// Random training augmentation; the shift and the flip are applied to whole batches.
@@ -149,6 +153,10 @@ class BatchIterator {
   /// differ by at most one sample). The random draws of the augmentation are those of the
   /// whole batch, so a sample is augmented alike whatever the number of ranks.
   void set_shard(int64_t rank, int64_t world);
+  /// Every batch also carries its samples' annotation masks (Batch::masks), shifted and
+  /// flipped with the images. Throws std::invalid_argument when the dataset has none, or
+  /// streams its images (the crop of streamed images is not applied to masks).
+  void set_masks(bool on);
   /// Batches are assembled as uint8 on the CPU and sent to `device` (from pinned memory,
   /// without blocking, for CUDA), where they are normalised. Default: the CPU.
   void set_device(torch::Device device) { device_ = device; }
@@ -160,7 +168,7 @@ class BatchIterator {
 
  private:
   std::vector<int64_t> batch_indices(int64_t i) const;
-  torch::Tensor batch_images(int64_t i) const;  // uint8, augmented
+  torch::Tensor batch_images(int64_t i) const;  // uint8, augmented; with masks_, they are one channel more
   void drop_prefetch();
 
   const Dataset* dataset_;
@@ -171,6 +179,7 @@ class BatchIterator {
   bool drop_last_;
   int64_t epoch_ = 0;
   Augmentation augmentation_;
+  bool masks_ = false;
   torch::Device device_ = torch::kCPU;
   std::vector<int64_t> order_;
   std::future<torch::Tensor> next_;  ///< batch_images(next_index_), decoding in the background

@@ -39,6 +39,21 @@ struct EvalMetrics {
 /// -> [B]. A map with no mass gives 0.
 torch::Tensor mass_share(const torch::Tensor& maps, const torch::Tensor& masks);
 
+/// Per-sample distance of a mask's centroid from the image centre, in units of half the
+/// image's shorter side (0: centred; 1: the middle of an edge). masks [B, H, W] bool -> [B]
+/// float32; NaN for an empty mask.
+torch::Tensor centre_distance(const torch::Tensor& masks);
+
+/// Localisation of the objects in one band of centre_distance(), for the true class's maps.
+struct LocalisationBand {
+  double from = 0.0, to = 0.0;  ///< the band [from, to) of the object's distance from the centre
+  int64_t count = 0;            ///< test images whose object lies in it
+  double object_share = kNotAvailable, object_pointing = kNotAvailable;  ///< means; n/a when empty
+};
+
+/// The bands of evaluate_full's localisation_by_distance: [0, 1/3), [1/3, 2/3), [2/3, inf).
+std::vector<LocalisationBand> localisation_bands();
+
 /// Evaluates `model` in eval mode on the whole dataset (the model's mode is restored).
 /// prototypes [K, H, W] may be undefined: then the CAM metrics are skipped. The CAM metrics
 /// use the maps of `method`.
@@ -152,6 +167,10 @@ struct EvalReport {
   /// is better) and the share of images whose confidence rose (higher is better).
   double average_drop = kNotAvailable, increase_in_confidence = kNotAvailable;
   std::vector<RandomizationStep> randomization;
+  /// With object masks: the CAM mass on the object and the pointing game in bands of the
+  /// object's distance from the image centre (localisation_bands()), so that maps pulled
+  /// towards the centre show as a drop in the outer bands. Empty without object masks.
+  std::vector<LocalisationBand> localisation_by_distance;
   double ms_per_image = kNotAvailable, ms_per_image_with_cam = kNotAvailable;  ///< not available when not timed
 };
 

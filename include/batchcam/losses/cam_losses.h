@@ -1,5 +1,7 @@
 #pragma once
-// Prototypes and the two Batch-CAM regularisers (method spec, sections 4 and 6).
+// Prototypes and the two Batch-CAM regularisers (method spec, sections 4 and 6), and the
+// input-gradient terms against spurious features: RRR with annotation masks (Ross et al.
+// 2017) and Prototype RRR, which takes the class prototype as its mask (docs/method.md).
 
 #include "batchcam/data/dataset.h"
 #include "batchcam/losses/distances.h"
@@ -62,5 +64,26 @@ torch::Tensor prototype_loss(const torch::Tensor& maps, const torch::Tensor& tar
 /// prototypes are constants; otherwise the term pulls a class's maps together.
 torch::Tensor batch_cam_loss(const torch::Tensor& maps, const torch::Tensor& targets, int64_t num_classes, Distance d,
                              bool detach_target = false, bool check_targets = true);
+
+/// The input gradients that RRR penalises: g = d/dx sum_i sum_k log softmax(logits)_ik,
+/// [B, C, H, W] like x (Ross et al. 2017, eq. 1). x must require grad and logits [B, K]
+/// depend on it. With create_graph a penalty of g trains the model (a double backward).
+/// Where the model treats samples independently (no BatchNorm in training mode), g_i is the
+/// gradient of sample i's own summed log-probabilities.
+torch::Tensor log_probability_input_gradients(const torch::Tensor& x, const torch::Tensor& logits,
+                                              bool create_graph = true);
+
+/// (1/B) sum_i sum_{c,u,v} weights_i(u,v) g_icuv^2: gradients [B, C, H, W], weights [B, H, W]
+/// (>= 0; bool or floating point), the same for every channel.
+torch::Tensor input_gradient_penalty(const torch::Tensor& gradients, const torch::Tensor& weights);
+
+/// RRR's "right reasons" term with annotation masks [B, H, W] (true where the region must
+/// not matter, e.g. a decoy): input_gradient_penalty(gradients, masks). Zero for empty masks.
+torch::Tensor rrr_loss(const torch::Tensor& gradients, const torch::Tensor& masks);
+
+/// Prototype RRR, without annotations: input_gradient_penalty with weights 1 - P_{t_i}, the
+/// class prototype [K, H, W] in [0, 1] read as "where class t has no evidence".
+torch::Tensor prototype_rrr_loss(const torch::Tensor& gradients, const torch::Tensor& targets,
+                                 const torch::Tensor& prototypes, bool check_targets = true);
 
 }  // namespace batchcam::losses

@@ -116,6 +116,11 @@ struct TrainConfig {
   PrototypeKind prototype = PrototypeKind::image;
   BatchTarget batch_target = BatchTarget::attached;
   int64_t cam_warmup_epochs = 0;
+  /// Input-gradient terms against spurious features (docs/method.md), off by default: RRR
+  /// (Ross et al. 2017) with the dataset's annotation masks, and Prototype RRR, which weights
+  /// the same input gradients by 1 - P_y instead (no annotations). Not delayed by cam_warmup_epochs.
+  double lambda_rrr = 0.0;
+  double lambda_proto_rrr = 0.0;
   /// The map the CAM losses compare, and by default the one evaluation and explanations show
   /// (cam::CamMethod; cam needs a head of global average pooling and one linear layer, where it
   /// equals grad-cam without a gradient call). LayerCAM by the rule of

@@ -29,8 +29,9 @@ struct StepInfo {
   int64_t epoch = 0, epochs = 0, step = 0, steps = 0;
   /// Running means over the epoch, as of the last read from the device (every
   /// config.log_every steps and at the end of the epoch); `fresh` when read at this step.
-  double loss = 0, ce = 0, proto = 0, batch = 0, accuracy = 0;
+  double loss = 0, ce = 0, proto = 0, batch = 0, rrr = 0, proto_rrr = 0, accuracy = 0;
   double lambda_proto = 0, lambda_batch = 0;  ///< the CAM terms' weights in effect (0 = off)
+  double lambda_rrr = 0, lambda_proto_rrr = 0;  ///< the input-gradient terms' weights (0 = off)
   bool fresh = false;
   double images_per_second = 0;
   double eta_seconds = 0;  ///< training time left for the whole run at the current speed
@@ -40,7 +41,9 @@ struct StepInfo {
 struct EpochMetrics {
   int64_t epoch = 0;  ///< 1-based
   double train_loss = 0, train_ce = 0, train_proto = 0, train_batch = 0, train_accuracy = 0;
+  double train_rrr = 0, train_proto_rrr = 0;
   double lambda_proto = 0, lambda_batch = 0;  ///< in effect this epoch (0 during warm-up)
+  double lambda_rrr = 0, lambda_proto_rrr = 0;
   eval::EvalMetrics test;
   double seconds = 0;  ///< training time of the epoch, evaluation excluded
 };
