@@ -41,7 +41,7 @@ COLUMNS = {
     "object_share": ("CAM mass on object", 3, +1),
     "object_pointing": ("CAM points at object", 3, +1),
     # By the object's distance from the image centre, in half image sides (eval.json's
-    # object.by_distance_from_centre): near [0, 1/3), middle [1/3, 2/3), far [2/3, ...).
+    # object.by_distance_from_centre): near [0, 0.2), middle [0.2, 0.4), far [0.4, ...).
     "near_share": ("mass on object, near centre", 3, +1),
     "middle_share": ("mass on object, middle", 3, +1),
     "far_share": ("mass on object, far", 3, +1),

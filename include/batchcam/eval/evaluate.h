@@ -51,7 +51,7 @@ struct LocalisationBand {
   double object_share = kNotAvailable, object_pointing = kNotAvailable;  ///< means; n/a when empty
 };
 
-/// The bands of evaluate_full's localisation_by_distance: [0, 1/3), [1/3, 2/3), [2/3, inf).
+/// The bands of evaluate_full's localisation_by_distance: [0, 0.2), [0.2, 0.4), [0.4, inf).
 std::vector<LocalisationBand> localisation_bands();
 
 /// Evaluates `model` in eval mode on the whole dataset (the model's mode is restored).
