@@ -318,7 +318,7 @@ class LossesTest(unittest.TestCase):
 
 
 class InputGradientsTest(unittest.TestCase):
-    """RRR (Ross et al. 2017, eq. 1) and Prototype RRR (docs/method.md) against plain PyTorch."""
+    """RRR (Ross et al. 2017) and Prototype RRR (docs/method.md) against plain PyTorch."""
 
     def reference(self, net, x, weights):
         x = x.detach().requires_grad_()

@@ -66,7 +66,7 @@ torch::Tensor batch_cam_loss(const torch::Tensor& maps, const torch::Tensor& tar
                              bool detach_target = false, bool check_targets = true);
 
 /// The input gradients that RRR penalises: g = d/dx sum_i sum_k log softmax(logits)_ik,
-/// [B, C, H, W] like x (Ross et al. 2017, eq. 1). x must require grad and logits [B, K]
+/// [B, C, H, W] like x (Ross et al. 2017). x must require grad and logits [B, K]
 /// depend on it. With create_graph a penalty of g trains the model (a double backward).
 /// Where the model treats samples independently (no BatchNorm in training mode), g_i is the
 /// gradient of sample i's own summed log-probabilities.
