@@ -134,7 +134,9 @@ def run_config(study, table, preset, row, seed):
 
 def distance_label(config):
     """The distance(s) of the losses a run has switched on, for a row that does not name one."""
-    used = [config.get(f"distance_{loss}", "l1") for loss in ("proto", "batch") if config.get(f"lambda_{loss}", 1.0) > 0]
+    defaults = {"proto": 1.0, "batch": 0.0}  # batchcam train's, for a key the config leaves out
+    used = [config.get(f"distance_{loss}", "l1") for loss in ("proto", "batch")
+            if config.get(f"lambda_{loss}", defaults[loss]) > 0]
     return "/".join(dict.fromkeys(used)) or "-"
 
 
@@ -368,9 +370,12 @@ def difference(a, b, key):
     return diff, abs(diff) > 2 * error
 
 
-def comparison(rows):
+def comparison(rows, columns=()):
     """Lines comparing each Batch-CAM row with CE only: difference of means, marked clear when
-    it exceeds twice its standard error, else within noise."""
+    it exceeds twice its standard error, else within noise; over the usual keys and the table's
+    own columns."""
+    keys = ["accuracy", "follows_decoy", "proto_ssim", "input_ssim", "deletion", "insertion", "seconds"]
+    keys += [c for c in columns if c not in keys]
     base = next((rs for row, rs in rows if row["name"] == "ce" and rs), None)
     if base is None:
         return []
@@ -379,7 +384,7 @@ def comparison(rows):
         if row["name"] == "ce" or not rs:
             continue
         parts = []
-        for key in ("accuracy", "follows_decoy", "proto_ssim", "input_ssim", "deletion", "insertion", "seconds"):
+        for key in keys:
             diff, clear = difference(rs, base, key)
             if diff is None:
                 continue
@@ -573,7 +578,7 @@ def report(study, path_of_study, tables, output):
         pictures = copy_pictures(study, table, rows, output)
         if pictures:
             out += [""] + pictures
-        lines = comparison(rows)
+        lines = comparison(rows, columns)
         if lines:
             out += ["", "Difference of means against CE only (\"within noise\": less than twice the standard error "
                     "of the difference over seeds):", ""] + lines
