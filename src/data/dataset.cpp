@@ -252,7 +252,7 @@ Batch BatchIterator::get(int64_t i) {
   if (masks_) {
     const int64_t c = images.size(1) - 1;
     b.masks = images.select(1, c).to(torch::kBool).to(device_);
-    images = images.narrow(1, 0, c);
+    images = images.narrow(1, 0, c).contiguous();  // contiguous: pinned and copied below in one piece
   }
   b.index = torch::tensor(batch_indices(i), torch::kInt64);
   b.y = dataset_->labels.index_select(0, b.index);

@@ -327,7 +327,7 @@ class InputGradientsTest(unittest.TestCase):
         return (weights.unsqueeze(1) * g ** 2).sum() / x.shape[0]
 
     def penalty(self, net, x, masks=None, targets=None, prototypes=None):
-        x = x.detach().requires_grad_()
+        x = x if x.requires_grad else x.detach().requires_grad_()
         logits, _ = net(x)
         g = batchcam.input_gradients(x, logits)
         if masks is not None:
@@ -356,8 +356,12 @@ class InputGradientsTest(unittest.TestCase):
         net, x, _, _, t = batch(n=3)
         masks = torch.zeros(3, 10, 10, dtype=torch.bool)
         masks[:, 5:, 2:6] = True
+        # The derivatives are ~1e-8 here: an absolute tolerance far below them, so that a wrong
+        # (or missing) double backward through the input gradients fails.
+        inp = x.clone().requires_grad_()
+        self.assertGreater(torch.autograd.grad(self.penalty(net, inp, masks=masks), inp)[0].abs().max().item(), 1e-8)
         self.assertTrue(torch.autograd.gradcheck(
-            lambda inp: self.penalty(net, inp, masks=masks), (x.clone().requires_grad_(),), eps=1e-6, atol=1e-5))
+            lambda i: self.penalty(net, i, masks=masks), (inp,), eps=1e-6, atol=1e-11, rtol=1e-4))
 
     def test_centre_distance(self):
         masks = torch.zeros(2, 10, 10, dtype=torch.bool)

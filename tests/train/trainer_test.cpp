@@ -908,6 +908,7 @@ TEST(SpuriousFeatures, BothInputGradientTermsAreOffByDefault) {
   EXPECT_EQ(out.rrr.item<double>(), 0.0);
   EXPECT_EQ(out.proto_rrr.item<double>(), 0.0);
   EXPECT_FALSE(f.batch.x.requires_grad()) << "no input gradient is taken";
+  EXPECT_TRUE(torch::equal(out.total, out.ce)) << "the default objective is the cross-entropy alone";
   // Configurations written before the terms existed read as off.
   auto j = train::to_json(c);
   j.erase("lambda_rrr");
