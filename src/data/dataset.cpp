@@ -205,15 +205,16 @@ torch::Tensor BatchIterator::batch_images(int64_t i) const {
   const uint64_t batch_seed = mix_seed(mix_seed(seed_, static_cast<uint64_t>(epoch_)), 0x5eed0000ULL + static_cast<uint64_t>(i));
   TORCH_CHECK(!augmentation_.crop_jitter || dataset_->streamed(),
               "BatchIterator: the random resized crop is applied while decoding: streamed (folder) datasets only");
+  const auto positions = torch::tensor(index, torch::kInt64);
   torch::Tensor images;
   if (dataset_->streamed()) {
     images = dataset_->files->load(index, augmentation_.crop_jitter, mix_seed(batch_seed, 1), r.first - r.begin);
   } else {
-    images = dataset_->images.index_select(0, torch::tensor(index, torch::kInt64));
+    images = dataset_->images.index_select(0, positions);
   }
   if (masks_) {
     // The masks travel as one more channel, so that the shift and the flip move them alike.
-    const auto masks = dataset_->decoy_masks.index_select(0, torch::tensor(index, torch::kInt64));
+    const auto masks = dataset_->decoy_masks.index_select(0, positions);
     images = torch::cat({images, masks.to(torch::kUInt8).unsqueeze(1)}, 1);
   }
   if (augmentation_.max_shift > 0 || augmentation_.flip) {

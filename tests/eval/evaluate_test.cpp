@@ -13,6 +13,24 @@
 
 using namespace batchcam;
 
+namespace {
+// Shapes, their normalisation and prototypes, and an untrained SimpleCNN (seeded) in eval mode.
+struct ShapesAndModel {
+  data::Dataset d;
+  data::Normalization norm;
+  torch::Tensor protos;
+  models::CamModelPtr model;
+  ShapesAndModel(int64_t count, uint64_t data_seed, data::SpuriousCue cue, double noise, uint64_t model_seed)
+      : d(data::generate_shapes(count, 28, data_seed, cue, noise)),
+        norm(data::Normalization::fit(d.images)),
+        protos(losses::image_prototypes(d.images, d.labels, 10)) {
+    torch::manual_seed(model_seed);
+    model = models::make_model({"simple-cnn", 1, 10, 28, ""});
+    model->eval();
+  }
+};
+}  // namespace
+
 TEST(MassShare, KnownCases) {
   auto masks = torch::zeros({3, 4, 4}, torch::kBool);
   masks.slice(1, 0, 2).fill_(true);  // top half
@@ -229,12 +247,8 @@ TEST(ConfidenceChange, DropIsRelativeAndOnlyDownwardsIncreaseCountsRises) {
 }
 
 TEST(EvaluateFull, IsStableForAFixedModelAndLeavesItUnchanged) {
-  const auto d = data::generate_shapes(48, 28, 4, data::SpuriousCue::random_class, 0.08);
-  const auto norm = data::Normalization::fit(d.images);
-  const auto protos = losses::image_prototypes(d.images, d.labels, 10);
-  torch::manual_seed(0);
-  auto model = models::make_model({"simple-cnn", 1, 10, 28, ""});
-  model->eval();
+  ShapesAndModel s(48, 4, data::SpuriousCue::random_class, 0.08, 0);
+  const auto& [d, norm, protos, model] = s;
   const auto x = norm.apply(d.images.narrow(0, 0, 8));
   const auto logits_before = model->forward(x).detach();
   eval::EvalOptions o;
@@ -315,12 +329,8 @@ TEST(Localisation, CentreDistanceIsInHalfSidesAndEmptyMasksAreLeftOut) {
 
 TEST(Localisation, BandsSplitTheObjectMetricsByTheObjectsDistanceFromTheCentre) {
   // The object metrics of evaluate_full, recomputed per band from the maps themselves.
-  const auto d = data::generate_shapes(64, 28, 5, data::SpuriousCue::none, 0.05);
-  const auto norm = data::Normalization::fit(d.images);
-  const auto protos = losses::image_prototypes(d.images, d.labels, 10);
-  torch::manual_seed(1);
-  auto model = models::make_model({"simple-cnn", 1, 10, 28, ""});
-  model->eval();
+  ShapesAndModel s(64, 5, data::SpuriousCue::none, 0.05, 1);
+  const auto& [d, norm, protos, model] = s;
   eval::EvalOptions o;
   o.batch_size = 32;
   o.faithfulness_count = 0;
