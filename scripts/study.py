@@ -4,11 +4,12 @@
 A study file (see studies/) lists tables; each table is a grid of `batchcam train` runs made
 from one preset in configs/ (plus the table's overrides), one run per row and seed, or
 (with "explain") the `batchcam eval --method M` of another table's trained runs, one row per
-CAM method. This script runs every run that has no result yet (a run cut short is resumed
-from its last.pt), then writes one Markdown file from the runs' eval.json, metrics.jsonl
-and config.json: the tables (mean and standard deviation over seeds), a comparison with CE
-only, and the choice of defaults the study file asks for. No number in the report is typed
-by hand.
+CAM method. A row {"chosen_by": DECISION} is the row that decision chose, as its tables define
+it; it runs once the decision's tables have finished. This script runs every run that has no
+result yet (a run cut short is resumed from its last.pt), then writes one Markdown file from
+the runs' eval.json, metrics.jsonl and config.json: the tables (mean and standard deviation
+over seeds), a comparison with CE only, the choice of defaults the study file asks for, and
+whether its goals are met. No number in the report is typed by hand.
 
 usage: scripts/study.py STUDY.json [--only ID[,ID...]] [--report-only] [--dry-run]
                                    [--bin PATH] [--threads N]
@@ -91,8 +92,9 @@ def shared_data_dir(dataset):
     return path if os.path.isdir(path) else None
 
 
-def expand_rows(table, preset):
-    """The table's rows: {name, label, distance, set}; a grid expands to loss x distance."""
+def expand_rows(table, preset, study=None):
+    """The table's rows: {name, label, distance, set}; a grid expands to loss x distance; a row
+    chosen by a decision is left out while the decision is pending."""
     rows = []
     grid = table.get("grid")
     if grid:
@@ -110,12 +112,58 @@ def expand_rows(table, preset):
                 rows.append({"name": f"{loss}-{d}", "label": LOSS_LABELS[loss], "distance": d,
                              "set": dict(settings, distance_proto=d, distance_batch=d)})
     for row in table.get("rows", []):
+        if "chosen_by" in row:
+            chosen = chosen_row(study, row["chosen_by"], table)
+            if isinstance(chosen, dict):
+                rows.append(dict(chosen, label=f"{chosen['label']}, chosen by \"{row['chosen_by']}\""))
+            continue
         rows.append({"name": row["name"], "label": row.get("label", row["name"]),
                      "distance": row.get("distance", "-"), "set": row.get("set", {})})
     names = [r["name"] for r in rows]
     if len(set(names)) != len(names):
         raise StudyError(f"table {table['id']}: two rows share a name")
     return rows
+
+
+def waits_for_a_choice(table, by_id):
+    """Whether the table has rows chosen by a decision, or explains a table that has."""
+    if "explain" in table:
+        table = by_id.get(table["explain"].get("table"), {})
+    return any("chosen_by" in row for row in table.get("rows", []))
+
+
+# What chosen_row returns for a decision that has been made but found no eligible row.
+NO_ELIGIBLE_ROW = "no eligible row"
+
+
+def chosen_row(study, title, table):
+    """The row the decision `title` chose, as the first of its tables that has it defines it;
+    None while the decision is pending, NO_ELIGIBLE_ROW when no row qualified. The decision is
+    made on the tables that do not wait for a choice themselves."""
+    decisions = {d["title"]: d for d in (study or {}).get("decisions", [])}
+    if title not in decisions:
+        raise StudyError(f"table {table['id']}: chosen_by names no decision ('{title}')")
+    decision = decisions[title]
+    first = decisions.get(decision["combine"].get("first"), {}) if "combine" in decision else decision
+    ids = first.get("tables", [])
+    by_id = {t["id"]: t for t in study["tables"]}
+    if any(waits_for_a_choice(by_id.get(t, {}), by_id) for t in ids):
+        raise StudyError(f"table {table['id']}: decision '{title}' is made on tables with chosen rows")
+    independent = {t["id"] for t in study["tables"] if not waits_for_a_choice(t, by_id)}
+    tables = collect(study, independent)
+    winner = decided(decision, study, tables)
+    if winner is None:
+        pending = "combine" in decision or isinstance(rank(decision, tables), str)
+        return None if pending else NO_ELIGIBLE_ROW
+    for source in (by_id[t] for t in ids if t in by_id):
+        if "explain" in source:
+            continue
+        preset = load_json(os.path.join(ROOT, source["preset"])) if "preset" in source else {}
+        found = next((r for r in expand_rows(source, preset) if r["name"] == winner), None)
+        if found:
+            return found
+    raise StudyError(f"table {table['id']}: decision '{title}' chose '{winner}', which none of its tables "
+                     f"trains as a row")
 
 
 def run_config(study, table, preset, row, seed):
@@ -162,7 +210,7 @@ def explained_runs(study, table):
         raise StudyError(f"table {table['id']}: explain.table must name a table of trained runs, "
                          f"got '{spec.get('table')}'")
     preset = load_json(os.path.join(ROOT, source["preset"])) if "preset" in source else {}
-    row = next((r for r in expand_rows(source, preset) if r["name"] == spec.get("row")), None)
+    row = next((r for r in expand_rows(source, preset, study) if r["name"] == spec.get("row")), None)
     if row is None:
         raise StudyError(f"table {table['id']}: table {source['id']} has no row '{spec.get('row')}'")
     table.setdefault("seeds", source["seeds"])
@@ -188,7 +236,7 @@ def plan(study, only):
             runs += explained_runs(study, table)
             continue
         preset = load_json(os.path.join(ROOT, table["preset"])) if "preset" in table else {}
-        for row in expand_rows(table, preset):
+        for row in expand_rows(table, preset, study):
             for seed in table["seeds"]:
                 config = run_config(study, table, preset, row, seed)
                 row["distance"] = row["distance"] if row["distance"] != "-" else distance_label(config)
@@ -357,6 +405,15 @@ def columns_of(table, rows):
     return columns
 
 
+def standard_error(a, b, key):
+    """The standard error of the difference of the means of a and b (Welch); None where either
+    side has fewer than 2 runs."""
+    va, vb = values(a, key), values(b, key)
+    if len(va) < 2 or len(vb) < 2:
+        return None
+    return (statistics.variance(va) / len(va) + statistics.variance(vb) / len(vb)) ** 0.5
+
+
 def difference(a, b, key):
     """Mean of a minus mean of b, and whether it is clear: more than twice its standard error
     (Welch); None where either side has fewer than 2 runs."""
@@ -364,10 +421,8 @@ def difference(a, b, key):
     if not va or not vb:
         return None, None
     diff = statistics.mean(va) - statistics.mean(vb)
-    if len(va) < 2 or len(vb) < 2:
-        return diff, None
-    error = (statistics.variance(va) / len(va) + statistics.variance(vb) / len(vb)) ** 0.5
-    return diff, abs(diff) > 2 * error
+    error = standard_error(a, b, key)
+    return diff, None if error is None else abs(diff) > 2 * error
 
 
 def comparison(rows, columns=()):
@@ -466,10 +521,8 @@ def choose(decision, tables):
     return lines
 
 
-def combine(decision, study, tables):
-    """A choice made of two decisions: the best-ranked row of `first` whose counterpart
-    (`counterpart`, a pattern with {} for the row's name) is eligible in `second`; else
-    `fallback`."""
+def combined_choice(decision, study, tables):
+    """The row a `combine` decision chooses, or None while a decision it combines is pending."""
     spec = decision["combine"]
     by_title = {d["title"]: d for d in study["decisions"]}
     for key in ("first", "second"):
@@ -477,12 +530,118 @@ def combine(decision, study, tables):
             raise StudyError(f"decision '{decision['title']}': combine.{key} names no decision ('{spec.get(key)}')")
     first, second = (rank(by_title[spec[k]], tables) for k in ("first", "second"))
     if isinstance(first, str) or isinstance(second, str):
-        return ["Pending: a decision it combines is not decided yet."]
+        return None
     eligible = second[1]
     winner = next((n for n in first[0] if n in first[1] and spec["counterpart"].format(n) in eligible), None)
-    lines = [f"Rule: the first row of \"{spec['first']}\" (in its order above, eligible there) whose "
-             f"`{spec['counterpart']}` is eligible in \"{spec['second']}\"; if none, `{spec['fallback']}`.", ""]
-    lines.append(f"**Chosen: `{winner or spec['fallback']}`.**")
+    return winner or spec["fallback"]
+
+
+def combine(decision, study, tables):
+    """A choice made of two decisions: the best-ranked row of `first` whose counterpart
+    (`counterpart`, a pattern with {} for the row's name) is eligible in `second`; else
+    `fallback`."""
+    spec = decision["combine"]
+    winner = combined_choice(decision, study, tables)
+    if winner is None:
+        return ["Pending: a decision it combines is not decided yet."]
+    return [f"Rule: the first row of \"{spec['first']}\" (in its order above, eligible there) whose "
+            f"`{spec['counterpart']}` is eligible in \"{spec['second']}\"; if none, `{spec['fallback']}`.", "",
+            f"**Chosen: `{winner}`.**"]
+
+
+def decided(decision, study, tables):
+    """The row a decision chooses, or None while it is pending or no row is eligible."""
+    if "combine" in decision:
+        return combined_choice(decision, study, tables)
+    ranked = rank(decision, tables)
+    if isinstance(ranked, str):
+        return None
+    order, eligible, _ = ranked
+    return next((n for n in order if n in eligible), None)
+
+
+# The rules a goal's check can apply to the difference of means (row - against), taken in the
+# metric's better direction.
+GOAL_RULES = ("not_clearly_below", "drop_at_most")
+
+
+def check_goal(spec, study, tables):
+    """StudyError for a goal that names what does not exist; else its row as written."""
+    title = spec.get("title", "?")
+    if "row" not in spec or not spec.get("checks"):
+        raise StudyError(f"goal '{title}': needs a row and at least one check")
+    ids = {t["id"] for t in study.get("tables", [])} | set(tables)
+    for check in spec["checks"]:
+        if check.get("table") not in ids:
+            raise StudyError(f"goal '{title}': no table '{check.get('table')}'")
+        if check.get("rule") not in GOAL_RULES:
+            raise StudyError(f"goal '{title}': unknown rule '{check.get('rule')}' "
+                             f"(expected one of {', '.join(GOAL_RULES)})")
+        if check["rule"] == "drop_at_most" and not isinstance(check.get("points"), (int, float)):
+            raise StudyError(f"goal '{title}': rule drop_at_most needs a number 'points'")
+        key = check.get("metric", "accuracy")
+        if key not in COLUMNS or COLUMNS[key][2] == 0:
+            raise StudyError(f"goal '{title}': metric '{key}' is not a column with a better direction")
+        planned = {r["name"] for r, _ in tables.get(check["table"], (None, []))[1]}
+        names = [check.get("against")] + ([spec["row"]] if isinstance(spec["row"], str) else [])
+        for name in names:
+            if planned and name not in planned:
+                raise StudyError(f"goal '{title}': table {check['table']} has no row '{name}'")
+
+
+def goal(spec, study, tables):
+    """Lines saying whether a goal is met: each check compares the goal's row with another row
+    of one table on one metric, the difference taken in the metric's better direction; the goal
+    is met when every check is. `not_clearly_below`: the row is better, or worse by at most twice
+    the standard error of the difference over seeds; `drop_at_most`: worse by at most `points`.
+    Differences are compared as the report shows them (rounded)."""
+    check_goal(spec, study, tables)
+    row = spec["row"]
+    name = row
+    if isinstance(row, dict):
+        chosen = chosen_row(study, row["chosen_by"], {"id": f"goal '{spec['title']}'"})
+        if chosen is None:
+            return [f"Pending: decision \"{row['chosen_by']}\" has not chosen a row yet."]
+        if chosen == NO_ELIGIBLE_ROW:
+            return [f"Decision \"{row['chosen_by']}\" found no eligible row.", "", "**Goal not met.**"]
+        name = chosen["name"]
+    lines = [f"Row: `{name}`" + (f", chosen by \"{row['chosen_by']}\"." if isinstance(row, dict) else "."), ""]
+    verdicts = []
+    for check in spec["checks"]:
+        tid, against, key, rule = check["table"], check["against"], check.get("metric", "accuracy"), check["rule"]
+        rows = {r["name"]: rs for r, rs in tables.get(tid, (None, []))[1] if rs}
+        header, digits, better = COLUMNS[key]
+        if name not in rows or against not in rows:
+            lines.append(f"- `{tid}`: pending (`{name}` or `{against}` has no finished run).")
+            verdicts.append(None)
+            continue
+        diff, _ = difference(rows[name], rows[against], key)
+        if diff is None:
+            raise StudyError(f"goal '{spec['title']}': table {tid} has no values of {key}")
+        unit = " points" if key == "accuracy" else ""
+        said = (f"- `{tid}`, {header}: `{name}` {mean(rows[name], key):.{digits}f}, `{against}` "
+                f"{mean(rows[against], key):.{digits}f}, difference {diff:+.{digits}f}{unit}"
+                f"{' (lower is better)' if better < 0 else ''}; ")
+        gain = round(better * diff, digits)  # > 0: the row is better
+        if rule == "drop_at_most":
+            met = gain >= -check["points"]
+            said += f"the rule allows a loss of at most {check['points']}{unit}"
+        else:
+            error = standard_error(rows[name], rows[against], key)
+            if error is None:
+                met = gain >= 0
+                said += "one run a side: no noise estimate, so it may not be worse"
+            else:
+                met = gain >= -round(2 * error, digits)
+                said += f"the rule allows a loss of at most twice its standard error, {2 * error:.{digits}f}{unit}"
+        lines.append(said + (": **met**." if met else ": **not met**."))
+        verdicts.append(met)
+    if False in verdicts:
+        lines += ["", "**Goal not met.**"]
+    elif None in verdicts:
+        lines += ["", "Pending: not every check has its runs yet."]
+    else:
+        lines += ["", "**Goal met.**"]
     return lines
 
 
@@ -550,10 +709,11 @@ def report(study, path_of_study, tables, output):
             out += [f"Pending: no evaluation of this table has finished. Run it with `scripts/study.py {rel} --only "
                     f"{tid}` after table `{table['explain']['table']}`.", ""]
             continue
+        base = f"preset `{table['preset']}`" if "preset" in table else "the defaults of `batchcam train`"
         if config is None:
             needs = f" It needs {table['needs']}, so a plain run of the study skips it." if "needs" in table else ""
             out += [f"Pending: no run of this table has finished.{needs} Run it with "
-                    f"`scripts/study.py {rel} --only {tid}`. Runs: preset `{table.get('preset', 'defaults')}` with "
+                    f"`scripts/study.py {rel} --only {tid}`. Runs: {base} with "
                     f"{json.dumps(table.get('set', {}))}; budget: {table['budget']}; seeds {table['seeds']}.", ""]
             out += table.get("text", [])
             continue
@@ -563,18 +723,33 @@ def report(study, path_of_study, tables, output):
         if "explain" in table:
             out += explained_table(table, rows, config, rel, seeds, done, total)
             continue
-        base = f"preset `{table['preset']}`" if "preset" in table else "the defaults of `batchcam train`"
         out += [f"Table `{tid}`, regenerate: `scripts/study.py {rel} --only {tid}`. Runs: {base} "
                 f"with {json.dumps(table.get('set', {}))}: dataset {config['dataset']}, model {config['model']}, "
                 f"{config['epochs']} epochs, batch {config['batch_size']}, {config['optimizer']} lr {config['lr']}, "
                 f"{config['schedule']} schedule. Budget: {table['budget']}. Seeds {seeds}; "
                 f"mean ± standard deviation over seeds ({done} of {total} runs finished).", ""]
         columns = columns_of(table, rows)
-        out.append("| row | loss | distance | " + " | ".join(COLUMNS[c][0] for c in columns) + " | seeds |")
-        out.append("|---|---|---|" + "---|" * len(columns) + "---|")
+        # Training time over CE only's, from the means of s/epoch, beside the s/epoch column.
+        ce_seconds = next((mean(rs, "seconds") for row, rs in rows if row["name"] == "ce" and rs), None)
+        over_ce = "seconds" in columns and bool(ce_seconds)
+        headers = [COLUMNS[c][0] for c in columns] + (["time over CE"] if over_ce else [])
+        out.append("| row | loss | distance | " + " | ".join(headers) + " | seeds |")
+        out.append("|---|---|---|" + "---|" * len(headers) + "---|")
         for row, rs in rows:
-            out.append(f"| {row['name']} | {row['label']} | {row['distance']} | "
-                       + " | ".join(cell(rs, c) if rs else "pending" for c in columns) + f" | {len(rs)} |")
+            cells = [cell(rs, c) if rs else "pending" for c in columns]
+            if over_ce:
+                seconds = mean(rs, "seconds") if rs else None
+                cells.append(f"{seconds / ce_seconds:.2f}" if seconds is not None else "pending")
+            out.append(f"| {row['name']} | {row['label']} | {row['distance']} | " + " | ".join(cells)
+                       + f" | {len(rs)} |")
+        for spec in (r for r in table.get("rows", []) if "chosen_by" in r):
+            chosen = chosen_row(study, spec["chosen_by"], table)
+            if chosen is None:
+                out += ["", f"Pending: the row chosen by \"{spec['chosen_by']}\" (section Defaults) runs once that "
+                        f"decision is made; then run `scripts/study.py {rel} --only {tid}`."]
+            elif chosen == NO_ELIGIBLE_ROW:
+                out += ["", f"Decision \"{spec['chosen_by']}\" found no eligible row, so this table has no row "
+                        "chosen by it."]
         pictures = copy_pictures(study, table, rows, output)
         if pictures:
             out += [""] + pictures
@@ -589,6 +764,10 @@ def report(study, path_of_study, tables, output):
         for decision in study["decisions"]:
             choice = combine(decision, study, tables) if "combine" in decision else choose(decision, tables)
             out += ["", f"### {decision['title']}", ""] + decision.get("text", []) + [""] + choice
+    if study.get("goals"):
+        out += ["", "## Goals"]
+        for spec in study["goals"]:
+            out += ["", f"### {spec['title']}", ""] + spec.get("text", []) + [""] + goal(spec, study, tables)
     out += ["", "## Columns", ""] + study.get("glossary", [])
     return "\n".join(out) + "\n"
 
@@ -624,6 +803,10 @@ def main():
             if not os.access(args.bin, os.X_OK):
                 raise StudyError(f"{args.bin}: no batchcam executable (build it: scripts/dev build)")
             execute(runs, args.bin, args.threads, only)
+            # Rows chosen by a decision whose tables have just finished: run them now.
+            again = plan(study, only)
+            if len(again) > len(runs):
+                execute(again, args.bin, args.threads, only)
         output = args.output or os.path.join(ROOT, study["output"])
         text = report(study, os.path.abspath(args.study), collect(study), output)
         temp = output + ".tmp"

@@ -43,6 +43,12 @@ class StudyTest(unittest.TestCase):
             }, {
                 "id": "big", "title": "Big table", "preset": os.path.join(cls.dir, "preset.json"),
                 "budget": "more than this machine has", "needs": "a GPU", "rows": [{"name": "ce"}], "seeds": [0],
+            }, {
+                # Its second row is the one decision "Loss" chooses on table tiny, run once tiny has finished.
+                "id": "follow", "title": "Follow-up table", "preset": os.path.join(cls.dir, "preset.json"),
+                "set": {"image_size": 20}, "budget": "256 images, 1 epoch",
+                "rows": [{"name": "ce", "set": {"lambda_proto": 0.0, "lambda_batch": 0.0}}, {"chosen_by": "Loss"}],
+                "seeds": [0],
             }],
             "decisions": [{"title": "Loss", "tables": ["tiny"], "metrics": ["proto_ssim", "insertion"],
                            "accuracy_tolerance": 100},
@@ -50,6 +56,8 @@ class StudyTest(unittest.TestCase):
                            "metrics": ["deletion", "road_combined"]},
                           {"title": "Both", "combine": {"first": "Explainer", "second": "Loss",
                                                         "counterpart": "both-l1", "fallback": "grad-cam"}}],
+            "goals": [{"title": "Goal", "row": {"chosen_by": "Loss"},
+                       "checks": [{"table": "follow", "against": "ce", "rule": "drop_at_most", "points": 100}]}],
         }
         cls.study_path = os.path.join(cls.dir, "study.json")
         with open(cls.study_path, "w") as f:
@@ -76,7 +84,7 @@ class StudyTest(unittest.TestCase):
             return json.load(f)
 
     def test_every_row_and_seed_ran_with_the_preset_the_overrides_and_the_row(self):
-        self.assertIn("10 to run", self.first)
+        self.assertIn("0 of 11 runs done, 11 to run", self.first)
         ce, both, heavy = self.config("ce-s0"), self.config("both-l1-s1"), self.config("proto-heavy-s0")
         self.assertEqual((ce["lambda_proto"], ce["lambda_batch"]), (0.0, 0.0))
         # A grid row keeps the preset's lambdas.
@@ -105,6 +113,29 @@ class StudyTest(unittest.TestCase):
         self.assertIn("Pending: no run of this table has finished. It needs a GPU", text)
         self.assertIn("--only big`", text)
 
+    def test_a_chosen_row_runs_after_its_decision_and_the_goal_reads_it(self):
+        # The first invocation planned 11 runs; once tiny had finished, decision Loss chose a row and
+        # its run in table follow followed.
+        self.assertIn("11 of 12 runs done, 1 to run", self.first)
+        with open(self.study["output"]) as f:
+            text = f.read()
+        chosen = text[text.index("### Loss"):].split("**Chosen: `")[1].split("`")[0]
+        with open(os.path.join(self.dir, "runs", "follow", f"{chosen}-s0", "config.json")) as f:
+            follow = json.load(f)
+        original = self.config(f"{chosen}-s0")
+        self.assertEqual((follow["lambda_proto"], follow["lambda_batch"], follow["distance_proto"]),
+                         (original["lambda_proto"], original["lambda_batch"], original["distance_proto"]))
+        self.assertEqual((follow["image_size"], original["image_size"]), (20, 24), "the follow table's own set")
+        follow_table = text[text.index("## Follow-up table"):]
+        follow_table = follow_table[:follow_table.index("\n## ", 1)]
+        label = {"both-l1": "+ both", "proto-heavy": "+ Prototype Loss x2"}[chosen]
+        self.assertIn(f"\n| {chosen} | {label}, chosen by \"Loss\" |", follow_table)
+        goal = text[text.index("## Goals"):]
+        self.assertIn(f"Row: `{chosen}`, chosen by \"Loss\".", goal)
+        # Only that the goal reads the chosen row's runs: a loss of up to 100 points is allowed.
+        self.assertIn(f"`follow`, test acc %: `{chosen}` ", goal)
+        self.assertIn("**Goal met.**", goal)
+
     def test_an_explain_table_evaluates_the_trained_runs_with_each_method(self):
         deletion = []
         for seed in (0, 1):
@@ -125,7 +156,7 @@ class StudyTest(unittest.TestCase):
 
     def test_finished_runs_are_kept_and_a_changed_table_reruns_only_what_changed(self):
         second = self.run_study()
-        self.assertIn("10 of 10 runs done, 0 to run", second)
+        self.assertIn("12 of 12 runs done, 0 to run", second)
         changed = json.loads(json.dumps(self.study))
         changed["tables"][0]["rows"][0]["set"]["lambda_proto"] = 2.0
         path = os.path.join(self.dir, "changed.json")
@@ -148,6 +179,83 @@ class StudyTest(unittest.TestCase):
                                 capture_output=True, text=True)
         self.assertEqual(result.returncode, 1)
         self.assertIn("--only: no table nope", result.stderr)
+
+
+class GoalTest(unittest.TestCase):
+    """A goal's checks on made-up measurements (no runs)."""
+
+    @staticmethod
+    def study():
+        sys.path.insert(0, os.path.join(ROOT, "scripts"))
+        import study
+        return study
+
+    def test_each_rule_and_the_verdict(self):
+        study = self.study()
+        tables = {
+            # x is 1.0 below ref; the standard error of the difference is sqrt(1/3 + 1/3) = 0.816.
+            "decoy": ChooseTest.table({"x": [{"accuracy": v} for v in (96.0, 97.0, 98.0)],
+                                       "ref": [{"accuracy": v} for v in (97.0, 98.0, 99.0)]}),
+            # x is 0.3 below ce (as floats, 0.30000000000001 below): a loss of 0.3 is allowed.
+            "clean": ChooseTest.table({"x": [{"accuracy": 98.8}, {"accuracy": 98.9}],
+                                       "ce": [{"accuracy": 99.1}, {"accuracy": 99.2}]}),
+        }
+        spec = {"title": "G", "row": "x", "checks": [
+            {"table": "decoy", "against": "ref", "rule": "not_clearly_below"},
+            {"table": "clean", "against": "ce", "rule": "drop_at_most", "points": 0.3}]}
+        lines = study.goal(spec, {}, tables)
+        self.assertEqual(lines[0], "Row: `x`.")
+        self.assertIn("difference -1.00 points; the rule allows a loss of at most twice its standard error, "
+                      "1.63 points: **met**.", lines[2])
+        self.assertIn("difference -0.30 points; the rule allows a loss of at most 0.3 points: **met**.", lines[3])
+        self.assertEqual(lines[-1], "**Goal met.**")
+        spec["checks"][1]["points"] = 0.2
+        self.assertEqual(study.goal(spec, {}, tables)[-1], "**Goal not met.**")
+        spec["checks"][1]["points"] = 0.3
+        tables["decoy"] = ChooseTest.table({"x": [{"accuracy": v} for v in (94.0, 95.0, 96.0)],
+                                            "ref": [{"accuracy": v} for v in (97.0, 98.0, 99.0)]})
+        lines = study.goal(spec, {}, tables)
+        self.assertIn("difference -3.00 points; the rule allows a loss of at most twice its standard error, "
+                      "1.63 points: **not met**.", lines[2])
+        self.assertEqual(lines[-1], "**Goal not met.**")
+        # A failed check decides, even while another still waits for its runs.
+        tables["clean"] = ChooseTest.table({"x": [], "ce": [{"accuracy": 99.1}]})
+        self.assertEqual(study.goal(spec, {}, tables)[-1], "**Goal not met.**")
+        tables["decoy"] = ChooseTest.table({"x": [{"accuracy": 99.0}], "ref": [{"accuracy": 98.0}]})
+        lines = study.goal(spec, {}, tables)
+        self.assertIn("one run a side", lines[2])
+        self.assertEqual(lines[-1], "Pending: not every check has its runs yet.")
+
+    def test_a_metric_where_lower_is_better_counts_a_rise_as_a_loss(self):
+        study = self.study()
+        tables = {"t": ChooseTest.table({"x": [{"follows_decoy": 0.5}], "ref": [{"follows_decoy": 0.1}]})}
+        spec = {"title": "G", "row": "x", "checks": [
+            {"table": "t", "against": "ref", "metric": "follows_decoy", "rule": "drop_at_most", "points": 0.3}]}
+        lines = study.goal(spec, {}, tables)
+        self.assertIn("difference +0.400 (lower is better)", lines[2])
+        self.assertEqual(lines[-1], "**Goal not met.**")
+        tables = {"t": ChooseTest.table({"x": [{"follows_decoy": 0.1}], "ref": [{"follows_decoy": 0.5}]})}
+        self.assertEqual(study.goal(spec, {}, tables)[-1], "**Goal met.**")
+
+    def test_a_goal_naming_what_does_not_exist_is_refused(self):
+        study = self.study()
+        # As measurements() gives them: every key, None where not measured.
+        tables = {"t": ChooseTest.table({"x": [{"accuracy": 99.0, "seconds": None}],
+                                         "ce": [{"accuracy": 99.0, "seconds": None}]})}
+        good = {"table": "t", "against": "ce", "rule": "drop_at_most", "points": 0.3}
+        for check, message in ((dict(good, table="u"), "no table 'u'"),
+                               (dict(good, against="y"), "table t has no row 'y'"),
+                               (dict(good, rule="close"), "unknown rule 'close'"),
+                               ({k: v for k, v in good.items() if k != "points"}, "needs a number 'points'"),
+                               (dict(good, metric="seconds"), None),
+                               (dict(good, metric="speed"), "metric 'speed'")):
+            spec = {"title": "G", "row": "x", "checks": [check]}
+            if message is None:
+                with self.assertRaisesRegex(study.StudyError, "no values of seconds"):
+                    study.goal(spec, {}, tables)
+                continue
+            with self.assertRaisesRegex(study.StudyError, message):
+                study.goal(spec, {}, tables)
 
 
 class ChooseTest(unittest.TestCase):
