@@ -88,3 +88,13 @@ if "training_loop" in data:
           f"({t['steps']} steps of SimpleCNN with the default Batch-CAM) took {statistics.median(t['loop_seconds']):.2f} s; "
           f"the same steps on the same batches timed alone {statistics.median(t['steps_alone_seconds']):.2f} s "
           f"(medians of {len(t['loop_seconds'])} alternations): loop / steps = {t['ratio']:.3f} (goal <= 1.10).")
+if "input_gradients" in data:
+    print("\nThe input-gradient terms against spurious features (docs/method.md): a training step with RRR with "
+          "masks (lambda 1, shapes with the spurious patch) and with Prototype RRR (lambda 0.1), against CE only, "
+          "median [min-max] ms per batch:\n")
+    print("| model | CE step ms | RRR step ms | RRR / CE | Prototype RRR step ms | Prototype RRR / CE |")
+    print("|---|---|---|---|---|---|")
+    for name, m in data["input_gradients"].items():
+        s = m["step_ms"]
+        print(f"| {name} | {cell(s['ce'])} | {cell(s['rrr'])} | {m['rrr_over_ce']:.2f} | {cell(s['proto_rrr'])} "
+              f"| {m['proto_rrr_over_ce']:.2f} |")

@@ -72,8 +72,10 @@ struct Stats {
 // The bench's work runs as `batchcam train` runs it: a Trainer's steps on batches of 128
 // shapes images at 28 px (`steps` of them), with the run's defaults except the losses of `variant`:
 // "ce" (CE only), "batchcam" (the default: Prototype Loss, L1, lambda 1), "batchcam_cam" (the
-// same with the closed-form CAM) or "batchcam_both" (both losses, L1, lambda 1; the variant
-// bench/python_step.py runs).
+// same with the closed-form CAM), "batchcam_both" (both losses, L1, lambda 1; the variant
+// bench/python_step.py runs), or on shapes with the spurious patch (RRR needs its masks):
+// "ce_spurious" (CE only), "rrr" (CE + RRR with masks, lambda 1) or "proto_rrr" (CE +
+// Prototype RRR, lambda 0.1; the weights docs/results-spurious.md chose).
 struct StepTrainer {
   batchcam::data::DatasetSplits splits;
   std::unique_ptr<batchcam::train::Trainer> trainer;
@@ -89,14 +91,19 @@ struct StepTrainer {
     c.batch_size = kBatch;
     c.epochs = 1;
     c.precision = batchcam::core::parse_precision(a.precision);
-    c.lambda_proto = variant == "ce" ? 0.0 : 1.0;
+    const bool input_gradients = variant == "rrr" || variant == "proto_rrr";
+    c.lambda_proto = variant == "ce" || variant == "ce_spurious" || input_gradients ? 0.0 : 1.0;
     c.lambda_batch = variant == "batchcam_both" ? 1.0 : 0.0;
+    c.spurious = input_gradients || variant == "ce_spurious";
+    c.lambda_rrr = variant == "rrr" ? 1.0 : 0.0;
+    c.lambda_proto_rrr = variant == "proto_rrr" ? 0.1 : 0.0;
     if (variant == "batchcam_cam") c.cam_method = batchcam::cam::CamMethod::cam;
     splits = batchcam::train::load_dataset(c);
     trainer = std::make_unique<batchcam::train::Trainer>(c, splits, device);
     batches = std::make_unique<batchcam::data::BatchIterator>(splits.train, trainer->normalization(), kBatch, false, 0,
                                                               false);
     batches->set_device(device);
+    batches->set_masks(c.lambda_rrr > 0.0);
     batch = batches->get(0);
   }
   // The next step, then a read of the running loss: the timing includes the device's work.
@@ -405,6 +412,33 @@ nlohmann::json cam_method_costs(const BenchArgs& a, torch::Device device) {
   return out;
 }
 
+// The input-gradient terms against spurious features (docs/method.md): a training step with
+// RRR with masks and one with Prototype RRR, against CE only; each differentiates the input
+// gradients, a second backward pass through the model.
+nlohmann::json input_gradient_costs(const BenchArgs& a, torch::Device device) {
+  nlohmann::json out = nlohmann::json::object();
+  std::cout << fmt::format("\ninput-gradient terms (batch {} at 1x28x28, shapes with the spurious patch): training "
+                           "step, CE only, RRR with masks (lambda 1), Prototype RRR (lambda 0.1); ratios over CE\n",
+                           kBatch);
+  for (const auto& name : a.models) {
+    const int64_t steps = a.warmup + a.repetitions;
+    StepTrainer ce(name, "ce_spurious", a, device, steps), rrr(name, "rrr", a, device, steps),
+        proto_rrr(name, "proto_rrr", a, device, steps);
+    auto stats = interleaved(
+        {{"ce", [&] { ce.step(); }}, {"rrr", [&] { rrr.step(); }}, {"proto_rrr", [&] { proto_rrr.step(); }}},
+        a.warmup, a.repetitions);
+    nlohmann::json r;
+    for (const auto& [variant, st] : stats) r["step_ms"][variant] = st.json();
+    r["rrr_over_ce"] = stats["rrr"].median() / stats["ce"].median();
+    r["proto_rrr_over_ce"] = stats["proto_rrr"].median() / stats["ce"].median();
+    std::cout << fmt::format("{:<18} CE {} ms, RRR {} ms ({:.2f}x), Prototype RRR {} ms ({:.2f}x)\n", name,
+                             stats["ce"].text(), stats["rrr"].text(), r["rrr_over_ce"].get<double>(),
+                             stats["proto_rrr"].text(), r["proto_rrr_over_ce"].get<double>());
+    out[name] = r;
+  }
+  return out;
+}
+
 // One rank's part of the data-parallel measurement (or one process alone, without
 // WORLD_SIZE): `steps` training steps on global batches of kBatch with the default
 // Batch-CAM, timed one by one after `warmup`, and the gradient all-reduce alone. Rank 0
@@ -659,6 +693,7 @@ int run_bench(const BenchArgs& a, const std::string& self_path) {
   if (a.epoch_images > 0) results["training_loop"] = loop_cost(a, device);
   if (a.folder_images > 0) results["folder"] = folder_pipeline(a, device, self_path);
   if (a.cam_methods) results["cam_methods"] = cam_method_costs(a, device);
+  if (a.input_gradients) results["input_gradients"] = input_gradient_costs(a, device);
   if (a.distributed_steps > 0 && batchcam::core::distributed_available()) {
     results["distributed"] = distributed_costs(a, self_path);
   }

@@ -28,6 +28,8 @@ struct BenchArgs {
   /// Maps per second of each CAM method, and the closed-form CAM's training step against
   /// Grad-CAM's (models whose head is pooling and one linear layer).
   bool cam_methods = true;
+  /// A training step with RRR with masks and with Prototype RRR, against CE only.
+  bool input_gradients = true;
   // Internal: `--distributed-probe MODEL STEPS` times steps as one rank of a launch (or alone).
   std::vector<std::string> distributed_probe;
   // Internal: `--memory-probe MODEL VARIANT` measures one step's peak RSS in a fresh process;

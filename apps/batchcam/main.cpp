@@ -968,6 +968,8 @@ int main(int argc, char** argv) {
   bencher->add_option("--json", bench_args.json_out, "Also write the results as JSON to this file");
   bencher->add_flag("--cam-methods,!--no-cam-methods", bench_args.cam_methods,
                     "Time each CAM method's maps and the closed-form CAM's training step");
+  bencher->add_flag("--input-gradients,!--no-input-gradients", bench_args.input_gradients,
+                    "Time a training step with RRR and with Prototype RRR against CE only");
   bencher->add_option("--distributed-steps", bench_args.distributed_steps,
                       "Steps timed with 2 ranks (Gloo, loopback, 1 thread each) against 1 process (0 = skip; docs/performance.md uses 20)")
       ->check(integer_in(0, 100000));

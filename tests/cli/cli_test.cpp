@@ -300,12 +300,34 @@ TEST(Cli, TrainingStepsReuseFreedMemoryWithoutPageFaults) {
   std::filesystem::create_directories(dir);
   const auto json_path = (dir / "bench.json").string();
   const auto r = run("bench --models simple-cnn --repetitions 3 --warmup 2 --no-memory --no-per-sample --epoch-images 0 "
-                     "--folder-images 0 --no-cam-methods --threads 2 --json " + json_path);
+                     "--folder-images 0 --no-cam-methods --no-input-gradients --threads 2 --json " + json_path);
   ASSERT_EQ(r.code, 0) << r.out;
   const auto bench = nlohmann::json::parse(read_text(json_path));
   for (const char* step : {"ce", "batchcam"}) {
     EXPECT_LT(bench.at("models").at("simple-cnn").at(step).at("median_page_faults").get<double>(), 1000.0) << step;
   }
+  EXPECT_FALSE(bench.contains("input_gradients"));
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Cli, BenchTimesTheInputGradientTermsAgainstCeOnly) {
+  const auto dir = std::filesystem::temp_directory_path() / ("batchcam-bench-rrr-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const auto json_path = (dir / "bench.json").string();
+  const auto r = run("bench --models simple-cnn --repetitions 2 --warmup 1 --no-memory --no-per-sample "
+                     "--epoch-images 0 --folder-images 0 --no-cam-methods --threads 2 --json " + json_path);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("Prototype RRR"), std::string::npos) << r.out;
+  const auto bench = nlohmann::json::parse(read_text(json_path)).at("input_gradients").at("simple-cnn");
+  const auto& steps = bench.at("step_ms");
+  for (const char* variant : {"ce", "rrr", "proto_rrr"}) {
+    EXPECT_EQ(steps.at(variant).at("ms").size(), 2u) << variant;  // one time per repetition
+    EXPECT_GT(steps.at(variant).at("median_ms").get<double>(), 0.0) << variant;
+  }
+  const double ce = steps.at("ce").at("median_ms").get<double>();
+  EXPECT_DOUBLE_EQ(bench.at("rrr_over_ce").get<double>(), steps.at("rrr").at("median_ms").get<double>() / ce);
+  EXPECT_DOUBLE_EQ(bench.at("proto_rrr_over_ce").get<double>(),
+                   steps.at("proto_rrr").at("median_ms").get<double>() / ce);
   std::filesystem::remove_all(dir);
 }
 
