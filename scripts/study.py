@@ -428,8 +428,9 @@ def difference(a, b, key):
 def comparison(rows, columns=()):
     """Lines comparing each Batch-CAM row with CE only: difference of means, marked clear when
     it exceeds twice its standard error, else within noise; over the usual keys and the table's
-    own columns."""
-    keys = ["accuracy", "follows_decoy", "proto_ssim", "input_ssim", "deletion", "insertion", "seconds"]
+    own columns (training time only where the table shows it)."""
+    keys = ["accuracy", "follows_decoy", "proto_ssim", "input_ssim", "deletion", "insertion"]
+    keys += ["seconds"] if not columns or "seconds" in columns else []
     keys += [c for c in columns if c not in keys]
     base = next((rs for row, rs in rows if row["name"] == "ce" and rs), None)
     if base is None:

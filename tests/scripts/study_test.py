@@ -326,6 +326,18 @@ class ChooseTest(unittest.TestCase):
         self.assertIn("| z | yes | 3.00 |", lines)
         self.assertEqual(lines[-1], "**Chosen: `x`.**", "a tie goes to the first name")
 
+    def test_the_comparison_leaves_out_times_the_table_does_not_show(self):
+        sys.path.insert(0, os.path.join(ROOT, "scripts"))
+        import study
+        unmeasured = {key: None for key in study.COLUMNS}  # as measurements() gives a run
+        runs = {"ce": [dict(unmeasured, accuracy=90.0, seconds=10.0)],
+                "x": [dict(unmeasured, accuracy=95.0, seconds=50.0)]}
+        rows = self.table(runs)[1]
+        self.assertEqual(study.comparison(rows, ["accuracy", "seconds"]),
+                         ["- `x` vs `ce`: test acc % +5.00 pt, train s/epoch +40.0", "- One seed: these differences "
+                          "carry no noise estimate."])
+        self.assertEqual(study.comparison(rows, ["accuracy"])[0], "- `x` vs `ce`: test acc % +5.00 pt")
+
     def test_a_difference_is_clear_only_beyond_twice_its_standard_error(self):
         sys.path.insert(0, os.path.join(ROOT, "scripts"))
         import study
