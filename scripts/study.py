@@ -152,9 +152,8 @@ def chosen_row(study, title, table):
     independent = {t["id"] for t in study["tables"] if not waits_for_a_choice(t, by_id)}
     tables = collect(study, independent)
     winner = decided(decision, study, tables)
-    if winner is None:
-        pending = "combine" in decision or isinstance(rank(decision, tables), str)
-        return None if pending else NO_ELIGIBLE_ROW
+    if winner is None or winner == NO_ELIGIBLE_ROW:
+        return winner
     for source in (by_id[t] for t in ids if t in by_id):
         if "explain" in source:
             continue
@@ -551,14 +550,15 @@ def combine(decision, study, tables):
 
 
 def decided(decision, study, tables):
-    """The row a decision chooses, or None while it is pending or no row is eligible."""
+    """The row a decision chooses; None while it is pending, NO_ELIGIBLE_ROW when no row is
+    eligible."""
     if "combine" in decision:
         return combined_choice(decision, study, tables)
     ranked = rank(decision, tables)
     if isinstance(ranked, str):
         return None
     order, eligible, _ = ranked
-    return next((n for n in order if n in eligible), None)
+    return next((n for n in order if n in eligible), NO_ELIGIBLE_ROW)
 
 
 # The rules a goal's check can apply to the difference of means (row - against), taken in the
@@ -567,7 +567,7 @@ GOAL_RULES = ("not_clearly_below", "drop_at_most")
 
 
 def check_goal(spec, study, tables):
-    """StudyError for a goal that names what does not exist; else its row as written."""
+    """Raises StudyError for a goal that names a table, row, rule or metric that does not exist."""
     title = spec.get("title", "?")
     if "row" not in spec or not spec.get("checks"):
         raise StudyError(f"goal '{title}': needs a row and at least one check")
